@@ -1,0 +1,494 @@
+//! Slice-level CPU kernels (NCHW, `f32`): GEMM through the `gemm` crate,
+//! im2col/col2im, depthwise 3x3, 2x2 max-pooling and BatchNorm statistics.
+//!
+//! These are shared by the candle custom ops ([`super`]) and the deployment
+//! engine ([`crate::infer`]). Each function documents the layout it expects and
+//! checks slice lengths before touching memory.
+
+use gemm::Parallelism;
+
+/// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    /// Backing storage.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `cols x rows` matrix, viewed as `rows x cols`.
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs
+        }
+    }
+}
+
+/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`.
+///
+/// # Panics
+/// If the shapes disagree or a view reaches past its slice (a bug in the caller,
+/// never a property of user input: callers derive all sizes from tensor shapes).
+pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul inner dimensions");
+    assert!(dst.len() >= m * n, "matmul destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        a.max_index() < a.data.len(),
+        "matmul lhs view out of bounds"
+    );
+    assert!(
+        b.max_index() < b.data.len(),
+        "matmul rhs view out of bounds"
+    );
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above guarantee that every element the gemm reads
+    // (indices up to `max_index`) lies inside `a.data` / `b.data`, and that
+    // the `m x n` row-major destination lies inside `dst`, which we borrow
+    // mutably, so nothing else aliases it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Geometry of a square-kernel convolution on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    /// Rows of the im2col matrix (`c * k * k`).
+    pub fn col_rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Columns of the im2col matrix (`ho * wo`).
+    pub fn col_cols(&self) -> usize {
+        self.ho() * self.wo()
+    }
+
+    /// Whether the convolution is a plain matrix product (1x1, stride 1, no pad).
+    pub fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// For output coordinate range along one axis, the valid range of outputs
+    /// whose input index `o * stride + kk - pad` falls inside `0..len`.
+    fn valid(&self, kk: usize, len: usize, out: usize) -> (usize, usize) {
+        // o * s + kk - pad >= 0  <=>  o >= ceil((pad - kk) / s)
+        let lo = if kk >= self.pad {
+            0
+        } else {
+            (self.pad - kk).div_ceil(self.stride)
+        };
+        // o * s + kk - pad <= len - 1  <=>  o <= (len - 1 + pad - kk) / s
+        let hi = if len + self.pad > kk {
+            ((len - 1 + self.pad - kk) / self.stride + 1).min(out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// im2col for one image: `x` is `(c, h, w)`, `col` is `(c*k*k, ho*wo)` row-major.
+pub fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    assert!(x.len() >= g.c * g.h * g.w && col.len() >= g.col_rows() * ho * wo);
+    let mut row = 0;
+    for c in 0..g.c {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            let (oy0, oy1) = g.valid(ky, g.h, ho);
+            for kx in 0..g.k {
+                let (ox0, ox1) = g.valid(kx, g.w, wo);
+                let dst = &mut col[row * ho * wo..(row + 1) * ho * wo];
+                dst[..oy0 * wo].fill(0.0);
+                dst[oy1 * wo..].fill(0.0);
+                for oy in oy0..oy1 {
+                    let iy = oy * g.stride + ky - g.pad;
+                    let drow = &mut dst[oy * wo..(oy + 1) * wo];
+                    drow[..ox0].fill(0.0);
+                    drow[ox1..].fill(0.0);
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    if g.stride == 1 {
+                        let start = ox0 + kx - g.pad;
+                        drow[ox0..ox1].copy_from_slice(&src[start..start + (ox1 - ox0)]);
+                    } else {
+                        for ox in ox0..ox1 {
+                            drow[ox] = src[ox * g.stride + kx - g.pad];
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// col2im for one image: accumulates `col` (`(c*k*k, ho*wo)`) into `dx`
+/// (`(c, h, w)`), which the caller zeroes first.
+pub fn col2im(col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    assert!(dx.len() >= g.c * g.h * g.w && col.len() >= g.col_rows() * ho * wo);
+    let mut row = 0;
+    for c in 0..g.c {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            let (oy0, oy1) = g.valid(ky, g.h, ho);
+            for kx in 0..g.k {
+                let (ox0, ox1) = g.valid(kx, g.w, wo);
+                let src = &col[row * ho * wo..(row + 1) * ho * wo];
+                for oy in oy0..oy1 {
+                    let iy = oy * g.stride + ky - g.pad;
+                    let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let srow = &src[oy * wo..(oy + 1) * wo];
+                    if g.stride == 1 {
+                        let start = ox0 + kx - g.pad;
+                        for (d, s) in drow[start..start + (ox1 - ox0)]
+                            .iter_mut()
+                            .zip(&srow[ox0..ox1])
+                        {
+                            *d += s;
+                        }
+                    } else {
+                        for ox in ox0..ox1 {
+                            drow[ox * g.stride + kx - g.pad] += srow[ox];
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Depthwise 3x3 convolution, stride 1, padding 1, one image:
+/// `x` `(c, h, w)`, `wt` `(c, 9)`, `y` `(c, h, w)` (overwritten).
+pub fn depthwise3x3(x: &[f32], wt: &[f32], c: usize, h: usize, w: usize, y: &mut [f32]) {
+    let hw = h * w;
+    assert!(x.len() >= c * hw && y.len() >= c * hw && wt.len() >= c * 9);
+    for ch in 0..c {
+        let xp = &x[ch * hw..(ch + 1) * hw];
+        let yp = &mut y[ch * hw..(ch + 1) * hw];
+        let k = &wt[ch * 9..ch * 9 + 9];
+        yp.fill(0.0);
+        for ky in 0..3 {
+            // Output rows whose input row oy + ky - 1 is inside the image.
+            let oy0 = usize::from(ky == 0);
+            let oy1 = if ky == 2 { h.saturating_sub(1) } else { h };
+            for kx in 0..3 {
+                let wv = k[ky * 3 + kx];
+                let ox0 = usize::from(kx == 0);
+                let ox1 = if kx == 2 { w.saturating_sub(1) } else { w };
+                if ox0 >= ox1 {
+                    continue;
+                }
+                for oy in oy0..oy1 {
+                    let iy = oy + ky - 1;
+                    let src = &xp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
+                    let dst = &mut yp[oy * w + ox0..oy * w + ox1];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d += wv * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gradients of [`depthwise3x3`] for one image: accumulates the input gradient
+/// into `dx` (zeroed by the caller) and the kernel gradient into `dw` `(c, 9)`.
+pub fn depthwise3x3_backward(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    dx: &mut [f32],
+    dw: &mut [f32],
+) {
+    let hw = h * w;
+    assert!(x.len() >= c * hw && dy.len() >= c * hw && dx.len() >= c * hw);
+    assert!(wt.len() >= c * 9 && dw.len() >= c * 9);
+    for ch in 0..c {
+        let xp = &x[ch * hw..(ch + 1) * hw];
+        let gp = &dy[ch * hw..(ch + 1) * hw];
+        let dxp = &mut dx[ch * hw..(ch + 1) * hw];
+        for ky in 0..3 {
+            let oy0 = usize::from(ky == 0);
+            let oy1 = if ky == 2 { h.saturating_sub(1) } else { h };
+            for kx in 0..3 {
+                let wv = wt[ch * 9 + ky * 3 + kx];
+                let ox0 = usize::from(kx == 0);
+                let ox1 = if kx == 2 { w.saturating_sub(1) } else { w };
+                if ox0 >= ox1 {
+                    continue;
+                }
+                let mut acc = 0.0f32;
+                for oy in oy0..oy1 {
+                    let iy = oy + ky - 1;
+                    let xs = &xp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
+                    let gs = &gp[oy * w + ox0..oy * w + ox1];
+                    acc += xs.iter().zip(gs).map(|(a, b)| a * b).sum::<f32>();
+                    let ds = &mut dxp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
+                    for (d, g) in ds.iter_mut().zip(gs) {
+                        *d += wv * g;
+                    }
+                }
+                dw[ch * 9 + ky * 3 + kx] += acc;
+            }
+        }
+    }
+}
+
+/// 2x2 max-pooling with stride 2 on `planes` planes of `h x w` (odd trailing
+/// rows/columns dropped, as Keras' `valid` pooling does).
+pub fn maxpool2(x: &[f32], planes: usize, h: usize, w: usize, y: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    assert!(x.len() >= planes * h * w && y.len() >= planes * ho * wo);
+    for p in 0..planes {
+        let xp = &x[p * h * w..(p + 1) * h * w];
+        let yp = &mut y[p * ho * wo..(p + 1) * ho * wo];
+        for oy in 0..ho {
+            let r0 = &xp[2 * oy * w..2 * oy * w + w];
+            let r1 = &xp[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+            for ox in 0..wo {
+                let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                let b = r1[2 * ox].max(r1[2 * ox + 1]);
+                yp[oy * wo + ox] = a.max(b);
+            }
+        }
+    }
+}
+
+/// Gradient of [`maxpool2`]: each output gradient goes to the first input of its
+/// window equal to the window's maximum; `dx` is overwritten.
+pub fn maxpool2_backward(x: &[f32], dy: &[f32], planes: usize, h: usize, w: usize, dx: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    assert!(
+        x.len() >= planes * h * w && dx.len() >= planes * h * w && dy.len() >= planes * ho * wo
+    );
+    dx[..planes * h * w].fill(0.0);
+    for p in 0..planes {
+        let base = p * h * w;
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let i00 = base + 2 * oy * w + 2 * ox;
+                let cands = [i00, i00 + 1, i00 + w, i00 + w + 1];
+                let mut best = cands[0];
+                for &i in &cands[1..] {
+                    if x[i] > x[best] {
+                        best = i;
+                    }
+                }
+                dx[best] += dy[p * ho * wo + oy * wo + ox];
+            }
+        }
+    }
+}
+
+/// Applies `y = max?(x * scale[c] + shift[c], 0)` to `n` images of `c` planes of
+/// `hw` values.
+pub fn affine_channels(
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    relu: bool,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= n * c * hw && y.len() >= n * c * hw && scale.len() >= c && shift.len() >= c);
+    for i in 0..n * c {
+        let ch = i % c;
+        let (s, t) = (scale[ch], shift[ch]);
+        let xs = &x[i * hw..(i + 1) * hw];
+        let ys = &mut y[i * hw..(i + 1) * hw];
+        if relu {
+            for (d, v) in ys.iter_mut().zip(xs) {
+                *d = (v * s + t).max(0.0);
+            }
+        } else {
+            for (d, v) in ys.iter_mut().zip(xs) {
+                *d = v * s + t;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_matches_naive_including_transposed_views() {
+        let (m, k, n) = (7, 13, 29);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut got = vec![0.0; m * n];
+        matmul(
+            &mut got,
+            Mat::row_major(&a, m, k),
+            Mat::row_major(&b, k, n),
+            false,
+            1,
+        );
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4);
+        }
+        // a^T stored as (k x m) row-major, viewed transposed.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let mut got2 = vec![1.0; m * n];
+        matmul(
+            &mut got2,
+            Mat::transposed(&at, m, k),
+            Mat::row_major(&b, k, n),
+            true,
+            2,
+        );
+        for (x, y) in got2.iter().zip(&want) {
+            assert!((x - (y + 1.0)).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn im2col_then_col2im_counts_window_overlaps() {
+        for g in [
+            ConvGeom {
+                c: 2,
+                h: 5,
+                w: 7,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            },
+            ConvGeom {
+                c: 3,
+                h: 6,
+                w: 4,
+                k: 1,
+                stride: 2,
+                pad: 0,
+            },
+            ConvGeom {
+                c: 1,
+                h: 1,
+                w: 1,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            },
+        ] {
+            let x = vec![1.0; g.c * g.h * g.w];
+            let mut col = vec![f32::NAN; g.col_rows() * g.col_cols()];
+            im2col(&x, &g, &mut col);
+            assert!(col.iter().all(|v| *v == 0.0 || *v == 1.0));
+            let mut dx = vec![0.0; x.len()];
+            col2im(&col, &g, &mut dx);
+            // Centre pixel of a 3x3/pad-1 conv is covered by 9 windows.
+            if g.k == 3 && g.h >= 3 && g.w >= 3 {
+                assert_eq!(dx[g.w + 1], 9.0);
+                assert_eq!(dx[0], 4.0);
+            }
+        }
+    }
+}

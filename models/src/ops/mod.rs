@@ -1,0 +1,712 @@
+//! Fast CPU operations as candle custom ops, with forward and backward, so the
+//! networks, training and the plugin use them through the ordinary candle graph.
+//!
+//! | op | replaces | why |
+//! | --- | --- | --- |
+//! | [`conv2d`] | `Tensor::conv2d` | batched im2col + `gemm` forward; backward by GEMM + col2im instead of a direct-loop transposed convolution |
+//! | [`depthwise3x3`] | `conv2d` with `groups = C` | one direct kernel instead of C separate convolutions |
+//! | [`max_pool2`] | `Tensor::max_pool2d(2)` | one pass, backward routes to the window's maximum |
+//! | [`batch_norm_train`] | composed mean/var/normalise ops | one fused pass per statistic, fused ReLU, fused backward |
+//!
+//! Every op falls back to candle's stock implementation on other devices (CUDA)
+//! and for non-`f32` tensors. Each is tested against the stock op (values and
+//! gradients) in this module's tests.
+
+pub mod kernels;
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+use kernels::{ConvGeom, Mat};
+
+/// Threads candle (and these kernels) use: `RAYON_NUM_THREADS`, else all cores.
+pub fn num_threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+fn use_fast_path(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The contiguous `f32` data of a CPU tensor argument.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("fast op expects a contiguous tensor"),
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => bail!("{what}: expected a 4-D tensor, got shape {d:?}"),
+    }
+}
+
+/// Splits `n` items into at most `parts` contiguous ranges.
+fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|p| (p * n / parts)..((p + 1) * n / parts))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Convolution
+
+/// 2-D convolution of `x` `(N, C, H, W)` with `w` `(O, C, k, k)`, square kernel,
+/// no groups, no dilation.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    if !use_fast_path(&[x, w]) {
+        return x.conv2d(w, pad, stride, 1, 1);
+    }
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
+}
+
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+}
+
+fn conv_geom(
+    x: (usize, usize, usize, usize),
+    w: (usize, usize, usize, usize),
+    stride: usize,
+    pad: usize,
+) -> Result<ConvGeom> {
+    let (_, c, h, wd) = x;
+    let (_, wc, kh, kw) = w;
+    if c != wc || kh != kw {
+        bail!("conv2d: input channels {c} vs kernel {wc}, kernel {kh}x{kw} must be square");
+    }
+    if h + 2 * pad < kh || wd + 2 * pad < kw || stride == 0 {
+        bail!("conv2d: input {h}x{wd} too small for kernel {kh} with padding {pad}");
+    }
+    Ok(ConvGeom {
+        c,
+        h,
+        w: wd,
+        k: kh,
+        stride,
+        pad,
+    })
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let xd = dims4(l1, "conv2d input")?;
+        let wdims = dims4(l2, "conv2d kernel")?;
+        let g = conv_geom(xd, wdims, self.stride, self.pad)?;
+        let (n, o) = (xd.0, wdims.0);
+        let (kk, hw) = (g.col_rows(), g.col_cols());
+        let in_size = g.c * g.h * g.w;
+        let mut out = vec![0f32; n * o * hw];
+        let threads = num_threads();
+        let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
+            let xi = &x[i * in_size..(i + 1) * in_size];
+            let wm = Mat::row_major(w, o, kk);
+            if g.is_pointwise() {
+                kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), false, gemm_threads);
+            } else {
+                col.resize(kk * hw, 0.0);
+                kernels::im2col(xi, &g, col);
+                kernels::matmul(y, wm, Mat::row_major(col, kk, hw), false, gemm_threads);
+            }
+        };
+        if n == 1 {
+            run(&mut Vec::new(), 0, &mut out, threads);
+        } else {
+            out.par_chunks_mut(o * hw)
+                .enumerate()
+                .for_each_init(Vec::new, |col, (i, y)| run(col, i, y, 1));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, c, h, wd) = x.dims4()?;
+        let dx = grad.apply_op2_no_bwd(
+            w,
+            &ConvBwdData {
+                stride: self.stride,
+                pad: self.pad,
+                c,
+                h,
+                w: wd,
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &grad,
+            &ConvBwdFilter {
+                stride: self.stride,
+                pad: self.pad,
+                k: w.dim(2)?,
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Input gradient of a convolution: `(grad (N, O, Ho, Wo), w) -> (N, C, H, W)`.
+struct ConvBwdData {
+    stride: usize,
+    pad: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for ConvBwdData {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-bwd-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dy, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (n, o, _, _) = dims4(l1, "conv2d grad")?;
+        let wdims = dims4(l2, "conv2d kernel")?;
+        let g = conv_geom((n, self.c, self.h, self.w), wdims, self.stride, self.pad)?;
+        let (kk, hw) = (g.col_rows(), g.col_cols());
+        let in_size = g.c * g.h * g.w;
+        let mut dx = vec![0f32; n * in_size];
+        let wt = Mat::transposed(w, kk, o);
+        dx.par_chunks_mut(in_size).enumerate().for_each_init(
+            Vec::new,
+            |col: &mut Vec<f32>, (i, dxi)| {
+                let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
+                if g.is_pointwise() {
+                    kernels::matmul(dxi, wt, dyi, false, 1);
+                } else {
+                    col.resize(kk * hw, 0.0);
+                    kernels::matmul(col, wt, dyi, false, 1);
+                    kernels::col2im(col, &g, dxi);
+                }
+            },
+        );
+        Ok((
+            CpuStorage::F32(dx),
+            Shape::from((n, self.c, self.h, self.w)),
+        ))
+    }
+}
+
+/// Kernel gradient of a convolution: `(x (N, C, H, W), grad) -> (O, C, k, k)`.
+struct ConvBwdFilter {
+    stride: usize,
+    pad: usize,
+    k: usize,
+}
+
+impl CustomOp2 for ConvBwdFilter {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-bwd-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let xd = dims4(l1, "conv2d input")?;
+        let (_, o, _, _) = dims4(l2, "conv2d grad")?;
+        let g = conv_geom(xd, (o, xd.1, self.k, self.k), self.stride, self.pad)?;
+        let n = xd.0;
+        let (kk, hw) = (g.col_rows(), g.col_cols());
+        let in_size = g.c * g.h * g.w;
+        let partial = |r: std::ops::Range<usize>| {
+            let mut acc = vec![0f32; o * kk];
+            let mut col = Vec::new();
+            for i in r {
+                let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
+                let xi = &x[i * in_size..(i + 1) * in_size];
+                if g.is_pointwise() {
+                    kernels::matmul(&mut acc, dyi, Mat::transposed(xi, hw, kk), true, 1);
+                } else {
+                    col.resize(kk * hw, 0.0);
+                    kernels::im2col(xi, &g, &mut col);
+                    kernels::matmul(&mut acc, dyi, Mat::transposed(&col, hw, kk), true, 1);
+                }
+            }
+            acc
+        };
+        let parts: Vec<Vec<f32>> = ranges(n, num_threads())
+            .into_par_iter()
+            .map(partial)
+            .collect();
+        let mut dw = vec![0f32; o * kk];
+        for p in parts {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((o, g.c, self.k, self.k))))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Depthwise convolution
+
+/// Depthwise 3x3 convolution (stride 1, padding 1, multiplier 1) of `x`
+/// `(N, C, H, W)` with `w` `(C, 1, 3, 3)`.
+pub fn depthwise3x3(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !use_fast_path(&[x, w]) {
+        let c = x.dim(1)?;
+        return x.conv2d(w, 1, 1, 1, c);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, DepthwiseOp)
+}
+
+struct DepthwiseOp;
+
+fn check_depthwise(xd: (usize, usize, usize, usize), l2: &Layout) -> Result<()> {
+    if l2.dims() != [xd.1, 1, 3, 3] {
+        bail!(
+            "depthwise3x3: kernel {:?} does not fit {} channels",
+            l2.dims(),
+            xd.1
+        );
+    }
+    Ok(())
+}
+
+impl CustomOp2 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "fast-depthwise3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let xd = dims4(l1, "depthwise input")?;
+        check_depthwise(xd, l2)?;
+        let (n, c, h, wd) = xd;
+        let size = c * h * wd;
+        let mut y = vec![0f32; n * size];
+        y.par_chunks_mut(size).enumerate().for_each(|(i, yi)| {
+            kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi)
+        });
+        Ok((CpuStorage::F32(y), Shape::from(xd)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, wd) = x.dims4()?;
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &DepthwiseBwd)?;
+        let len = n * c * h * wd;
+        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, wd))?;
+        let dw = packed.narrow(0, len, c * 9)?.reshape((c, 1, 3, 3))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Both depthwise gradients in one pass, packed as `[dx..., dw...]`.
+struct DepthwiseBwd;
+
+impl CustomOp3 for DepthwiseBwd {
+    fn name(&self) -> &'static str {
+        "fast-depthwise3x3-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let xd = dims4(l1, "depthwise input")?;
+        check_depthwise(xd, l2)?;
+        let (n, c, h, wd) = xd;
+        let size = c * h * wd;
+        let mut dx = vec![0f32; n * size + c * 9];
+        let (dx_part, _) = dx.split_at_mut(n * size);
+        let dws: Vec<Vec<f32>> = dx_part
+            .par_chunks_mut(size)
+            .enumerate()
+            .map(|(i, dxi)| {
+                let mut dw = vec![0f32; c * 9];
+                let r = i * size..(i + 1) * size;
+                kernels::depthwise3x3_backward(&x[r.clone()], w, &dy[r], c, h, wd, dxi, &mut dw);
+                dw
+            })
+            .collect();
+        let tail = &mut dx[n * size..];
+        for dw in dws {
+            for (a, b) in tail.iter_mut().zip(dw) {
+                *a += b;
+            }
+        }
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Max-pooling
+
+/// 2x2 max-pooling with stride 2 of `x` `(N, C, H, W)`.
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    if !use_fast_path(&[x]) {
+        // Not `max_pool2d`: candle 0.11's backward of it scales gradients by 1/4.
+        let (n, c, h, w) = x.dims4()?;
+        let x = x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?;
+        return x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3);
+    }
+    x.contiguous()?.apply_op1(MaxPool2Op)
+}
+
+struct MaxPool2Op;
+
+impl CustomOp1 for MaxPool2Op {
+    fn name(&self) -> &'static str {
+        "fast-maxpool2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (n, c, h, w) = dims4(l, "max_pool2 input")?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut y = vec![0f32; n * c * ho * wo];
+        let chunk = c * ho * wo;
+        if chunk > 0 {
+            y.par_chunks_mut(chunk).enumerate().for_each(|(i, yi)| {
+                kernels::maxpool2(&x[i * c * h * w..(i + 1) * c * h * w], c, h, w, yi)
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?))
+    }
+}
+
+struct MaxPool2Bwd;
+
+impl CustomOp2 for MaxPool2Bwd {
+    fn name(&self) -> &'static str {
+        "fast-maxpool2-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (n, c, h, w) = dims4(l1, "max_pool2 input")?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut dx = vec![0f32; n * c * h * w];
+        let size = c * h * w;
+        if size > 0 {
+            dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
+                kernels::maxpool2_backward(
+                    &x[i * size..(i + 1) * size],
+                    &dy[i * c * ho * wo..(i + 1) * c * ho * wo],
+                    c,
+                    h,
+                    w,
+                    dxi,
+                );
+            });
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// BatchNorm (train mode)
+
+/// Per-channel batch statistics of the last train-mode forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct BatchStats {
+    /// Batch mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance per channel.
+    pub var: Vec<f32>,
+}
+
+/// Train-mode BatchNorm of `x` `(N, C, H, W)` with the batch statistics,
+/// `y = [relu]((x - mean) / sqrt(var + eps) * gamma + beta)`. Returns `y` and the
+/// statistics used (for the moving averages).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    if !use_fast_path(&[x, gamma, beta]) {
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+        let shape = (1, gamma.dim(0)?, 1, 1);
+        let y = centred
+            .broadcast_mul(&(&var + eps)?.sqrt()?.recip()?)?
+            .broadcast_mul(&gamma.reshape(shape)?)?
+            .broadcast_add(&beta.reshape(shape)?)?;
+        let y = if relu { y.relu()? } else { y };
+        let stats = BatchStats {
+            mean: mean.flatten_all()?.to_vec1()?,
+            var: var.flatten_all()?.to_vec1()?,
+        };
+        return Ok((y, stats));
+    }
+    let stats = Arc::new(Mutex::new(BatchStats::default()));
+    let op = BnTrainOp {
+        eps,
+        relu,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = stats
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?
+        .clone();
+    Ok((y, stats))
+}
+
+struct BnTrainOp {
+    eps: f64,
+    relu: bool,
+    stats: Arc<Mutex<BatchStats>>,
+}
+
+/// Mean and biased variance of each channel (two passes, `f64` accumulation).
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+            let count = (n * hw) as f64;
+            let sum: f64 = planes
+                .clone()
+                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
+                .sum();
+            let mean = sum / count;
+            let sq: f64 = planes
+                .map(|p| {
+                    p.iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                })
+                .sum();
+            (mean as f32, (sq / count) as f32)
+        })
+        .unzip()
+}
+
+impl CustomOp3 for BnTrainOp {
+    fn name(&self) -> &'static str {
+        "fast-batchnorm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (n, c, h, w) = dims4(l1, "batch_norm input")?;
+        if gamma.len() != c || beta.len() != c {
+            bail!(
+                "batch_norm: {c} channels but gamma/beta have {}/{}",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let hw = h * w;
+        let (mean, var) = channel_stats(x, n, c, hw);
+        let scale: Vec<f32> = (0..c)
+            .map(|i| gamma[i] / (f64::from(var[i]) + self.eps).sqrt() as f32)
+            .collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+        let mut y = vec![0f32; x.len()];
+        let size = c * hw;
+        if size > 0 {
+            y.par_chunks_mut(size).enumerate().for_each(|(i, yi)| {
+                kernels::affine_channels(
+                    &x[i * size..(i + 1) * size],
+                    &scale,
+                    &shift,
+                    1,
+                    c,
+                    hw,
+                    self.relu,
+                    yi,
+                );
+            });
+        }
+        let mut st = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?;
+        *st = BatchStats { mean, var };
+        Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let st = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?
+            .clone();
+        let op = BnTrainBwd {
+            gamma: gamma.to_vec1()?,
+            mean: st.mean,
+            inv_std: st
+                .var
+                .iter()
+                .map(|&v| (1.0 / (f64::from(v) + self.eps).sqrt()) as f32)
+                .collect(),
+            relu: self.relu,
+        };
+        let (n, c, h, w) = x.dims4()?;
+        let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
+        let len = n * c * h * w;
+        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
+        let dgamma = packed.narrow(0, len, c)?;
+        let dbeta = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// BatchNorm backward `(x, y, dy) -> [dx..., dgamma..., dbeta...]`.
+struct BnTrainBwd {
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp3 for BnTrainBwd {
+    fn name(&self) -> &'static str {
+        "fast-batchnorm-train-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, y, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (n, c, h, w) = dims4(l1, "batch_norm input")?;
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        let relu = self.relu;
+        // Effective upstream gradient, masked by the fused ReLU.
+        let g = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (m, s) = (self.mean[ch], self.inv_std[ch]);
+                let mut sg = 0f64;
+                let mut sgx = 0f64;
+                for i in 0..n {
+                    let base = (i * c + ch) * hw;
+                    for j in base..base + hw {
+                        let gv = f64::from(g(j));
+                        sg += gv;
+                        sgx += gv * f64::from((x[j] - m) * s);
+                    }
+                }
+                (sg, sgx)
+            })
+            .collect();
+        let mut out = vec![0f32; n * c * hw + 2 * c];
+        let (dx, tail) = out.split_at_mut(n * c * hw);
+        let size = c * hw;
+        if size > 0 {
+            dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
+                for ch in 0..c {
+                    let (m, s) = (self.mean[ch], self.inv_std[ch]);
+                    let (sg, sgx) = sums[ch];
+                    let k = self.gamma[ch] * s;
+                    let mg = (sg / count) as f32;
+                    let mgx = (sgx / count) as f32;
+                    let base = (i * c + ch) * hw;
+                    for (j, d) in dxi[ch * hw..(ch + 1) * hw].iter_mut().enumerate() {
+                        let xhat = (x[base + j] - m) * s;
+                        *d = k * (g(base + j) - mg - xhat * mgx);
+                    }
+                }
+            });
+        }
+        for ch in 0..c {
+            tail[ch] = sums[ch].1 as f32;
+            tail[c + ch] = sums[ch].0 as f32;
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Frames to faces to emotions, without Bevy.
+//!
+//! This crate will hold the whole face pipeline the plugin and the training CLI
+//! share: MTCNN face detection and landmarks, alignment to the 48x48 crops the
+//! networks were trained on, batched classification, tracking and smoothing.
+//! Today it holds the last step: [`Classifier`], which turns 48x48 gray face
+//! crops into class probabilities with any weights file the `models` crate reads.
+//!
+//! ```
+//! use perception::{Classifier, GrayCrop};
+//! # let varmap = candle_nn::VarMap::new();
+//! # let cfg = models::ModelConfig::preset(models::Arch::Arch1);
+//! # models::EmotionNet::new(&cfg, candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu))?;
+//! # let meta = models::WeightsMeta::new(cfg, Default::default());
+//! # let path = std::env::temp_dir().join("perception-doc.safetensors");
+//! # models::weights::save_varmap(&varmap, &meta, &path)?;
+//! let classifier = Classifier::from_file(&path)?;
+//! let face = GrayCrop::new(vec![128; 48 * 48])?;
+//! let probs = classifier.classify(&[face])?;
+//! assert_eq!(probs[0].len(), classifier.classes().len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::ModuleT;
+use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
+
+/// What can go wrong in the perception pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerceptionError {
+    /// The weights could not be loaded.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A crop does not have 48x48 pixels.
+    #[error("a face crop must have {expected} pixels (48x48 gray), got {found}")]
+    CropSize {
+        /// 48 * 48.
+        expected: usize,
+        /// What was given.
+        found: usize,
+    },
+    /// The network expects another input than 48x48 gray.
+    #[error("the weights expect {0}x{1}x{2} input; only 48x48x1 is supported")]
+    UnsupportedInput(usize, usize, usize),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A 48x48 gray face crop, row-major, one byte per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrayCrop {
+    pixels: Vec<u8>,
+}
+
+impl GrayCrop {
+    /// Wraps 48 * 48 pixels.
+    pub fn new(pixels: Vec<u8>) -> Result<Self, PerceptionError> {
+        let expected = INPUT_SIZE * INPUT_SIZE;
+        if pixels.len() != expected {
+            return Err(PerceptionError::CropSize {
+                expected,
+                found: pixels.len(),
+            });
+        }
+        Ok(Self { pixels })
+    }
+
+    /// The pixels, row-major.
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+}
+
+/// Classifies face crops with one of the paper's networks.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    net: EmotionNet,
+    meta: WeightsMeta,
+    device: Device,
+}
+
+impl Classifier {
+    /// Loads a weights file (see `models::weights`) on the CPU.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PerceptionError> {
+        Self::from_weights(LoadedWeights::from_file(path, &Device::Cpu)?)
+    }
+
+    /// Loads weights already in memory (e.g. from a Bevy asset).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PerceptionError> {
+        Self::from_weights(LoadedWeights::from_bytes(bytes, &Device::Cpu)?)
+    }
+
+    fn from_weights(w: LoadedWeights) -> Result<Self, PerceptionError> {
+        let i = w.meta.input;
+        if (i.height, i.width, i.channels) != (INPUT_SIZE, INPUT_SIZE, 1) {
+            return Err(PerceptionError::UnsupportedInput(
+                i.height, i.width, i.channels,
+            ));
+        }
+        let device = Device::Cpu;
+        let net = w.build(&device)?;
+        Ok(Self {
+            net,
+            meta: w.meta,
+            device,
+        })
+    }
+
+    /// Class names in output order.
+    pub fn classes(&self) -> &[String] {
+        &self.meta.classes
+    }
+
+    /// The weights' metadata.
+    pub fn meta(&self) -> &WeightsMeta {
+        &self.meta
+    }
+
+    /// Class probabilities for each crop, in one batch.
+    pub fn classify(&self, crops: &[GrayCrop]) -> Result<Vec<Vec<f32>>, PerceptionError> {
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let norm = self.meta.normalization;
+        let data: Vec<f32> = crops
+            .iter()
+            .flat_map(|c| c.pixels.iter().map(|&p| norm.apply(p)))
+            .collect();
+        let x = Tensor::from_vec(data, (crops.len(), 1, INPUT_SIZE, INPUT_SIZE), &self.device)?;
+        let logits = self.net.forward_t(&x, false)?;
+        Ok(candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_crop_size_is_an_error() {
+        let err = GrayCrop::new(vec![0; 10]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a face crop must have 2304 pixels (48x48 gray), got 10"
+        );
+    }
+
+    #[test]
+    fn probabilities_sum_to_one_and_batch_matches_singles() {
+        let varmap = candle_nn::VarMap::new();
+        let cfg = models::ModelConfig::preset(models::Arch::Arch1);
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+        EmotionNet::new(&cfg, vb).unwrap();
+        let meta = WeightsMeta::new(cfg, Default::default());
+        let tensors = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let c =
+            Classifier::from_bytes(&models::weights::to_bytes(&tensors, &meta).unwrap()).unwrap();
+        let a = GrayCrop::new((0..2304).map(|i| (i % 251) as u8).collect()).unwrap();
+        let b = GrayCrop::new(vec![200; 2304]).unwrap();
+        let both = c.classify(&[a.clone(), b]).unwrap();
+        let single = c.classify(&[a]).unwrap();
+        assert!((both[0].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        for (x, y) in both[0].iter().zip(&single[0]) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        assert!(c.classify(&[]).unwrap().is_empty());
+    }
+}

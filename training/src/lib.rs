@@ -1,0 +1,5 @@
+//! The library half of the `training` CLI: what its subcommands are built from,
+//! public so that tests and benchmarks can use it.
+
+pub mod augment;
+pub mod data;

@@ -1,0 +1,89 @@
+//! `training`: the command-line tool that inspects, benchmarks (and, as the
+//! project grows, trains and evaluates) the paper's four networks.
+//!
+//! ```text
+//! cargo run --release -p training -- summary --arch arch1
+//! cargo run --release -p training -- bench --arch arch1 --threads 2
+//! ```
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use models::{Arch, ModelConfig, Summary};
+
+/// Train, inspect and benchmark the facial-expression networks of Chowanda 2021
+/// (ARCH-1..4: separable or plain CNNs with global-average-pooling or dense heads,
+/// 48x48 gray faces in, seven FER2013 expressions out).
+#[derive(Debug, Parser)]
+#[command(name = "training", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a network's layers as Keras' `model.summary()` does, in the paper's
+    /// row order: layer (type), output shape, parameters. The last line is
+    /// `total: N trainable: N non-trainable: N` (BatchNorm moving statistics are
+    /// the non-trainable ones).
+    Summary {
+        /// Which network: arch1, arch2, arch3 or arch4.
+        #[arg(long, default_value = "arch1")]
+        arch: Arch,
+    },
+    /// Measure CPU inference speed on random input: batch-1 latency (median of
+    /// many runs after warm-up) and batch-64 throughput. The last line is
+    /// `archN b1 median_ms: X`.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Summary { arch } => {
+            let summary = Summary::of(&ModelConfig::preset(arch))?;
+            println!("{arch}: {}", describe(arch));
+            println!("{summary}");
+        }
+        Command::Bench(args) => bench::run(&args)?,
+    }
+    Ok(())
+}
+
+fn describe(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Arch1 => "separable convolutions + residual, global average pooling (Table 1)",
+        Arch::Arch2 => "separable convolutions + residual, dense head (Table 2)",
+        Arch::Arch3 => "plain convolutions, global average pooling (Table 3)",
+        Arch::Arch4 => "plain convolutions, dense head (Table 4)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_arch_is_a_clear_error() {
+        let err = Cli::try_parse_from(["training", "summary", "--arch", "arch9"]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown architecture `arch9`"),
+            "{err}"
+        );
+    }
+}
