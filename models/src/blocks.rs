@@ -32,6 +32,15 @@ fn pool(tap: &mut Tap, name: &str, x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// Max-pooling then ReLU, fused unless traced.
+fn pool_relu(tap: &mut Tap, pool_name: &str, act: &str, x: &Tensor) -> Result<Tensor> {
+    if tap.is_some() {
+        let y = pool(tap, pool_name, x)?;
+        return relu(tap, act, &y);
+    }
+    crate::ops::max_pool2_relu(x)
+}
+
 /// A convolution followed by BatchNorm, tapped under both layer names.
 #[derive(Debug, Clone)]
 struct ConvBn {
@@ -175,8 +184,7 @@ impl SeparableBody {
             y = layer.forward_relu(&y, train, tap, &activation_name(i))?;
         }
         let y = self.stem[3].forward(&y, train, tap)?;
-        let y = pool(tap, "max_pooling2d", &y)?;
-        let trunk = relu(tap, "activation_3", &y)?;
+        let trunk = pool_relu(tap, "max_pooling2d", "activation_3", &y)?;
 
         let main = self.sep.forward_relu(&trunk, train, tap, "activation_4")?;
         // Table 1 interleaves the two branches; this order reproduces its rows.
@@ -188,10 +196,19 @@ impl SeparableBody {
         emit(tap, &self.sep_1.bn_name, &main);
         let res = self.res_a.bn.forward_t(&res, train)?;
         emit(tap, &self.res_a.bn_name, &res);
-        let main = pool(tap, "max_pooling2d_1", &main)?;
+        let traced = tap.is_some();
+        let main = if traced {
+            pool(tap, "max_pooling2d_1", &main)?
+        } else {
+            crate::ops::max_pool2_relu(&main)?
+        };
         let res = self.res_b.conv.forward(&res)?;
         emit(tap, &self.res_b.conv_name, &res);
-        let main = relu(tap, "activation_5", &main)?;
+        let main = if traced {
+            relu(tap, "activation_5", &main)?
+        } else {
+            main
+        };
         let res = self.res_b.bn.forward_t(&res, train)?;
         emit(tap, &self.res_b.bn_name, &res);
         let y = (main + res)?;
@@ -200,8 +217,7 @@ impl SeparableBody {
 
         let y = self.tail[0].forward_relu(&y, train, tap, "activation_7")?;
         let y = self.tail[1].forward(&y, train, tap)?;
-        let y = pool(tap, "max_pooling2d_2", &y)?;
-        let y = relu(tap, "activation_8", &y)?;
+        let y = pool_relu(tap, "max_pooling2d_2", "activation_8", &y)?;
         let y = self.tail[2].forward_relu(&y, train, tap, "activation_9")?;
         self.tail[3].forward_relu(&y, train, tap, "activation_10")
     }
@@ -243,9 +259,13 @@ impl PlainBody {
             // Max-pooling sits between BN and ReLU of the 5th, 7th and 9th conv.
             if matches!(i, 4 | 6 | 8) {
                 y = layer.forward(&y, train, tap)?;
-                y = pool(tap, &indexed("max_pooling2d", pools), &y)?;
+                y = pool_relu(
+                    tap,
+                    &indexed("max_pooling2d", pools),
+                    &activation_name(i),
+                    &y,
+                )?;
                 pools += 1;
-                y = relu(tap, &activation_name(i), &y)?;
             } else {
                 y = layer.forward_relu(&y, train, tap, &activation_name(i))?;
             }

@@ -75,10 +75,9 @@ impl Conv2d {
 
     /// `(N, C_in, H, W) -> (N, C_out, H', W')`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = crate::ops::conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
+            Some(b) => crate::ops::conv2d_bias(x, &self.weight, b, self.stride, self.padding),
+            None => crate::ops::conv2d(x, &self.weight, self.stride, self.padding),
         }
     }
 }

@@ -180,3 +180,48 @@ impl Arch4 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{ModuleT, VarBuilder, VarMap};
+
+    use crate::{Arch, EmotionNet, ModelConfig};
+
+    /// The traced path runs every layer separately; the plain path fuses
+    /// BatchNorm + ReLU and max-pool + ReLU. Both must compute the same thing.
+    #[test]
+    fn fused_and_traced_paths_agree() {
+        let dev = Device::Cpu;
+        for arch in Arch::ALL {
+            let mut cfg = ModelConfig::preset(arch);
+            cfg.set_dropout(0.0);
+            let varmap = VarMap::new();
+            let net =
+                EmotionNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+            let x = Tensor::rand(0f32, 1f32, (3, 1, 48, 48), &dev).unwrap();
+            for train in [false, true] {
+                let fused = net.forward_t(&x, train).unwrap();
+                let mut names = Vec::new();
+                let mut tap = |n: &str, _: &Tensor| names.push(n.to_owned());
+                let traced = net.forward_traced(&x, train, &mut Some(&mut tap)).unwrap();
+                let d: f32 = (fused - traced)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(
+                    d < 1e-5,
+                    "{arch} train={train}: fused and traced differ by {d}"
+                );
+                assert!(
+                    names.iter().any(|n| n == "conv2d_4"),
+                    "{arch}: no conv2d_4 tap"
+                );
+            }
+        }
+    }
+}

@@ -39,7 +39,7 @@
 //! # Randomness
 //!
 //! The parameters of sample `i` (its index in the [`Dataset`]) in epoch `e`
-//! come from ChaCha8 seeded with `seed`, stream `e`, word position `8 i`: they
+//! come from `ChaCha8` seeded with `seed`, stream `e`, word position `8 i`: they
 //! depend only on `(seed, e, i)`, not on thread scheduling, batch size or which
 //! other samples share the batch. The six words are, in order: rotation
 //! `U(-rotation_deg, rotation_deg)`, row shift `U(-h, h) * 48` with `h =
@@ -308,41 +308,98 @@ pub fn warp_into(src: &[u8], params: &AffineParams, out: &mut [f32]) -> Result<(
     Ok(())
 }
 
+/// Side of the edge-padded working image: one extra column and row repeat
+/// the last ones, so the bilinear neighbours `x0 + 1`, `y0 + 1` need no clamping.
+const PADDED: usize = IMAGE_SIDE + 1;
+
+/// Output pixels computed together (48 is a multiple): the coordinate and
+/// interpolation arithmetic vectorises, only the four neighbour loads are scalar.
+const LANES: usize = 8;
+
 /// The inverse-mapped bilinear warp with clamp-to-edge fill.
+///
+/// Input coordinates are affine along an output row: `start + col * step`.
+/// They are clamped to `[0, 47]` (clamp-to-edge: beyond the border the edge
+/// pixel repeats), split into integer and fractional parts and interpolated
+/// on normalised values. Everything is branch-free; a NaN coordinate (which
+/// validated configs cannot produce) clamps to 0 rather than misbehaving.
 fn warp(src: &[u8; IMAGE_PIXELS], p: &AffineParams, lut: &Lut, out: &mut [f32; IMAGE_PIXELS]) {
     const N: usize = IMAGE_SIDE;
-    const LAST: usize = N - 1;
     const MAX: f32 = (N - 1) as f32;
     const CENTRE: f32 = MAX / 2.0;
-    let mut img = [0.0f32; IMAGE_PIXELS];
-    lut.normalize(src, &mut img);
+    // Adding 2^23 to a float in [0, 2^22) rounds it to an integer held in the
+    // low mantissa bits: a floor that vectorises, unlike `as i32`.
+    const MAGIC: f32 = 8_388_608.0;
+    const MANTISSA: u32 = 0x7F_FFFF;
+    const LAST_INDEX: usize = PADDED * PADDED - PADDED - 2;
+
+    let mut img = [0.0f32; PADDED * PADDED];
+    for (row, dst) in src.chunks_exact(N).zip(img.chunks_exact_mut(PADDED)) {
+        lut.normalize(row, &mut dst[..N]);
+        dst[N] = dst[N - 1];
+    }
+    let (body, last_row) = img.split_at_mut(N * PADDED);
+    last_row.copy_from_slice(&body[(N - 1) * PADDED..]);
 
     let (sin, cos) = p.rotation_deg.to_radians().sin_cos();
     let f = if p.flip { -1.0 } else { 1.0 };
-    // B(col) = zoom_cols * (col' - c) + shift_cols = k1 * col + k0.
+    // With b(col) = zoom_cols * (col' - c) + shift_cols = k1 * col + k0 and
+    // a(row) = zoom_rows * (row - c) + shift_rows:
+    //   in_row = c + cos a - sin b,   in_col = c + sin a + cos b.
     let k1 = p.zoom_cols * f;
     let k0 = p.shift_cols - k1 * CENTRE;
+    let step_r = -sin * k1;
+    let step_c = cos * k1;
+    let lanes: [f32; LANES] = std::array::from_fn(|k| k as f32);
+    let (lo, hi) = (lut.lo, lut.hi);
+
     for (r, out_row) in out.chunks_exact_mut(N).enumerate() {
         let a = p.zoom_rows * (r as f32 - CENTRE) + p.shift_rows;
-        let base_r = CENTRE + cos * a;
-        let base_c = CENTRE + sin * a;
-        for (col, o) in out_row.iter_mut().enumerate() {
-            let b = k1 * col as f32 + k0;
-            let y = (base_r - sin * b).clamp(0.0, MAX);
-            let x = (base_c + cos * b).clamp(0.0, MAX);
-            let y0 = (y as usize).min(LAST);
-            let x0 = (x as usize).min(LAST);
-            let fy = y - y0 as f32;
-            let fx = x - x0 as f32;
-            let y1 = (y0 + 1).min(LAST);
-            let x1 = (x0 + 1).min(LAST);
-            let p00 = img[y0 * N + x0];
-            let p01 = img[y0 * N + x1];
-            let p10 = img[y1 * N + x0];
-            let p11 = img[y1 * N + x1];
-            let top = p00 + fx * (p01 - p00);
-            let bottom = p10 + fx * (p11 - p10);
-            *o = (top + fy * (bottom - top)).max(lut.lo).min(lut.hi);
+        let start_r = CENTRE + cos * a - sin * k0;
+        let start_c = CENTRE + sin * a + cos * k0;
+        for (chunk, dst) in out_row.chunks_exact_mut(LANES).enumerate() {
+            let first = (chunk * LANES) as f32;
+            let mut index = [0u32; LANES];
+            let mut fy = [0.0f32; LANES];
+            let mut fx = [0.0f32; LANES];
+            for k in 0..LANES {
+                let col = first + lanes[k];
+                let y = start_r + col * step_r;
+                let x = start_c + col * step_c;
+                let y = if y > 0.0 { y } else { 0.0 };
+                let y = if y < MAX { y } else { MAX };
+                let x = if x > 0.0 { x } else { 0.0 };
+                let x = if x < MAX { x } else { MAX };
+                let ty = y + MAGIC;
+                let ry = ty - MAGIC;
+                let over_y = ry > y;
+                let y0 = (ty.to_bits() & MANTISSA).wrapping_sub(u32::from(over_y));
+                let tx = x + MAGIC;
+                let rx = tx - MAGIC;
+                let over_x = rx > x;
+                let x0 = (tx.to_bits() & MANTISSA).wrapping_sub(u32::from(over_x));
+                index[k] = y0 * PADDED as u32 + x0;
+                fy[k] = y - if over_y { ry - 1.0 } else { ry };
+                fx[k] = x - if over_x { rx - 1.0 } else { rx };
+            }
+            let mut p00 = [0.0f32; LANES];
+            let mut p01 = [0.0f32; LANES];
+            let mut p10 = [0.0f32; LANES];
+            let mut p11 = [0.0f32; LANES];
+            for k in 0..LANES {
+                let i = (index[k] as usize).min(LAST_INDEX);
+                p00[k] = img[i];
+                p01[k] = img[i + 1];
+                p10[k] = img[i + PADDED];
+                p11[k] = img[i + PADDED + 1];
+            }
+            for k in 0..LANES {
+                let top = p00[k] + fx[k] * (p01[k] - p00[k]);
+                let bottom = p10[k] + fx[k] * (p11[k] - p10[k]);
+                let v = top + fy[k] * (bottom - top);
+                let v = if v > lo { v } else { lo };
+                dst[k] = if v < hi { v } else { hi };
+            }
         }
     }
 }

@@ -1,12 +1,26 @@
-//! `training bench`: CPU inference speed of one network on random input.
+//! `training bench`: CPU inference speed of a network on random input, with our
+//! fast ops and with candle's stock ops, in the same process.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use models::{Arch, EmotionNet, INPUT_SIZE, ModelConfig};
+
+use crate::output::line;
+
+/// Which implementations to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Impl {
+    /// The project's fast CPU ops (`models::ops`).
+    Fast,
+    /// candle 0.11's stock ops.
+    Stock,
+    /// Both, stock first, with the speed-up ratio.
+    Both,
+}
 
 /// Options of `training bench`.
 #[derive(Debug, Args)]
@@ -14,21 +28,31 @@ pub struct BenchArgs {
     /// Which network: arch1, arch2, arch3 or arch4.
     #[arg(long, default_value = "arch1")]
     arch: Arch,
-    /// CPU threads for candle's kernels (sets `RAYON_NUM_THREADS`).
+    /// CPU threads (sets `RAYON_NUM_THREADS` for candle and our kernels).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Implementations to time.
+    #[arg(long = "impl", value_enum, default_value = "both")]
+    implementation: Impl,
     /// Timed batch-1 runs (after the warm-up).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     runs: usize,
     /// Untimed runs before timing starts.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     warmup: usize,
     /// Timed batch-64 runs for the throughput figure.
     #[arg(long, default_value_t = 10)]
     batch_runs: usize,
+    /// Also time training steps (forward, backward, Adam) at batch 64 and 256.
+    #[arg(long)]
+    train: bool,
+    /// Timed training steps per batch size.
+    #[arg(long, default_value_t = 6)]
+    train_steps: usize,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
 }
@@ -48,13 +72,101 @@ fn time_runs(net: &EmotionNet, x: &Tensor, warmup: usize, runs: usize) -> Result
         .collect()
 }
 
+/// Batch-1 median latency and batch-64 throughput of one implementation.
+struct Figures {
+    b1_median: Duration,
+    b1_p10: Duration,
+    b1_p90: Duration,
+    b64_img_s: f64,
+}
+
+fn measure(net: &EmotionNet, args: &BenchArgs, fast: bool) -> Result<Figures> {
+    models::ops::set_fast_ops(fast);
+    let dev = Device::Cpu;
+    let c = 1;
+    let one = Tensor::rand(0f32, 1f32, (1, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
+    let batch = Tensor::rand(0f32, 1f32, (64, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
+    let b64 = time_runs(net, &batch, 2, args.batch_runs)?;
+    let b1 = time_runs(net, &one, args.warmup, args.runs)?;
+    let mut sorted = b1.clone();
+    sorted.sort();
+    Ok(Figures {
+        b1_median: median(&b1),
+        b1_p10: sorted[sorted.len() / 10],
+        b1_p90: sorted[sorted.len() * 9 / 10],
+        b64_img_s: 64.0 / median(&b64).as_secs_f64(),
+    })
+}
+
+fn report(arch: Arch, which: &str, f: &Figures) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    line(format!(
+        "{arch} {which} b1 median_ms: {:.3} p10_ms: {:.3} p90_ms: {:.3} | b64 img_s: {:.0}",
+        ms(f.b1_median),
+        ms(f.b1_p10),
+        ms(f.b1_p90),
+        f.b64_img_s
+    ));
+}
+
+/// Training throughput: forward (train mode), cross-entropy, backward, Adam.
+fn train_bench(net: &EmotionNet, varmap: &VarMap, args: &BenchArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let impls: &[bool] = match args.implementation {
+        Impl::Fast => &[true],
+        Impl::Stock => &[false],
+        Impl::Both => &[false, true],
+    };
+    for &fast in impls {
+        models::ops::set_fast_ops(fast);
+        let mut opt = training::optim::Adam::new(varmap, training::optim::AdamConfig::default())?;
+        for batch in [64usize, 256] {
+            let x = Tensor::rand(0f32, 1f32, (batch, 1, INPUT_SIZE, INPUT_SIZE), &dev)?;
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
+            let y = Tensor::new(labels.as_slice(), &dev)?;
+            let mut phases = [Duration::ZERO; 3];
+            let mut steps = Vec::new();
+            for i in 0..args.train_steps + 1 {
+                let t0 = Instant::now();
+                let logits = net.forward_t(&x, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                loss.to_scalar::<f32>()?;
+                let t1 = Instant::now();
+                let grads = loss.backward()?;
+                let t2 = Instant::now();
+                opt.step(&grads, 1e-3)?;
+                let t3 = Instant::now();
+                if i > 0 {
+                    phases[0] += t1 - t0;
+                    phases[1] += t2 - t1;
+                    phases[2] += t3 - t2;
+                    steps.push(t3 - t0);
+                }
+            }
+            let n = args.train_steps as f64;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
+            line(format!(
+                "{} {} train b{batch} img_s: {:.0} (forward {:.1} ms, backward {:.1} ms, adam {:.1} ms per step)",
+                args.arch,
+                if fast { "fast" } else { "stock" },
+                batch as f64 / median(&steps).as_secs_f64(),
+                ms(phases[0]),
+                ms(phases[1]),
+                ms(phases[2]),
+            ));
+        }
+    }
+    models::ops::set_fast_ops(true);
+    Ok(())
+}
+
 /// Runs the benchmark and prints its figures; the last line is
-/// `archN b1 median_ms: X`.
+/// `archN b1 median_ms: X` for the fast ops (or the only implementation timed).
 pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.threads > 0, "--threads must be at least 1");
     ensure!(
-        args.runs > 0 && args.batch_runs > 0,
-        "--runs and --batch-runs must be at least 1"
+        args.runs >= 10 && args.batch_runs > 0,
+        "--runs must be at least 10 and --batch-runs at least 1"
     );
     // SAFETY: called before this program starts any thread (candle and rayon
     // create their pools lazily, on first use below), so nothing reads the
@@ -66,32 +178,91 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let net = EmotionNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
         .context("building the network")?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let c = cfg.in_channels();
-    let one = Tensor::rand(0f32, 1f32, (1, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
-    let batch = Tensor::rand(0f32, 1f32, (64, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
+    tracing::info!(arch = %args.arch, threads = args.threads, "benchmarking on random weights and input");
+    line(format!(
+        "{} params: {params} threads: {}",
+        args.arch, args.threads
+    ));
 
-    tracing::info!(arch = %args.arch, threads = args.threads, "benchmarking (random weights and input)");
-    let b64 = time_runs(&net, &batch, 2, args.batch_runs)?;
-    let b64_med = median(b64).as_secs_f64();
-    let b1 = time_runs(&net, &one, args.warmup, args.runs)?;
-    let mut sorted = b1.clone();
-    sorted.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let (p10, p90) = (sorted[sorted.len() / 10], sorted[sorted.len() * 9 / 10]);
-    println!("{} params: {params} threads: {}", args.arch, args.threads);
-    println!(
-        "{} b64 median_ms: {:.2} throughput_img_s: {:.0}",
-        args.arch,
-        b64_med * 1e3,
-        64.0 / b64_med
-    );
-    println!(
-        "{} b1 p10_ms: {:.3} p90_ms: {:.3} runs: {}",
-        args.arch,
-        ms(p10),
-        ms(p90),
-        args.runs
-    );
-    println!("{} b1 median_ms: {:.3}", args.arch, ms(median(b1)));
+    let stock = match args.implementation {
+        Impl::Stock | Impl::Both => {
+            let f = measure(&net, args, false)?;
+            report(args.arch, "stock", &f);
+            Some(f)
+        }
+        Impl::Fast => None,
+    };
+    let fast = match args.implementation {
+        Impl::Fast | Impl::Both => {
+            let f = measure(&net, args, true)?;
+            report(args.arch, "fast", &f);
+            Some(f)
+        }
+        Impl::Stock => None,
+    };
+    if let (Some(s), Some(f)) = (&stock, &fast) {
+        line(format!(
+            "{} speed-up fast/stock: b1 {:.2}x, b64 {:.2}x",
+            args.arch,
+            s.b1_median.as_secs_f64() / f.b1_median.as_secs_f64(),
+            f.b64_img_s / s.b64_img_s
+        ));
+    }
+    if args.arch == Arch::Arch1 && args.implementation != Impl::Stock {
+        models::ops::set_fast_ops(true);
+        let tensors = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let mut engine = models::infer::Arch1Engine::new(&tensors, models::BnConfig::default(), 7)?;
+        let one: Vec<f32> = Tensor::rand(0f32, 1f32, 48 * 48, &dev)?.to_vec1()?;
+        let many: Vec<f32> = Tensor::rand(0f32, 1f32, 64 * 48 * 48, &dev)?.to_vec1()?;
+        let mut time = |x: &[f32], n: usize, warmup: usize, runs: usize| -> Result<Vec<Duration>> {
+            for _ in 0..warmup {
+                engine.run(x, n)?;
+            }
+            (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    engine.run(x, n)?;
+                    Ok(t.elapsed())
+                })
+                .collect()
+        };
+        let b64 = time(&many, 64, 2, args.batch_runs)?;
+        let b1 = time(&one, 1, args.warmup, args.runs)?;
+        let mut sorted = b1.clone();
+        sorted.sort();
+        let f = Figures {
+            b1_median: median(&b1),
+            b1_p10: sorted[sorted.len() / 10],
+            b1_p90: sorted[sorted.len() * 9 / 10],
+            b64_img_s: 64.0 / median(&b64).as_secs_f64(),
+        };
+        report(args.arch, "engine", &f);
+        if args.train {
+            train_bench(&net, &varmap, args)?;
+        }
+        line(format!(
+            "{} b1 median_ms: {:.3}",
+            args.arch,
+            f.b1_median.as_secs_f64() * 1e3
+        ));
+        return Ok(());
+    }
+    if args.train {
+        train_bench(&net, &varmap, args)?;
+    }
+    let last = fast.as_ref().or(stock.as_ref()).map(|f| f.b1_median);
+    if let Some(d) = last {
+        line(format!(
+            "{} b1 median_ms: {:.3}",
+            args.arch,
+            d.as_secs_f64() * 1e3
+        ));
+    }
     Ok(())
 }

@@ -3,3 +3,7 @@
 
 pub mod augment;
 pub mod data;
+pub mod metrics;
+pub mod optim;
+pub mod spec;
+pub mod train;

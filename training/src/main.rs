@@ -1,16 +1,26 @@
-//! `training`: the command-line tool that inspects, benchmarks (and, as the
-//! project grows, trains and evaluates) the paper's four networks.
+//! `training`: the command-line tool that inspects, benchmarks, trains and
+//! evaluates the paper's four networks.
 //!
 //! ```text
 //! cargo run --release -p training -- summary --arch arch1
 //! cargo run --release -p training -- bench --arch arch1 --threads 2
+//! cargo run --release -p training -- train --arch arch1 --data ../shared/data/fer2013/fer2013.csv.gz --run-dir runs/arch1
+//! cargo run --release -p training -- evaluate --model runs/arch1/best.safetensors --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
 //! ```
 
 mod bench;
+mod cli;
+mod output;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use models::{Arch, ModelConfig, Summary};
+
+// mimalloc keeps freed pages mapped: the training loop allocates and frees
+// multi-megabyte activations every step, which with the system allocator costs
+// page faults and zeroing on every call.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Train, inspect and benchmark the facial-expression networks of Chowanda 2021
 /// (ARCH-1..4: separable or plain CNNs with global-average-pooling or dense heads,
@@ -26,17 +36,29 @@ struct Cli {
 enum Command {
     /// Print a network's layers as Keras' `model.summary()` does, in the paper's
     /// row order: layer (type), output shape, parameters. The last line is
-    /// `total: N trainable: N non-trainable: N` (BatchNorm moving statistics are
+    /// `total: N trainable: N non-trainable: N` (`BatchNorm` moving statistics are
     /// the non-trainable ones).
     Summary {
         /// Which network: arch1, arch2, arch3 or arch4.
         #[arg(long, default_value = "arch1")]
         arch: Arch,
     },
-    /// Measure CPU inference speed on random input: batch-1 latency (median of
-    /// many runs after warm-up) and batch-64 throughput. The last line is
+    /// Measure CPU speed on random input: batch-1 latency (median of many runs
+    /// after warm-up) and batch-64 throughput, for candle's stock ops and ours
+    /// (and, with --train, training steps). The last line is
     /// `archN b1 median_ms: X`.
     Bench(bench::BenchArgs),
+    /// Train a network. The run directory gets `config.json` (first),
+    /// `metrics.jsonl` (one line per epoch), atomic checkpoints,
+    /// `best.safetensors` (best validation accuracy) and `last.safetensors`.
+    /// Ctrl-C or a crash loses at most the running epoch: continue with --resume.
+    Train(Box<cli::TrainArgs>),
+    /// Evaluate a weights file: accuracy, per-class precision / recall / F1 and
+    /// the confusion matrix. The last line is `accuracy: 0.XXXX (CORRECT/TOTAL)`.
+    Evaluate(cli::EvaluateArgs),
+    /// Classify face images (any size or colour; each image is taken as one
+    /// face crop and resized to 48x48 gray): label and probabilities per image.
+    Predict(cli::PredictArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,14 +69,18 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Summary { arch } => {
             let summary = Summary::of(&ModelConfig::preset(arch))?;
-            println!("{arch}: {}", describe(arch));
-            println!("{summary}");
+            output::line(format!("{arch}: {}", describe(arch)));
+            output::line(summary);
         }
         Command::Bench(args) => bench::run(&args)?,
+        Command::Train(args) => cli::train(*args)?,
+        Command::Evaluate(args) => cli::evaluate(&args)?,
+        Command::Predict(args) => cli::predict(&args)?,
     }
     Ok(())
 }

@@ -404,6 +404,92 @@ pub fn affine_channels(
     }
 }
 
+/// Sum with eight independent accumulators, so the loop vectorises (a plain
+/// float `sum()` is a serial dependency chain).
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `sum((x - m)^2)`, vectorised as [`sum`].
+pub fn sum_sq_dev(x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - m) * (v - m)).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += (v - m) * (v - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// BatchNorm backward sums over one plane: `(sum(g), sum(g * xhat))` where
+/// `xhat = (x - m) * s` and `g = dy`, masked to `y > 0` when `relu` is set.
+pub fn bn_backward_sums(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    m: f32,
+    s: f32,
+    relu: bool,
+) -> (f32, f32) {
+    if relu {
+        bn_sums::<true>(x, y, dy, m, s)
+    } else {
+        bn_sums::<false>(x, y, dy, m, s)
+    }
+}
+
+/// [`bn_backward_sums`] specialised on the mask so the loop vectorises.
+fn bn_sums<const RELU: bool>(x: &[f32], y: &[f32], dy: &[f32], m: f32, s: f32) -> (f32, f32) {
+    let mut sg = [0f32; 8];
+    let mut sgx = [0f32; 8];
+    let n = x.len().min(y.len()).min(dy.len());
+    let full = n / 8 * 8;
+    let lanes = x[..full]
+        .chunks_exact(8)
+        .zip(y[..full].chunks_exact(8))
+        .zip(dy[..full].chunks_exact(8));
+    for ((xc, yc), gc) in lanes {
+        for l in 0..8 {
+            let g = if RELU && yc[l] <= 0.0 { 0.0 } else { gc[l] };
+            sg[l] += g;
+            sgx[l] += g * (xc[l] - m);
+        }
+    }
+    let (mut a, mut b) = (sg.iter().sum::<f32>(), sgx.iter().sum::<f32>());
+    for i in full..n {
+        let g = if RELU && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        a += g;
+        b += g * (x[i] - m);
+    }
+    (a, b * s)
+}
+
+/// BatchNorm input gradient over one plane:
+/// `dx = k * (g - mean_g - xhat * mean_gx)`.
+pub fn bn_backward_dx(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    (m, s, k, mg, mgx): (f32, f32, f32, f32, f32),
+    relu: bool,
+    dx: &mut [f32],
+) {
+    for (((d, &xv), &yv), &gv) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+        let g = if relu && yv <= 0.0 { 0.0 } else { gv };
+        *d = k * (g - mg - (xv - m) * s * mgx);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

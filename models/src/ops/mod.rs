@@ -14,6 +14,7 @@
 
 pub mod kernels;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
@@ -28,9 +29,25 @@ pub fn num_threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
+static FAST_OPS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fast ops on or off for the whole process (on by default). Off, every
+/// op runs candle's stock implementation: used to benchmark against stock candle
+/// and to cross-check the two paths.
+pub fn set_fast_ops(enabled: bool) {
+    FAST_OPS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the fast ops are on (see [`set_fast_ops`]).
+pub fn fast_ops() -> bool {
+    FAST_OPS.load(Ordering::Relaxed)
+}
+
 fn use_fast_path(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    fast_ops()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// The contiguous `f32` data of a CPU tensor argument.
@@ -71,6 +88,23 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
         .apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
 }
 
+/// [`conv2d`] plus a per-channel bias `b` `(O,)`, added inside the same pass.
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    if !use_fast_path(&[x, w, b]) {
+        return x
+            .conv2d(w, pad, stride, 1, 1)?
+            .broadcast_add(&b.reshape((1, (), 1, 1))?);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv2dOp { stride, pad })
+}
+
 struct Conv2dOp {
     stride: usize,
     pad: usize,
@@ -100,36 +134,42 @@ fn conv_geom(
     })
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "fast-conv2d"
-    }
-
-    fn cpu_fwd(
+impl Conv2dOp {
+    /// The forward pass shared by the biased and unbiased ops.
+    fn forward(
         &self,
-        s1: &CpuStorage,
+        x: &[f32],
         l1: &Layout,
-        s2: &CpuStorage,
+        w: &[f32],
         l2: &Layout,
+        bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let xd = dims4(l1, "conv2d input")?;
         let wdims = dims4(l2, "conv2d kernel")?;
         let g = conv_geom(xd, wdims, self.stride, self.pad)?;
         let (n, o) = (xd.0, wdims.0);
+        if bias.is_some_and(|b| b.len() != o) {
+            bail!("conv2d: bias length does not match {o} output channels");
+        }
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
         let mut out = vec![0f32; n * o * hw];
         let threads = num_threads();
         let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
+            if let Some(b) = bias {
+                for (row, &bv) in y.chunks_exact_mut(hw).zip(b) {
+                    row.fill(bv);
+                }
+            }
             let xi = &x[i * in_size..(i + 1) * in_size];
             let wm = Mat::row_major(w, o, kk);
+            let acc = bias.is_some();
             if g.is_pointwise() {
-                kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), false, gemm_threads);
+                kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), acc, gemm_threads);
             } else {
                 col.resize(kk * hw, 0.0);
                 kernels::im2col(xi, &g, col);
-                kernels::matmul(y, wm, Mat::row_major(col, kk, hw), false, gemm_threads);
+                kernels::matmul(y, wm, Mat::row_major(col, kk, hw), acc, gemm_threads);
             }
         };
         if n == 1 {
@@ -142,14 +182,8 @@ impl CustomOp2 for Conv2dOp {
         Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+    /// Input and kernel gradients.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, c, h, wd) = x.dims4()?;
         let dx = grad.apply_op2_no_bwd(
             w,
@@ -162,14 +196,97 @@ impl CustomOp2 for Conv2dOp {
             },
         )?;
         let dw = x.apply_op2_no_bwd(
-            &grad,
+            grad,
             &ConvBwdFilter {
                 stride: self.stride,
                 pad: self.pad,
                 k: w.dim(2)?,
             },
         )?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(slice(s1, l1)?, l1, slice(s2, l2)?, l2, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.backward(x, w, &grad.contiguous()?)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "fast-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = slice(s3, l3)?;
+        self.forward(slice(s1, l1)?, l1, slice(s2, l2)?, l2, Some(b))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dw) = self.backward(x, w, &grad)?;
+        let db = grad.apply_op1_no_bwd(&ChannelSum)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Per-channel sum of an `(N, C, H, W)` tensor: `(C,)` (a bias gradient).
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "fast-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (n, c, h, w) = dims4(l, "channel sum input")?;
+        let hw = h * w;
+        let sums = (0..c)
+            .map(|ch| {
+                (0..n)
+                    .map(|i| f64::from(kernels::sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw])))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }
 
@@ -323,7 +440,7 @@ impl CustomOp2 for DepthwiseOp {
         let size = c * h * wd;
         let mut y = vec![0f32; n * size];
         y.par_chunks_mut(size).enumerate().for_each(|(i, yi)| {
-            kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi)
+            kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi);
         });
         Ok((CpuStorage::F32(y), Shape::from(xd)))
     }
@@ -394,16 +511,28 @@ impl CustomOp3 for DepthwiseBwd {
 
 /// 2x2 max-pooling with stride 2 of `x` `(N, C, H, W)`.
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    pool(x, false)
+}
+
+/// [`max_pool2`] followed by ReLU, in one pass.
+pub fn max_pool2_relu(x: &Tensor) -> Result<Tensor> {
+    pool(x, true)
+}
+
+fn pool(x: &Tensor, relu: bool) -> Result<Tensor> {
     if !use_fast_path(&[x]) {
         // Not `max_pool2d`: candle 0.11's backward of it scales gradients by 1/4.
         let (n, c, h, w) = x.dims4()?;
         let x = x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?;
-        return x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3);
+        let y = x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?.apply_op1(MaxPool2Op)
+    x.contiguous()?.apply_op1(MaxPool2Op { relu })
 }
 
-struct MaxPool2Op;
+struct MaxPool2Op {
+    relu: bool,
+}
 
 impl CustomOp1 for MaxPool2Op {
     fn name(&self) -> &'static str {
@@ -418,20 +547,30 @@ impl CustomOp1 for MaxPool2Op {
         let chunk = c * ho * wo;
         if chunk > 0 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(i, yi)| {
-                kernels::maxpool2(&x[i * c * h * w..(i + 1) * c * h * w], c, h, w, yi)
+                kernels::maxpool2(&x[i * c * h * w..(i + 1) * c * h * w], c, h, w, yi);
+                if self.relu {
+                    for v in yi.iter_mut() {
+                        *v = v.max(0.0);
+                    }
+                }
             });
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2Bwd)?))
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = MaxPool2Bwd { relu: self.relu };
+        Ok(Some(x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?))
     }
 }
 
-struct MaxPool2Bwd;
+/// `(x, y, dy) -> dx` for [`MaxPool2Op`]; with `relu`, windows whose output is
+/// not positive pass no gradient.
+struct MaxPool2Bwd {
+    relu: bool,
+}
 
-impl CustomOp2 for MaxPool2Bwd {
+impl CustomOp3 for MaxPool2Bwd {
     fn name(&self) -> &'static str {
         "fast-maxpool2-bwd"
     }
@@ -442,22 +581,31 @@ impl CustomOp2 for MaxPool2Bwd {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (x, y, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (n, c, h, w) = dims4(l1, "max_pool2 input")?;
         let (ho, wo) = (h / 2, w / 2);
         let mut dx = vec![0f32; n * c * h * w];
         let size = c * h * w;
+        let osize = c * ho * wo;
         if size > 0 {
             dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
-                kernels::maxpool2_backward(
-                    &x[i * size..(i + 1) * size],
-                    &dy[i * c * ho * wo..(i + 1) * c * ho * wo],
-                    c,
-                    h,
-                    w,
-                    dxi,
-                );
+                let dyi = &dy[i * osize..(i + 1) * osize];
+                let masked;
+                let g = if self.relu {
+                    let yi = &y[i * osize..(i + 1) * osize];
+                    masked = dyi
+                        .iter()
+                        .zip(yi)
+                        .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+                        .collect::<Vec<f32>>();
+                    &masked[..]
+                } else {
+                    dyi
+                };
+                kernels::maxpool2_backward(&x[i * size..(i + 1) * size], g, c, h, w, dxi);
             });
         }
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
@@ -524,26 +672,23 @@ struct BnTrainOp {
     stats: Arc<Mutex<BatchStats>>,
 }
 
-/// Mean and biased variance of each channel (two passes, `f64` accumulation).
+/// Mean and biased variance of each channel (two passes; per-plane sums in
+/// vectorised `f32`, accumulated across planes in `f64`).
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+            let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
             let count = (n * hw) as f64;
-            let sum: f64 = planes
-                .clone()
-                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
+            let mean = (0..n)
+                .map(|i| f64::from(kernels::sum(plane(i))))
+                .sum::<f64>()
+                / count;
+            let m = mean as f32;
+            let sq: f64 = (0..n)
+                .map(|i| f64::from(kernels::sum_sq_dev(plane(i), m)))
                 .sum();
-            let mean = sum / count;
-            let sq: f64 = planes
-                .map(|p| {
-                    p.iter()
-                        .map(|&v| (f64::from(v) - mean).powi(2))
-                        .sum::<f64>()
-                })
-                .sum();
-            (mean as f32, (sq / count) as f32)
+            (m, (sq / count) as f32)
         })
         .unzip()
 }
@@ -661,23 +806,21 @@ impl CustomOp3 for BnTrainBwd {
         let hw = h * w;
         let count = (n * hw) as f64;
         let relu = self.relu;
-        // Effective upstream gradient, masked by the fused ReLU.
-        let g = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (m, s) = (self.mean[ch], self.inv_std[ch]);
-                let mut sg = 0f64;
-                let mut sgx = 0f64;
-                for i in 0..n {
-                    let base = (i * c + ch) * hw;
-                    for j in base..base + hw {
-                        let gv = f64::from(g(j));
-                        sg += gv;
-                        sgx += gv * f64::from((x[j] - m) * s);
-                    }
-                }
-                (sg, sgx)
+                (0..n).fold((0f64, 0f64), |(a, b), i| {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    let (sg, sgx) = kernels::bn_backward_sums(
+                        &x[r.clone()],
+                        &y[r.clone()],
+                        &dy[r],
+                        self.mean[ch],
+                        self.inv_std[ch],
+                        relu,
+                    );
+                    (a + f64::from(sg), b + f64::from(sgx))
+                })
             })
             .collect();
         let mut out = vec![0f32; n * c * hw + 2 * c];
@@ -686,16 +829,24 @@ impl CustomOp3 for BnTrainBwd {
         if size > 0 {
             dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
                 for ch in 0..c {
-                    let (m, s) = (self.mean[ch], self.inv_std[ch]);
                     let (sg, sgx) = sums[ch];
-                    let k = self.gamma[ch] * s;
-                    let mg = (sg / count) as f32;
-                    let mgx = (sgx / count) as f32;
-                    let base = (i * c + ch) * hw;
-                    for (j, d) in dxi[ch * hw..(ch + 1) * hw].iter_mut().enumerate() {
-                        let xhat = (x[base + j] - m) * s;
-                        *d = k * (g(base + j) - mg - xhat * mgx);
-                    }
+                    let s = self.inv_std[ch];
+                    let coef = (
+                        self.mean[ch],
+                        s,
+                        self.gamma[ch] * s,
+                        (sg / count) as f32,
+                        (sgx / count) as f32,
+                    );
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    kernels::bn_backward_dx(
+                        &x[r.clone()],
+                        &y[r.clone()],
+                        &dy[r],
+                        coef,
+                        relu,
+                        &mut dxi[ch * hw..(ch + 1) * hw],
+                    );
                 }
             });
         }

@@ -106,7 +106,7 @@ fn conv2d_matches_stock() {
         (3, 16, 24, 24, 32, 1, 2, 0),
     ];
     for _ in 0..6 {
-        let k = if rng.next() % 2 == 0 { 1 } else { 3 };
+        let k = if rng.next().is_multiple_of(2) { 1 } else { 3 };
         let stride = rng.range(1, 2);
         let pad = if k == 3 { 1 } else { 0 };
         // candle's stock backward fails on stride 2 with odd sizes (its transposed
@@ -137,6 +137,43 @@ fn conv2d_matches_stock() {
             |t| conv2d(&t[0], &t[1], stride, pad).unwrap(),
             |t| t[0].conv2d(&t[1], pad, stride, 1, 1).unwrap(),
             &format!("conv2d n{n} c{c} {h}x{w} o{o} k{k} s{stride}"),
+        );
+    }
+}
+
+#[test]
+fn conv2d_bias_matches_stock() {
+    let mut rng = Lcg(5);
+    for (n, c, h, w, o) in [(1, 32, 12, 12, 64), (3, 5, 7, 6, 4), (2, 128, 6, 6, 7)] {
+        let x = rng.tensor(&[n, c, h, w]);
+        let wt = rng.tensor(&[o, c, 3, 3]);
+        let b = rng.tensor(&[o]);
+        compare(
+            &mut rng,
+            &[x, wt, b],
+            |t| conv2d_bias(&t[0], &t[1], &t[2], 1, 1).unwrap(),
+            |t| {
+                t[0].conv2d(&t[1], 1, 1, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&t[2].reshape((1, o, 1, 1)).unwrap())
+                    .unwrap()
+            },
+            &format!("conv2d+bias n{n} c{c} {h}x{w} o{o}"),
+        );
+    }
+}
+
+#[test]
+fn max_pool_relu_matches_stock() {
+    let mut rng = Lcg(6);
+    for (n, c, h, w) in [(2, 16, 48, 48), (1, 3, 5, 7)] {
+        let x = rng.distinct(&[n, c, h, w]);
+        compare(
+            &mut rng,
+            &[x],
+            |t| max_pool2_relu(&t[0]).unwrap(),
+            |t| window_max(&t[0]).relu().unwrap(),
+            &format!("maxpool+relu n{n} c{c} {h}x{w}"),
         );
     }
 }

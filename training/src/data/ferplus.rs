@@ -30,7 +30,7 @@
 //!    vote for an expression: its label.)
 //!
 //! On the shared Training rows this keeps 26,778 of 28,709 (150 not a face,
-//! 162 contempt, 170 unknown, 1,449 ties); on PublicTest 3,372 of 3,589.
+//! 162 contempt, 170 unknown, 1,449 ties); on `PublicTest` 3,372 of 3,589.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,6 @@ pub const FERPLUS_COLUMNS: [&str; 10] = [
 const TO_FER2013: [u8; 7] = [6, 3, 5, 4, 0, 1, 2];
 const CONTEMPT: usize = 7;
 const UNKNOWN: usize = 8;
-const NOT_FACE: usize = 9;
 
 /// One row of the FER+ file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +147,7 @@ pub fn ferplus_outcome(votes: &[u8; 10], has_name: bool, ties: TiePolicy) -> Fer
             i if i < TO_FER2013.len() => FerPlusOutcome::Label(TO_FER2013[i]),
             CONTEMPT => FerPlusOutcome::Contempt,
             UNKNOWN => FerPlusOutcome::Unknown,
-            _ => FerPlusOutcome::NotFace,
+            _ => FerPlusOutcome::NotFace, // column 9, `NF`
         },
         _ if max == 0 => FerPlusOutcome::Unknown,
         many => match ties {
@@ -291,7 +290,8 @@ fn parse_votes_row(line: &[u8], header: &[String]) -> Result<FerPlusRow, RowProb
 /// Relabels FER2013 samples with FER+ votes, joining on each sample's row
 /// ([`Origin::Row`]): the result keeps the samples the label policy keeps (in
 /// the same order, with the same origins), with FER+ majority labels and soft
-/// targets over [`models::FER2013_CLASSES`].
+/// targets over [`models::FER2013_CLASSES`] (the result's classes, whatever
+/// `fer`'s were).
 ///
 /// Errors if a sample is not from a CSV row, if the FER+ file has no row for
 /// it, or if the two rows disagree on `Usage` (the files are not aligned).
@@ -300,7 +300,11 @@ pub fn apply_ferplus(
     votes: &FerPlusVotes,
     opts: &FerPlusOptions,
 ) -> Result<(Dataset, FerPlusReport), DataError> {
-    let mut out = Dataset::empty(fer.classes().to_vec());
+    let classes = models::FER2013_CLASSES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut out = Dataset::empty(classes);
     let mut report = FerPlusReport::default();
     for (index, origin) in fer.origins().iter().enumerate() {
         let Origin::Row { row, usage } = origin else {
@@ -556,7 +560,7 @@ mod tests {
         assert_eq!(report.skipped_rows[1].line, 4);
         assert_eq!(
             report.skipped_rows[1].problem,
-            RowProblem::MissingField("sadness".into())
+            RowProblem::MissingField("surprise".into())
         );
         let fer = fer_fixture(&[(0, "Training"), (1, "Training"), (2, "Training")]);
         let (ds, rep) = apply_ferplus(&fer, &votes, &FerPlusOptions::default()).unwrap();

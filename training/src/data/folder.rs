@@ -108,7 +108,7 @@ pub fn ckplus_subject(file_name: &str) -> Option<&str> {
 }
 
 /// One colour pixel to gray with the ITU-R BT.601 weights (`0.299 R + 0.587 G +
-/// 0.114 B`, rounded), as OpenCV's `cvtColor` and PIL's `convert("L")` do.
+/// 0.114 B`, rounded), as `OpenCV`'s `cvtColor` and PIL's `convert("L")` do.
 pub fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     let y = (299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000;
     // The weights sum to 1000, so y <= 255.
@@ -342,7 +342,7 @@ impl SubjectFolds {
     }
 
     /// Deals subjects to `k` folds: the sorted distinct ids are shuffled with
-    /// a seeded ChaCha8 Fisher-Yates shuffle, then dealt round-robin (the same
+    /// a seeded `ChaCha8` Fisher-Yates shuffle, then dealt round-robin (the same
     /// recipe as `ckplus48/folds.csv`, though not the same random numbers).
     pub fn shuffled<'a>(
         subjects: impl IntoIterator<Item = &'a str>,

@@ -1,0 +1,481 @@
+//! The deployment path for ARCH-1: BatchNorm folded into the convolutions, the
+//! residual branch's two 1x1 convolutions composed into one (evaluated only at
+//! the stride-2 positions it keeps), ReLU fused into each convolution's epilogue,
+//! NCHW planes in preallocated buffers reused across calls. After the first call
+//! at a given batch size, [`Arch1Engine::run`] allocates nothing.
+//!
+//! The outputs match the candle graph ([`crate::Arch1`] in eval mode) to 1e-4
+//! (tested below).
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::layers::BnConfig;
+use crate::ops::kernels::{self, ConvGeom, Mat};
+use crate::weights::WeightsError;
+
+/// A convolution with BatchNorm folded in: `y = relu?(W x + b)`.
+#[derive(Debug, Clone)]
+struct FoldedConv {
+    /// `(O, C * k * k)` row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    o: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    relu: bool,
+}
+
+impl FoldedConv {
+    fn geom(&self, h: usize, w: usize) -> ConvGeom {
+        ConvGeom {
+            c: self.c,
+            h,
+            w,
+            k: self.k,
+            stride: self.stride,
+            pad: self.k / 2,
+        }
+    }
+
+    /// Runs on one image `x` `(C, h, w)` into `y` `(O, ho, wo)`; returns `(ho, wo)`.
+    fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        y: &mut [f32],
+        col: &mut Vec<f32>,
+        threads: usize,
+    ) -> (usize, usize) {
+        let g = self.geom(h, w);
+        let (ho, wo) = (g.ho(), g.wo());
+        let hw = ho * wo;
+        let kk = g.col_rows();
+        let y = &mut y[..self.o * hw];
+        for (row, &b) in y.chunks_exact_mut(hw).zip(&self.b) {
+            row.fill(b);
+        }
+        let wm = Mat::row_major(&self.w, self.o, kk);
+        if g.is_pointwise() {
+            kernels::matmul(y, wm, Mat::row_major(&x[..kk * hw], kk, hw), true, threads);
+        } else {
+            if col.len() < kk * hw {
+                col.resize(kk * hw, 0.0);
+            }
+            kernels::im2col(x, &g, col);
+            kernels::matmul(
+                y,
+                wm,
+                Mat::row_major(&col[..kk * hw], kk, hw),
+                true,
+                threads,
+            );
+        }
+        if self.relu {
+            for v in y.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
+        (ho, wo)
+    }
+}
+
+/// Per-image working memory.
+#[derive(Debug, Default, Clone)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    trunk: Vec<f32>,
+    res: Vec<f32>,
+    col: Vec<f32>,
+}
+
+impl Scratch {
+    fn reserve(&mut self) {
+        let big = 16 * 48 * 48;
+        for v in [&mut self.a, &mut self.b] {
+            v.resize(big, 0.0);
+        }
+        self.trunk.resize(16 * 24 * 24, 0.0);
+        self.res.resize(32 * 12 * 12, 0.0);
+        self.col.resize(16 * 9 * 48 * 48, 0.0);
+    }
+}
+
+/// ARCH-1 compiled for fast CPU inference.
+#[derive(Debug, Clone)]
+pub struct Arch1Engine {
+    stem: [FoldedConv; 4],
+    dw1: Vec<f32>,
+    pw1: FoldedConv,
+    dw2: Vec<f32>,
+    pw2: FoldedConv,
+    res: FoldedConv,
+    tail: [FoldedConv; 4],
+    head: FoldedConv,
+    classes: usize,
+    scratch: Vec<Scratch>,
+    logits: Vec<f32>,
+}
+
+fn get(t: &HashMap<String, Tensor>, name: &str) -> Result<Vec<f32>, WeightsError> {
+    let v = t.get(name).ok_or_else(|| WeightsError::MissingTensor {
+        name: name.to_owned(),
+        expected: vec![],
+    })?;
+    Ok(v.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// BatchNorm `(scale, shift)` per channel, `y = x * scale + shift`.
+fn bn(
+    t: &HashMap<String, Tensor>,
+    name: &str,
+    eps: f64,
+) -> Result<(Vec<f32>, Vec<f32>), WeightsError> {
+    let gamma = get(t, &format!("{name}.gamma"))?;
+    let beta = get(t, &format!("{name}.beta"))?;
+    let mean = get(t, &format!("{name}.moving_mean"))?;
+    let var = get(t, &format!("{name}.moving_variance"))?;
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| (f64::from(*g) / (f64::from(*v) + eps).sqrt()) as f32)
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    Ok((scale, shift))
+}
+
+fn fold(
+    t: &HashMap<String, Tensor>,
+    conv: &str,
+    weight: &str,
+    bn_name: &str,
+    (o, c, k, stride, relu): (usize, usize, usize, usize, bool),
+    eps: f64,
+) -> Result<FoldedConv, WeightsError> {
+    let mut w = get(t, &format!("{conv}.{weight}"))?;
+    let expected = o * c * k * k;
+    if w.len() != expected {
+        return Err(WeightsError::ShapeMismatch {
+            name: format!("{conv}.{weight}"),
+            expected: vec![o, c, k, k],
+            found: vec![w.len()],
+        });
+    }
+    let bias = match t.get(&format!("{conv}.bias")) {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; o],
+    };
+    let (scale, shift) = bn(t, bn_name, eps)?;
+    let per_out = c * k * k;
+    for (oi, row) in w.chunks_exact_mut(per_out).enumerate() {
+        for v in row.iter_mut() {
+            *v *= scale[oi];
+        }
+    }
+    let b = (0..o).map(|oi| bias[oi] * scale[oi] + shift[oi]).collect();
+    Ok(FoldedConv {
+        w,
+        b,
+        o,
+        c,
+        k,
+        stride,
+        relu,
+    })
+}
+
+impl Arch1Engine {
+    /// Compiles ARCH-1 from its parameters (as in a weights file or a `VarMap`).
+    pub fn new(
+        t: &HashMap<String, Tensor>,
+        bn_cfg: BnConfig,
+        classes: usize,
+    ) -> Result<Self, WeightsError> {
+        let eps = bn_cfg.eps;
+        let f = |conv: &str, bn_name: &str, shape| fold(t, conv, "weight", bn_name, shape, eps);
+        let stem = [
+            f("conv2d", "batch_normalization", (8, 1, 3, 1, true))?,
+            f("conv2d_1", "batch_normalization_1", (8, 8, 3, 1, true))?,
+            f("conv2d_2", "batch_normalization_2", (16, 8, 3, 1, true))?,
+            // ReLU commutes with the max-pooling that follows, so it is fused here.
+            f("conv2d_3", "batch_normalization_3", (16, 16, 3, 1, true))?,
+        ];
+        let dw1 = get(t, "separable_conv2d.depthwise.weight")?;
+        let pw1 = fold(
+            t,
+            "separable_conv2d",
+            "pointwise.weight",
+            "batch_normalization_6",
+            (32, 16, 1, 1, true),
+            eps,
+        )?;
+        let dw2 = get(t, "separable_conv2d_1.depthwise.weight")?;
+        let pw2 = fold(
+            t,
+            "separable_conv2d_1",
+            "pointwise.weight",
+            "batch_normalization_7",
+            (32, 32, 1, 1, true),
+            eps,
+        )?;
+        // Residual: conv2d_4 (1x1) + BN, conv2d_5 (1x1, stride 2) + BN, with no
+        // nonlinearity between: one affine 1x1 map on the stride-2 positions.
+        let r4 = fold(
+            t,
+            "conv2d_4",
+            "weight",
+            "batch_normalization_4",
+            (16, 16, 1, 1, false),
+            eps,
+        )?;
+        let r5 = fold(
+            t,
+            "conv2d_5",
+            "weight",
+            "batch_normalization_5",
+            (32, 16, 1, 2, false),
+            eps,
+        )?;
+        let mut w = vec![0f32; 32 * 16];
+        kernels::matmul(
+            &mut w,
+            Mat::row_major(&r5.w, 32, 16),
+            Mat::row_major(&r4.w, 16, 16),
+            false,
+            1,
+        );
+        let b = (0..32)
+            .map(|o| r5.b[o] + (0..16).map(|i| r5.w[o * 16 + i] * r4.b[i]).sum::<f32>())
+            .collect();
+        let res = FoldedConv {
+            w,
+            b,
+            o: 32,
+            c: 16,
+            k: 1,
+            stride: 1,
+            relu: false,
+        };
+        let tail = [
+            f("conv2d_6", "batch_normalization_8", (64, 32, 3, 1, true))?,
+            f("conv2d_7", "batch_normalization_9", (64, 64, 3, 1, true))?,
+            f("conv2d_8", "batch_normalization_10", (128, 64, 3, 1, true))?,
+            f("conv2d_9", "batch_normalization_11", (128, 128, 3, 1, true))?,
+        ];
+        let head_w = get(t, "conv2d_10.weight")?;
+        let head_b = get(t, "conv2d_10.bias")?;
+        if head_w.len() != classes * 128 * 9 || head_b.len() != classes {
+            return Err(WeightsError::ShapeMismatch {
+                name: "conv2d_10.weight".into(),
+                expected: vec![classes, 128, 3, 3],
+                found: vec![head_w.len()],
+            });
+        }
+        let head = FoldedConv {
+            w: head_w,
+            b: head_b,
+            o: classes,
+            c: 128,
+            k: 3,
+            stride: 1,
+            relu: false,
+        };
+        Ok(Self {
+            stem,
+            dw1,
+            pw1,
+            dw2,
+            pw2,
+            res,
+            tail,
+            head,
+            classes,
+            scratch: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// Compiles the network held by a `LoadedWeights` (must be ARCH-1).
+    pub fn from_weights(w: &crate::LoadedWeights) -> Result<Self, WeightsError> {
+        w.expect_arch(crate::Arch::Arch1)?;
+        w.validate()?;
+        let crate::ModelConfig::Arch1(cfg) = &w.meta.config else {
+            return Err(WeightsError::WrongArch {
+                expected: crate::Arch::Arch1,
+                found: w.meta.arch(),
+            });
+        };
+        if cfg.in_channels != 1 {
+            return Err(WeightsError::BadMetadata {
+                key: "config",
+                reason: "the engine takes gray (1-channel) input".into(),
+            });
+        }
+        Self::new(&w.tensors, cfg.bn, cfg.num_classes)
+    }
+
+    /// Number of outputs per image.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    fn image(&self, s: &mut Scratch, x: &[f32], logits: &mut [f32], threads: usize) {
+        let Scratch {
+            a,
+            b,
+            trunk,
+            res,
+            col,
+        } = s;
+        // Stem at 48x48.
+        self.stem[0].run(x, 48, 48, a, col, threads);
+        self.stem[1].run(a, 48, 48, b, col, threads);
+        self.stem[2].run(b, 48, 48, a, col, threads);
+        self.stem[3].run(a, 48, 48, b, col, threads);
+        kernels::maxpool2(b, 16, 48, 48, trunk);
+        // Main branch at 24x24.
+        kernels::depthwise3x3(trunk, &self.dw1, 16, 24, 24, a);
+        self.pw1.run(a, 24, 24, b, col, threads);
+        kernels::depthwise3x3(b, &self.dw2, 32, 24, 24, a);
+        self.pw2.run(a, 24, 24, b, col, threads);
+        kernels::maxpool2(b, 32, 24, 24, a);
+        // Residual branch at the stride-2 positions of the trunk.
+        for c in 0..16 {
+            for y in 0..12 {
+                for xx in 0..12 {
+                    col[c * 144 + y * 12 + xx] = trunk[c * 576 + 2 * y * 24 + 2 * xx];
+                }
+            }
+        }
+        let (sub, _) = col.split_at_mut(16 * 144);
+        self.res.run(sub, 12, 12, res, &mut Vec::new(), 1);
+        for (m, r) in a[..32 * 144].iter_mut().zip(res.iter()) {
+            *m = (*m + r).max(0.0);
+        }
+        // Tail at 12x12 and 6x6.
+        self.tail[0].run(a, 12, 12, b, col, threads);
+        self.tail[1].run(b, 12, 12, a, col, threads);
+        kernels::maxpool2(a, 64, 12, 12, b);
+        self.tail[2].run(b, 6, 6, a, col, threads);
+        self.tail[3].run(a, 6, 6, b, col, threads);
+        self.head.run(b, 6, 6, a, col, threads);
+        for (k, l) in logits.iter_mut().enumerate() {
+            *l = a[k * 36..(k + 1) * 36].iter().sum::<f32>() / 36.0;
+        }
+    }
+
+    /// Logits for `n` gray 48x48 faces given as `n * 2304` normalised values;
+    /// returns `n * classes` values. Images run in parallel on the rayon pool
+    /// when `n > 1`; a single image uses the pool inside its matrix products.
+    pub fn run(&mut self, faces: &[f32], n: usize) -> Result<&[f32], WeightsError> {
+        const PIX: usize = 48 * 48;
+        if faces.len() != n * PIX {
+            return Err(WeightsError::Candle(candle_core::Error::Msg(format!(
+                "expected {n} faces of 48x48 ({} values), got {}",
+                n * PIX,
+                faces.len()
+            ))));
+        }
+        let threads = crate::ops::num_threads();
+        let parts = if n == 1 { 1 } else { threads.min(n) };
+        if self.scratch.len() < parts {
+            self.scratch.resize_with(parts, || {
+                let mut s = Scratch::default();
+                s.reserve();
+                s
+            });
+        }
+        let k = self.classes;
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.resize(n * k, 0.0);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if parts == 1 {
+            self.image(&mut scratch[0], faces, &mut logits[..k], threads);
+            for i in 1..n {
+                self.image(
+                    &mut scratch[0],
+                    &faces[i * PIX..(i + 1) * PIX],
+                    &mut logits[i * k..(i + 1) * k],
+                    threads,
+                );
+            }
+        } else {
+            let per = n.div_ceil(parts);
+            let this = &*self;
+            scratch
+                .par_iter_mut()
+                .zip(logits.par_chunks_mut(per * k))
+                .zip(faces.par_chunks(per * PIX))
+                .for_each(|((s, out), imgs)| {
+                    for (img, l) in imgs.chunks_exact(PIX).zip(out.chunks_exact_mut(k)) {
+                        this.image(s, img, l, 1);
+                    }
+                });
+        }
+        self.scratch = scratch;
+        self.logits = logits;
+        Ok(&self.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arch, EmotionNet, ModelConfig};
+    use candle_core::{DType, Device};
+    use candle_nn::{ModuleT, VarBuilder, VarMap};
+
+    #[test]
+    fn engine_matches_the_candle_graph() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let net = EmotionNet::new(
+            &ModelConfig::preset(Arch::Arch1),
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        // Non-trivial BatchNorm statistics: a few train-mode passes move them.
+        for _ in 0..3 {
+            let x = Tensor::rand(0f32, 1f32, (8, 1, 48, 48), &dev).unwrap();
+            net.forward_t(&x, true).unwrap();
+        }
+        let tensors: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let mut engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
+        for n in [1usize, 3, 5] {
+            let x = Tensor::rand(0f32, 1f32, (n, 1, 48, 48), &dev).unwrap();
+            let want = net
+                .forward_t(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = engine.run(&flat, n).unwrap().to_vec();
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "batch {n}: engine {a} vs graph {b}"
+                );
+            }
+        }
+        assert!(engine.run(&[0.0; 10], 1).is_err());
+    }
+}

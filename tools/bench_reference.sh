@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduces docs/PERFORMANCE.md's comparison in one job on one machine:
+# candle stock vs our ops vs the ARCH-1 engine (1 and 2 threads), then PyTorch
+# eager / TorchScript / onnxruntime and PyTorch training, printed as ratios.
+#
+#   tools/bench_reference.sh            # uses tools/.venv-bench (created if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=tools/.venv-bench
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch onnxruntime onnx numpy
+fi
+cargo build --release -p training
+OUT=$(mktemp -d)
+for t in 1 2; do
+  ./target/release/training bench --arch arch1 --threads "$t" --train 2>/dev/null | tee "$OUT/ours-$t.txt"
+  "$VENV/bin/python" tools/bench_reference.py --threads "$t" 2>/dev/null | tee "$OUT/ref-$t.txt"
+done
+for a in arch2 arch3 arch4; do
+  ./target/release/training bench --arch "$a" --threads 2 --runs 100 2>/dev/null | tee -a "$OUT/others.txt"
+done
+python3 - "$OUT" <<'PY'
+import re, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def grab(path, pattern):
+    m = re.search(pattern, path.read_text())
+    return float(m.group(1)) if m else float("nan")
+print("\n| threads | metric | candle stock | ours (graph) | ours (engine) | PyTorch eager | TorchScript | onnxruntime | engine vs ort | engine vs eager |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for t in (1, 2):
+    o, r = out / f"ours-{t}.txt", out / f"ref-{t}.txt"
+    stock = grab(o, r"stock b1 median_ms: ([\d.]+)")
+    fast = grab(o, r"fast b1 median_ms: ([\d.]+)")
+    eng = grab(o, r"engine b1 median_ms: ([\d.]+)")
+    eager = grab(r, rf"torch_eager b1_ms t{t}: ([\d.]+)")
+    ts = grab(r, rf"torchscript b1_ms t{t}: ([\d.]+)")
+    ort = grab(r, rf"onnxruntime b1_ms t{t}: ([\d.]+)")
+    print(f"| {t} | b1 latency ms | {stock} | {fast} | {eng} | {eager} | {ts} | {ort} | {eng/ort:.2f} | {eng/eager:.2f} |")
+    for b in (64, 256):
+        ours = grab(o, rf"fast train b{b} img_s: ([\d.]+)")
+        st = grab(o, rf"stock train b{b} img_s: ([\d.]+)")
+        pt = grab(r, rf"torch_train b{b}_img_s t{t}: ([\d.]+)")
+        pta = grab(r, rf"torch_train b{b}_aug_img_s t{t}: ([\d.]+)")
+        print(f"| {t} | train b{b} img/s | {st} | {ours} | | {pt} (aug {pta}) | | | | ours/torch {ours/pt:.2f} |")
+PY

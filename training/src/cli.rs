@@ -1,0 +1,276 @@
+//! The `train`, `evaluate` and `predict` subcommands' arguments and drivers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{D, Device, Tensor};
+use candle_nn::ModuleT;
+use clap::Args;
+use models::{Arch, LoadedWeights};
+use training::data::{
+    Dataset, ErrorPolicy, Fer2013Options, FolderOptions, Usage, load_fer2013, load_image_folder,
+    normalization, to_gray48,
+};
+use training::metrics::evaluate as eval_net;
+use training::spec::DataSpec;
+use training::train::{Overrides, Preset, RunOptions, TrainConfig, train as run_training};
+
+use crate::output::line;
+
+/// Options of `training train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Which network: arch1, arch2, arch3 or arch4.
+    #[arg(long, default_value = "arch1")]
+    arch: Arch,
+    #[command(flatten)]
+    data: DataSpec,
+    /// The run directory (created; must not hold a run unless --resume).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Start from a preset: `default` (the project's CPU recipe) or `paper`
+    /// (the paper's literal recipe).
+    #[arg(long, value_enum, default_value = "default")]
+    preset: Preset,
+    /// A JSON `TrainConfig` (as written to `config.json`) to start from instead of
+    /// the preset; command-line options still override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --run-dir from its last checkpoint (its `config.json`
+    /// is used; only --epochs may change).
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Runs `training train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --config {}", path.display()))?;
+            serde_json::from_str::<TrainConfig>(&text).with_context(|| {
+                format!("--config {} is not a valid TrainConfig", path.display())
+            })?
+        }
+        None => TrainConfig::preset(args.preset, args.arch, args.data.clone()),
+    };
+    if args.config.is_some() {
+        cfg.data = args.data.clone();
+    }
+    args.overrides.apply(&mut cfg);
+    if args.resume && args.overrides.epochs.is_none() {
+        // Keep the run's own budget: read it back inside `train`.
+        let saved = args.run_dir.join("config.json");
+        if let Ok(text) = std::fs::read_to_string(&saved)
+            && let Ok(c) = serde_json::from_str::<TrainConfig>(&text)
+        {
+            cfg.epochs = c.epochs;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed)) {
+        tracing::warn!("cannot install the Ctrl-C handler ({e}); Ctrl-C will end the run abruptly");
+    }
+    let opts = RunOptions {
+        run_dir: args.run_dir.clone(),
+        resume: args.resume,
+        progress: !args.no_progress,
+    };
+    let summary = run_training(cfg, &opts, stop)?;
+    let s = &summary.state;
+    line(format!(
+        "run {}: {} epochs, best validation accuracy {:.4} at epoch {}{}",
+        args.run_dir.display(),
+        s.epochs_done,
+        s.best_accuracy,
+        s.best_epoch,
+        if summary.interrupted {
+            " (interrupted: continue with --resume)"
+        } else if s.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+/// Options of `training evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The weights file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A FER2013 CSV (`.csv` or `.csv.gz`) or a folder of class sub-folders.
+    #[arg(long)]
+    data: PathBuf,
+    /// FER2013 CSVs: evaluate only the rows of this split (Training, PublicTest,
+    /// PrivateTest); by default every row of the file.
+    #[arg(long)]
+    usage: Option<Usage>,
+    /// Average each face's probabilities with its mirror image's.
+    #[arg(long)]
+    tta_flip: bool,
+    /// Print one JSON object instead of the tables (the last line stays the
+    /// accuracy line).
+    #[arg(long)]
+    json: bool,
+    /// Faces per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+fn load_eval_data(path: &std::path::Path, usage: Option<Usage>) -> Result<(Dataset, usize)> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+        let opts = Fer2013Options {
+            usage,
+            on_error: ErrorPolicy::Skip,
+        };
+        let (ds, report) = load_fer2013(path, &opts)?;
+        Ok((ds, report.skipped_rows.len()))
+    } else if path.is_dir() {
+        if usage.is_some() {
+            bail!("--usage applies to FER2013 CSVs only");
+        }
+        let opts = FolderOptions {
+            on_error: ErrorPolicy::Skip,
+            ..FolderOptions::default()
+        };
+        let (ds, report) = load_image_folder(path, &opts)?;
+        Ok((ds, report.skipped_files.len()))
+    } else {
+        bail!(
+            "--data {} is neither a .csv/.csv.gz file nor a folder",
+            path.display()
+        )
+    }
+}
+
+/// Runs `training evaluate`.
+pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let weights = LoadedWeights::from_file(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let net = weights.build(&device)?;
+    let (ds, unscored) = load_eval_data(&args.data, args.usage)?;
+    if ds.classes() != weights.meta.classes.as_slice() {
+        bail!(
+            "the data's classes {:?} differ from the model's {:?}",
+            ds.classes(),
+            weights.meta.classes
+        );
+    }
+    let all: Vec<usize> = (0..ds.len()).collect();
+    let eval = eval_net(&net, &ds, &all, args.batch_size, args.tta_flip, &device)?;
+    let c = &eval.confusion;
+    if args.json {
+        let per_class: serde_json::Map<String, serde_json::Value> = c
+            .classes
+            .iter()
+            .zip(c.per_class())
+            .map(|(n, s)| (n.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .collect();
+        line(serde_json::json!({
+            "model": args.model,
+            "data": args.data,
+            "usage": args.usage.map(|u| u.to_string()),
+            "tta_flip": args.tta_flip,
+            "accuracy": c.accuracy(),
+            "correct": c.correct(),
+            "total": c.total(),
+            "unscored_rows": unscored,
+            "loss": eval.loss,
+            "per_class": per_class,
+            "confusion": c.counts,
+            "classes": c.classes,
+        }));
+    } else {
+        line(format!(
+            "model {} ({}) on {}{}: {} faces scored, {unscored} rows could not be scored",
+            args.model.display(),
+            weights.meta.arch(),
+            args.data.display(),
+            args.usage.map(|u| format!(" [{u}]")).unwrap_or_default(),
+            c.total()
+        ));
+        line(format!("loss: {:.4}", eval.loss));
+        line(c);
+    }
+    line(format!(
+        "accuracy: {:.4} ({}/{})",
+        c.accuracy(),
+        c.correct(),
+        c.total()
+    ));
+    Ok(())
+}
+
+/// Options of `training predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The weights file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Face images (png or jpeg).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+/// Runs `training predict`.
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let weights = LoadedWeights::from_file(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let net = weights.build(&device)?;
+    let norm = normalization();
+    let mut failed = 0;
+    for path in &args.images {
+        let img = match image::open(path) {
+            Ok(img) => img,
+            Err(e) => {
+                tracing::error!("{}: cannot read image: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let gray = to_gray48(&img, training::data::ResizeMode::CenterCrop);
+        let x: Vec<f32> = gray.iter().map(|&p| norm.apply(p)).collect();
+        let x = Tensor::from_vec(x, (1, 1, 48, 48), &device)?;
+        let probs = candle_nn::ops::softmax(&net.forward_t(&x, false)?, D::Minus1)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
+        let best = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let list: Vec<String> = weights
+            .meta
+            .classes
+            .iter()
+            .zip(&probs)
+            .map(|(n, p)| format!("{n}={p:.3}"))
+            .collect();
+        line(format!(
+            "{}: {} ({:.3}) [{}]",
+            path.display(),
+            weights.meta.classes[best],
+            probs[best],
+            list.join(" ")
+        ));
+    }
+    if failed > 0 {
+        bail!("{failed} of {} images could not be read", args.images.len());
+    }
+    Ok(())
+}

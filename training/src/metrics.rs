@@ -1,0 +1,214 @@
+//! Classification metrics: accuracy, per-class precision / recall / F1 and the
+//! confusion matrix, plus batched evaluation of a network on a dataset.
+
+use std::fmt;
+
+use anyhow::Result;
+use candle_core::{D, Device, Tensor};
+use candle_nn::ModuleT;
+use models::EmotionNet;
+use serde::Serialize;
+
+use crate::augment::{BatchMode, make_batch};
+use crate::data::Dataset;
+
+/// A confusion matrix: `counts[truth * k + predicted]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Confusion {
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Row-major `k x k` counts, rows are the true classes.
+    pub counts: Vec<u64>,
+}
+
+/// Precision, recall and F1 of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClassScores {
+    /// Of the samples predicted as the class, the fraction that are.
+    pub precision: f64,
+    /// Of the samples of the class, the fraction predicted as it.
+    pub recall: f64,
+    /// Harmonic mean of the two.
+    pub f1: f64,
+    /// Samples of the class.
+    pub support: u64,
+}
+
+impl Confusion {
+    /// An empty matrix.
+    pub fn new(classes: Vec<String>) -> Self {
+        let k = classes.len();
+        Self {
+            classes,
+            counts: vec![0; k * k],
+        }
+    }
+
+    /// Records one prediction.
+    pub fn add(&mut self, truth: usize, predicted: usize) {
+        let k = self.classes.len();
+        if truth < k && predicted < k {
+            self.counts[truth * k + predicted] += 1;
+        }
+    }
+
+    /// Samples recorded.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Correct predictions.
+    pub fn correct(&self) -> u64 {
+        let k = self.classes.len();
+        (0..k).map(|i| self.counts[i * k + i]).sum()
+    }
+
+    /// Fraction correct (0 when empty).
+    pub fn accuracy(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            t => self.correct() as f64 / t as f64,
+        }
+    }
+
+    /// Scores of every class.
+    pub fn per_class(&self) -> Vec<ClassScores> {
+        let k = self.classes.len();
+        (0..k)
+            .map(|c| {
+                let tp = self.counts[c * k + c] as f64;
+                let predicted: u64 = (0..k).map(|r| self.counts[r * k + c]).sum();
+                let support: u64 = self.counts[c * k..(c + 1) * k].iter().sum();
+                let precision = if predicted == 0 {
+                    0.0
+                } else {
+                    tp / predicted as f64
+                };
+                let recall = if support == 0 {
+                    0.0
+                } else {
+                    tp / support as f64
+                };
+                let f1 = if precision + recall == 0.0 {
+                    0.0
+                } else {
+                    2.0 * precision * recall / (precision + recall)
+                };
+                ClassScores {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Confusion {
+    /// Per-class scores, then the matrix (rows: truth, columns: prediction).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.classes.len();
+        writeln!(
+            f,
+            "{:<10}{:>10}{:>10}{:>10}{:>9}",
+            "class", "precision", "recall", "f1", "support"
+        )?;
+        for (name, s) in self.classes.iter().zip(self.per_class()) {
+            writeln!(
+                f,
+                "{name:<10}{:>10.4}{:>10.4}{:>10.4}{:>9}",
+                s.precision, s.recall, s.f1, s.support
+            )?;
+        }
+        writeln!(f)?;
+        write!(f, "{:<10}", "truth\\pred")?;
+        for name in &self.classes {
+            write!(f, "{:>9}", &name[..name.len().min(8)])?;
+        }
+        for (r, name) in self.classes.iter().enumerate() {
+            writeln!(f)?;
+            write!(f, "{name:<10}")?;
+            for c in 0..k {
+                write!(f, "{:>9}", self.counts[r * k + c])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result of evaluating a network on some samples.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Confusion matrix.
+    pub confusion: Confusion,
+}
+
+/// Evaluates `net` (eval mode) on `indices` of `ds` in batches. With `tta_flip`,
+/// the probabilities of each face and its mirror image are averaged.
+pub fn evaluate(
+    net: &EmotionNet,
+    ds: &Dataset,
+    indices: &[usize],
+    batch_size: usize,
+    tta_flip: bool,
+    device: &Device,
+) -> Result<Evaluation> {
+    let mut confusion = Confusion::new(ds.classes().to_vec());
+    let mut loss_sum = 0.0;
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = make_batch(ds, chunk, BatchMode::Plain, device)?;
+        let mut probs = candle_nn::ops::softmax(&net.forward_t(&batch.images, false)?, D::Minus1)?;
+        if tta_flip {
+            let flipped = net.forward_t(&flip_horizontal(&batch.images)?, false)?;
+            let p2 = candle_nn::ops::softmax(&flipped, D::Minus1)?;
+            probs = ((probs + p2)? * 0.5)?;
+        }
+        let logp = probs.clamp(1e-12, 1.0)?.log()?;
+        let nll = logp
+            .gather(&batch.labels.unsqueeze(1)?, 1)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        loss_sum -= f64::from(nll);
+        let pred = probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let truth = batch.labels.to_vec1::<u32>()?;
+        for (t, p) in truth.iter().zip(&pred) {
+            confusion.add(*t as usize, *p as usize);
+        }
+    }
+    Ok(Evaluation {
+        loss: loss_sum / indices.len().max(1) as f64,
+        confusion,
+    })
+}
+
+/// Mirrors `(N, C, H, W)` images left-right.
+pub fn flip_horizontal(x: &Tensor) -> Result<Tensor> {
+    let w = x.dim(3)?;
+    let idx: Vec<u32> = (0..w as u32).rev().collect();
+    let idx = Tensor::new(idx.as_slice(), x.device())?;
+    Ok(x.index_select(&idx, 3)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_from_a_small_matrix() {
+        let mut c = Confusion::new(vec!["a".into(), "b".into()]);
+        for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1)] {
+            c.add(t, p);
+        }
+        assert_eq!((c.correct(), c.total()), (3, 4));
+        let s = c.per_class();
+        assert!((s[0].precision - 1.0).abs() < 1e-12);
+        assert!((s[0].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s[1].precision - 0.5).abs() < 1e-12);
+        assert!((s[1].f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert!(c.to_string().contains("truth\\pred"));
+        assert_eq!(Confusion::new(vec!["a".into()]).accuracy(), 0.0);
+    }
+}

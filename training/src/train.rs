@@ -1,0 +1,720 @@
+//! `training train`: the training loop, its configuration and presets, and the
+//! run directory it fills.
+//!
+//! ```text
+//! runs/NAME/
+//!   config.json          the full configuration, written before anything else
+//!   metrics.jsonl        one JSON object per finished epoch
+//!   state.json           where the run stands (epoch, best, schedule), last of a checkpoint
+//!   ckpt/weights-E.safetensors, ckpt/adam-E.safetensors   the checkpoint of epoch E
+//!   last.safetensors     weights after the last finished epoch
+//!   best.safetensors     weights of the epoch with the best validation accuracy
+//! ```
+//!
+//! Every file is written atomically (temporary file, then rename) and
+//! `state.json` is written last, so a crash or `kill -9` at any moment leaves the
+//! previous epoch's checkpoint intact: at most the running epoch is lost.
+//! `--resume` continues from `state.json` with the optimizer state, the schedule
+//! state and the per-epoch data order and augmentation (both derived from the
+//! seed and the epoch number), so a resumed run computes what an uninterrupted
+//! one would. One exception: dropout (ARCH-2/ARCH-4 only) draws from candle's
+//! global generator, which is not checkpointed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{ModuleT, VarBuilder, VarMap};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::{Arch, EmotionNet, ModelConfig, Provenance, WeightsMeta};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{AugmentConfig, Augmenter, BatchMode, make_batch};
+use crate::metrics::evaluate;
+use crate::optim::{Adam, AdamConfig};
+use crate::spec::DataSpec;
+
+/// A named starting point for the training configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The paper's literal recipe: Adam lr 0.01 divided by 10 on a validation
+    /// plateau, batch 256, at most 200 epochs, early stopping, L2 0.2 on every
+    /// kernel, dropout 0.5 in the dense heads.
+    Paper,
+    /// The project's CPU recipe: AdamW lr 2e-3 with warm-up and cosine decay,
+    /// batch 64, 60 epochs, weight decay 0.05, label smoothing 0.1, the paper's
+    /// augmentation.
+    Default,
+}
+
+/// How the learning rate evolves.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// Multiply by `factor` after `patience` epochs without a better validation
+    /// accuracy (Keras `ReduceLROnPlateau`).
+    Plateau {
+        /// Multiplier (0.1 = divide by 10).
+        factor: f64,
+        /// Epochs without improvement before reducing.
+        patience: usize,
+        /// Floor.
+        min_lr: f64,
+    },
+    /// Linear warm-up, then cosine decay to `min_lr` at the last epoch.
+    Cosine {
+        /// Warm-up epochs.
+        warmup_epochs: usize,
+        /// Final learning rate.
+        min_lr: f64,
+    },
+}
+
+/// Everything that defines a training run (`config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The preset the values started from.
+    pub preset: Preset,
+    /// The network.
+    pub model: ModelConfig,
+    /// Where the data comes from.
+    pub data: DataSpec,
+    /// Epochs at most.
+    pub epochs: usize,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Adam's settings (L2 and weight decay included).
+    pub adam: AdamConfig,
+    /// Label smoothing epsilon (0 = plain cross-entropy).
+    pub label_smoothing: f64,
+    /// Train on the FER+ vote distributions instead of the majority label.
+    pub soft_targets: bool,
+    /// Augmentation (`null`: none).
+    pub augment: Option<AugmentConfig>,
+    /// Stop after this many epochs without a better validation accuracy.
+    pub early_stopping: Option<usize>,
+    /// Seed for initialisation, data order and augmentation.
+    pub seed: u64,
+    /// Validation batch size.
+    pub eval_batch_size: usize,
+}
+
+impl TrainConfig {
+    /// The configuration a preset gives for `arch` and `data`.
+    pub fn preset(preset: Preset, arch: Arch, data: DataSpec) -> Self {
+        match preset {
+            Preset::Paper => Self {
+                preset,
+                model: ModelConfig::preset(arch),
+                data,
+                epochs: 200,
+                batch_size: 256,
+                lr: 0.01,
+                schedule: Schedule::Plateau {
+                    factor: 0.1,
+                    patience: 10,
+                    min_lr: 1e-6,
+                },
+                adam: AdamConfig {
+                    l2: 0.2,
+                    ..AdamConfig::default()
+                },
+                label_smoothing: 0.0,
+                soft_targets: false,
+                augment: Some(AugmentConfig::default()),
+                early_stopping: Some(20),
+                seed: 0,
+                eval_batch_size: 256,
+            },
+            Preset::Default => Self {
+                preset,
+                model: ModelConfig::preset(arch),
+                data,
+                epochs: 60,
+                batch_size: 64,
+                lr: 2e-3,
+                schedule: Schedule::Cosine {
+                    warmup_epochs: 2,
+                    min_lr: 1e-5,
+                },
+                adam: AdamConfig {
+                    weight_decay: 0.05,
+                    ..AdamConfig::default()
+                },
+                label_smoothing: 0.1,
+                soft_targets: false,
+                augment: Some(AugmentConfig::default()),
+                early_stopping: None,
+                seed: 0,
+                eval_batch_size: 256,
+            },
+        }
+    }
+
+    /// Checks values that would make training meaningless.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_batch_size == 0 {
+            bail!("epochs, batch_size and eval_batch_size must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("lr must be a positive number, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            );
+        }
+        if let Some(a) = &self.augment {
+            a.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of `epoch` (0-based) given the schedule's state.
+    pub fn lr_at(&self, epoch: usize, plateau_lr: f64) -> f64 {
+        match self.schedule {
+            Schedule::Plateau { .. } => plateau_lr,
+            Schedule::Cosine {
+                warmup_epochs,
+                min_lr,
+            } => {
+                if epoch < warmup_epochs {
+                    self.lr * (epoch + 1) as f64 / (warmup_epochs + 1) as f64
+                } else {
+                    let span = (self.epochs - warmup_epochs).max(1) as f64;
+                    let t = (epoch - warmup_epochs) as f64 / span;
+                    min_lr + 0.5 * (self.lr - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+                }
+            }
+        }
+    }
+}
+
+/// Command-line overrides of the configuration.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// Maximum epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Coupled L2 penalty on kernels (Keras `kernel_regularizer`).
+    #[arg(long)]
+    pub l2: Option<f64>,
+    /// Decoupled weight decay on kernels (AdamW).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Label smoothing epsilon.
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Dropout in the dense heads (ARCH-2, ARCH-4).
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Early-stopping patience in epochs.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Turn augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Train on FER+ vote distributions (needs `--ferplus`).
+    #[arg(long)]
+    pub soft_targets: bool,
+    /// Seed for initialisation, data order and augmentation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    /// Applies the overrides that are set.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        if let Some(v) = self.epochs {
+            cfg.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.lr = v;
+        }
+        if let Some(v) = self.l2 {
+            cfg.adam.l2 = v;
+        }
+        if let Some(v) = self.weight_decay {
+            cfg.adam.weight_decay = v;
+        }
+        if let Some(v) = self.label_smoothing {
+            cfg.label_smoothing = v;
+        }
+        if let Some(v) = self.dropout {
+            cfg.model.set_dropout(v);
+        }
+        if let Some(v) = self.patience {
+            cfg.early_stopping = Some(v);
+        }
+        if self.no_augment {
+            cfg.augment = None;
+        }
+        if self.soft_targets {
+            cfg.soft_targets = true;
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+    }
+}
+
+/// Where a run stands after its last finished epoch (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Best validation accuracy so far.
+    pub best_accuracy: f64,
+    /// Epoch (1-based) of the best accuracy.
+    pub best_epoch: usize,
+    /// Current learning rate of the plateau schedule.
+    pub plateau_lr: f64,
+    /// Epochs since the last improvement.
+    pub since_best: usize,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Total training seconds so far.
+    pub seconds: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented samples, in train mode).
+    pub train_accuracy: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Wall seconds of the epoch (training and validation).
+    pub seconds: f64,
+    /// Training images per second.
+    pub img_per_s: f64,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    models::weights::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// The commit the binary's source tree is at, when git can tell.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The training data order of `epoch`: a seeded shuffle.
+pub fn epoch_order(indices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f0d_e12a_11ed);
+    rng.set_stream(epoch as u64);
+    let mut order = indices.to_vec();
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Re-draws every kernel from Keras' `glorot_uniform` with a seeded generator
+/// (candle's CPU generator cannot be seeded), so runs are reproducible. Other
+/// parameters keep their constant initial values.
+pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?;
+    let mut names: Vec<&String> = vars.keys().filter(|n| n.ends_with(".weight")).collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims();
+        let (fan_in, fan_out) = match dims {
+            // Keras computes a depthwise kernel's fans from its (3, 3, C, 1) shape.
+            [c, 1, kh, kw] if name.contains("depthwise") => (c * kh * kw, kh * kw),
+            [o, i, kh, kw] => (i * kh * kw, o * kh * kw),
+            [o, i] => (*i, *o),
+            _ => bail!("unexpected kernel shape {dims:?} for {name}"),
+        };
+        let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) * limit) as f32
+            })
+            .collect();
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Cross-entropy against hard labels or soft targets, with label smoothing.
+fn loss_fn(logits: &Tensor, labels: &Tensor, soft: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let k = logits.dim(1)?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let target = match soft {
+        Some(t) => t.clone(),
+        None => candle_nn::encoding::one_hot(labels.clone(), k, 1f32, 0f32)?,
+    };
+    let target = if eps > 0.0 {
+        ((target * (1.0 - eps))? + eps / k as f64)?
+    } else {
+        target
+    };
+    Ok((target * logp)?.sum(1)?.mean(0)?.neg()?)
+}
+
+/// Options of `training train` besides the configuration.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Continue the run in `run_dir`.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The state after the last epoch.
+    pub state: RunState,
+    /// Whether Ctrl-C interrupted the run.
+    pub interrupted: bool,
+}
+
+fn ckpt_paths(dir: &Path, epoch: usize) -> (PathBuf, PathBuf) {
+    (
+        dir.join("ckpt")
+            .join(format!("weights-{epoch}.safetensors")),
+        dir.join("ckpt").join(format!("adam-{epoch}.safetensors")),
+    )
+}
+
+/// Trains `cfg` in `opts.run_dir`. `stop` is polled between steps (Ctrl-C).
+pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary> {
+    let dir = &opts.run_dir;
+    let config_path = dir.join("config.json");
+    let state_path = dir.join("state.json");
+    let cfg = if opts.resume {
+        let text = fs::read_to_string(&config_path)
+            .with_context(|| format!("--resume: cannot read {}", config_path.display()))?;
+        let mut saved: TrainConfig = serde_json::from_str(&text).with_context(|| {
+            format!("--resume: {} is not a valid config", config_path.display())
+        })?;
+        // Only the epoch budget may change on resume; everything else is the run's.
+        if cfg.epochs != saved.epochs {
+            tracing::info!(
+                from = saved.epochs,
+                to = cfg.epochs,
+                "changing the epoch budget on resume"
+            );
+            saved.epochs = cfg.epochs;
+            write_json(&config_path, &saved)?;
+        }
+        saved
+    } else {
+        if config_path.exists() {
+            bail!(
+                "{} already holds a run; continue it with --resume or choose another --run-dir",
+                dir.display()
+            );
+        }
+        fs::create_dir_all(dir.join("ckpt"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        cfg.validate()?;
+        write_json(&config_path, &cfg)?;
+        cfg
+    };
+    cfg.validate()?;
+
+    let device = Device::Cpu;
+    let loaded = cfg.data.load(cfg.seed)?;
+    if cfg.soft_targets && loaded.dataset.soft_targets().is_none() {
+        bail!("soft_targets needs label distributions: pass --ferplus");
+    }
+    if loaded.dataset.classes().len() != cfg.model.num_classes() {
+        bail!(
+            "the data has {} classes but the network has {} outputs",
+            loaded.dataset.classes().len(),
+            cfg.model.num_classes()
+        );
+    }
+    tracing::info!(
+        data = %loaded.name,
+        train = loaded.train.len(),
+        val = loaded.val.len(),
+        skipped = loaded.report.skipped_rows.len() + loaded.report.skipped_files.len(),
+        "data loaded"
+    );
+
+    let varmap = VarMap::new();
+    let net = EmotionNet::new(
+        &cfg.model,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    seeded_init(&varmap, cfg.seed)?;
+    let mut adam = Adam::new(&varmap, cfg.adam)?;
+    let mut state = RunState {
+        epochs_done: 0,
+        best_accuracy: f64::NEG_INFINITY,
+        best_epoch: 0,
+        plateau_lr: cfg.lr,
+        since_best: 0,
+        stopped_early: false,
+        seconds: 0.0,
+    };
+    let metrics_path = dir.join("metrics.jsonl");
+    if opts.resume && state_path.exists() {
+        state = serde_json::from_str(&fs::read_to_string(&state_path)?)
+            .with_context(|| format!("{} is not a valid run state", state_path.display()))?;
+        let (w, a) = ckpt_paths(dir, state.epochs_done);
+        models::LoadedWeights::from_file(&w, &device)
+            .with_context(|| format!("loading checkpoint {}", w.display()))?
+            .load_into(&varmap)?;
+        adam.load(&a)?;
+        // Drop metrics lines of an epoch that finished after the checkpoint.
+        if let Ok(text) = fs::read_to_string(&metrics_path) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<EpochMetrics>(l)
+                        .is_ok_and(|m| m.epoch <= state.epochs_done)
+                })
+                .collect();
+            let mut body = kept.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            models::weights::write_atomic(&metrics_path, body.as_bytes())?;
+        }
+        tracing::info!(
+            epoch = state.epochs_done,
+            best = state.best_accuracy,
+            "resumed"
+        );
+    } else if opts.resume {
+        tracing::info!("no checkpoint yet; starting from epoch 1");
+    }
+
+    let augmenter = match &cfg.augment {
+        Some(a) => Some(Augmenter::new(*a, cfg.seed)?),
+        None => None,
+    };
+    let provenance = |metrics: &[(&str, f64)], epoch: usize| Provenance {
+        dataset: loaded.name.clone(),
+        recipe: serde_json::to_string(&cfg).unwrap_or_default(),
+        commit: git_commit(),
+        metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        notes: format!("trained by `training train`, epoch {epoch}"),
+    };
+
+    let steps = loaded.train.len().div_ceil(cfg.batch_size);
+    let mut interrupted = false;
+    while state.epochs_done < cfg.epochs && !state.stopped_early {
+        let epoch = state.epochs_done;
+        let lr = cfg.lr_at(epoch, state.plateau_lr);
+        let order = epoch_order(&loaded.train, cfg.seed, epoch);
+        let bar = if opts.progress {
+            let b = ProgressBar::new(steps as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0u64, 0usize);
+        for chunk in order.chunks(cfg.batch_size) {
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
+            let mode = match &augmenter {
+                Some(a) => BatchMode::Augmented {
+                    augmenter: a,
+                    epoch: epoch as u64,
+                },
+                None => BatchMode::Plain,
+            };
+            let batch = make_batch(&loaded.dataset, chunk, mode, &device)?;
+            let logits = net.forward_t(&batch.images, true)?;
+            let soft = if cfg.soft_targets {
+                batch.soft_targets.as_ref()
+            } else {
+                None
+            };
+            let loss = loss_fn(&logits, &batch.labels, soft, cfg.label_smoothing)?;
+            let loss_v = f64::from(loss.to_scalar::<f32>()?);
+            if !loss_v.is_finite() {
+                bail!(
+                    "the loss became {loss_v} in epoch {}: lower the learning rate (checkpoint of epoch {} is intact)",
+                    epoch + 1,
+                    state.epochs_done
+                );
+            }
+            let grads = loss.backward()?;
+            adam.step(&grads, lr)?;
+            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let truth = batch.labels.to_vec1::<u32>()?;
+            correct += pred.iter().zip(&truth).filter(|(a, b)| a == b).count() as u64;
+            loss_sum += loss_v * chunk.len() as f64;
+            seen += chunk.len();
+            let rate = seen as f64 / t0.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} acc {:.4} {:.0} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                rate
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if interrupted {
+            tracing::warn!(
+                epoch = epoch + 1,
+                "interrupted; the checkpoint of epoch {} is intact: continue with --resume",
+                state.epochs_done
+            );
+            break;
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        let eval = evaluate(
+            &net,
+            &loaded.dataset,
+            &loaded.val,
+            cfg.eval_batch_size,
+            false,
+            &device,
+        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let acc = eval.confusion.accuracy();
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: eval.loss,
+            val_accuracy: acc,
+            lr,
+            seconds,
+            img_per_s: seen as f64 / train_secs,
+        };
+
+        // Schedule and early-stopping bookkeeping.
+        let improved = acc > state.best_accuracy;
+        if improved {
+            state.best_accuracy = acc;
+            state.best_epoch = epoch + 1;
+            state.since_best = 0;
+        } else {
+            state.since_best += 1;
+        }
+        if let Schedule::Plateau {
+            factor,
+            patience,
+            min_lr,
+        } = cfg.schedule
+            && state.since_best > 0
+            && state.since_best.is_multiple_of(patience.max(1))
+        {
+            state.plateau_lr = (state.plateau_lr * factor).max(min_lr);
+            tracing::info!(
+                lr = state.plateau_lr,
+                "validation plateau: reducing the learning rate"
+            );
+        }
+        if cfg.early_stopping.is_some_and(|p| state.since_best >= p) {
+            state.stopped_early = true;
+        }
+        state.epochs_done = epoch + 1;
+        state.seconds += seconds;
+
+        // Checkpoint: weights and optimizer of this epoch, then the state.
+        let meta = WeightsMeta::new(
+            cfg.model.clone(),
+            provenance(
+                &[("val_accuracy", acc), ("epoch", (epoch + 1) as f64)],
+                epoch + 1,
+            ),
+        );
+        let (w, a) = ckpt_paths(dir, epoch + 1);
+        models::weights::save_varmap(&varmap, &meta, &w)?;
+        adam.save(&a)?;
+        models::weights::save_varmap(&varmap, &meta, dir.join("last.safetensors"))?;
+        if improved {
+            models::weights::save_varmap(&varmap, &meta, dir.join("best.safetensors"))?;
+        }
+        write_json(&state_path, &state)?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)?;
+        writeln!(f, "{}", serde_json::to_string(&m)?)?;
+        f.sync_all()?;
+        // Older checkpoints are no longer needed once the state points past them.
+        let (old_w, old_a) = ckpt_paths(dir, epoch);
+        let _ = fs::remove_file(old_w);
+        let _ = fs::remove_file(old_a);
+
+        tracing::info!(
+            "epoch {}/{}: loss {:.4} acc {:.4} | val loss {:.4} acc {:.4}{} | lr {:.2e} | {:.0} s, {:.0} img/s",
+            m.epoch,
+            cfg.epochs,
+            m.train_loss,
+            m.train_accuracy,
+            m.val_loss,
+            m.val_accuracy,
+            if improved { " (best)" } else { "" },
+            lr,
+            m.seconds,
+            m.img_per_s
+        );
+        if state.stopped_early {
+            tracing::info!(best_epoch = state.best_epoch, "early stopping");
+        }
+    }
+    Ok(RunSummary { state, interrupted })
+}
