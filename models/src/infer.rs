@@ -449,13 +449,7 @@ mod tests {
             let x = Tensor::rand(0f32, 1f32, (8, 1, 48, 48), &dev).unwrap();
             net.forward_t(&x, true).unwrap();
         }
-        let tensors: HashMap<String, Tensor> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = crate::weights::varmap_tensors(&varmap).unwrap();
         let mut engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
         for n in [1usize, 3, 5] {
             let x = Tensor::rand(0f32, 1f32, (n, 1, 48, 48), &dev).unwrap();

@@ -421,26 +421,33 @@ pub fn load_network(path: impl AsRef<Path>, device: &Device) -> Result<(EmotionN
 }
 
 /// Serialises tensors and metadata to safetensors bytes.
-pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, meta: &WeightsMeta) -> Result<Vec<u8>> {
+pub fn to_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+    meta: &WeightsMeta,
+) -> Result<Vec<u8>> {
     let data: Vec<(&str, Tensor)> = tensors
-        .iter()
+        .into_iter()
         .map(|(n, t)| Ok((n.as_str(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
     safetensors::serialize(data, Some(meta.to_map()?))
         .map_err(|e| WeightsError::Corrupt(e.to_string()))
 }
 
-/// Writes the variables of `varmap` with `meta` to `path` atomically (a
-/// temporary file in the same folder, synced, then renamed over `path`).
-pub fn save_varmap(varmap: &VarMap, meta: &WeightsMeta, path: impl AsRef<Path>) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> = varmap
+/// The current values of a `VarMap`'s variables, by name.
+pub fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    Ok(varmap
         .data()
         .lock()
         .map_err(|_| candle_core::Error::Msg("poisoned var map".into()))?
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    write_atomic(path.as_ref(), &to_bytes(&tensors, meta)?)
+        .collect())
+}
+
+/// Writes the variables of `varmap` with `meta` to `path` atomically (a
+/// temporary file in the same folder, synced, then renamed over `path`).
+pub fn save_varmap(varmap: &VarMap, meta: &WeightsMeta, path: impl AsRef<Path>) -> Result<()> {
+    write_atomic(path.as_ref(), &to_bytes(&varmap_tensors(varmap)?, meta)?)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash
@@ -475,13 +482,7 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let tensors = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = varmap_tensors(&varmap).unwrap();
         let meta = WeightsMeta::new(
             cfg,
             Provenance {

@@ -156,13 +156,7 @@ mod tests {
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
         EmotionNet::new(&cfg, vb).unwrap();
         let meta = WeightsMeta::new(cfg, Default::default());
-        let tensors = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = models::weights::varmap_tensors(&varmap).unwrap();
         let c =
             Classifier::from_bytes(&models::weights::to_bytes(&tensors, &meta).unwrap()).unwrap();
         let a = GrayCrop::new((0..2304).map(|i| (i % 251) as u8).collect()).unwrap();

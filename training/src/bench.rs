@@ -117,43 +117,76 @@ fn train_bench(net: &EmotionNet, varmap: &VarMap, args: &BenchArgs) -> Result<()
         Impl::Stock => &[false],
         Impl::Both => &[false, true],
     };
+    // A synthetic dataset of 256 random faces for the augmented runs.
+    let n = 256usize;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let pixels: Vec<u8> = (0..n * 48 * 48)
+        .map(|_| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 56) as u8
+        })
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 7) as u8).collect();
+    let origins = (0..n)
+        .map(|row| training::data::Origin::Row { row, usage: None })
+        .collect();
+    let classes = models::FER2013_CLASSES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let ds = training::data::Dataset::new(classes, pixels, labels, None, origins)?;
+    let augmenter = training::augment::Augmenter::new(Default::default(), 0)?;
     for &fast in impls {
         models::ops::set_fast_ops(fast);
         let mut opt = training::optim::Adam::new(varmap, training::optim::AdamConfig::default())?;
         for batch in [64usize, 256] {
-            let x = Tensor::rand(0f32, 1f32, (batch, 1, INPUT_SIZE, INPUT_SIZE), &dev)?;
-            let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
-            let y = Tensor::new(labels.as_slice(), &dev)?;
-            let mut phases = [Duration::ZERO; 3];
-            let mut steps = Vec::new();
-            for i in 0..args.train_steps + 1 {
-                let t0 = Instant::now();
-                let logits = net.forward_t(&x, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                loss.to_scalar::<f32>()?;
-                let t1 = Instant::now();
-                let grads = loss.backward()?;
-                let t2 = Instant::now();
-                opt.step(&grads, 1e-3)?;
-                let t3 = Instant::now();
-                if i > 0 {
-                    phases[0] += t1 - t0;
-                    phases[1] += t2 - t1;
-                    phases[2] += t3 - t2;
-                    steps.push(t3 - t0);
+            for augment in [false, true] {
+                let idx: Vec<usize> = (0..batch).collect();
+                let mut phases = [Duration::ZERO; 4];
+                let mut steps = Vec::new();
+                for i in 0..args.train_steps + 1 {
+                    let t0 = Instant::now();
+                    let mode = if augment {
+                        training::augment::BatchMode::Augmented {
+                            augmenter: &augmenter,
+                            epoch: i as u64,
+                        }
+                    } else {
+                        training::augment::BatchMode::Plain
+                    };
+                    let b = training::augment::make_batch(&ds, &idx, mode, &dev)?;
+                    let t1 = Instant::now();
+                    let logits = net.forward_t(&b.images, true)?;
+                    let loss = candle_nn::loss::cross_entropy(&logits, &b.labels)?;
+                    loss.to_scalar::<f32>()?;
+                    let t2 = Instant::now();
+                    let grads = loss.backward()?;
+                    let t3 = Instant::now();
+                    opt.step(&grads, 1e-3)?;
+                    let t4 = Instant::now();
+                    if i > 0 {
+                        for (p, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
+                            *p += d;
+                        }
+                        steps.push(t4 - t0);
+                    }
                 }
+                let n = args.train_steps as f64;
+                let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
+                let total: Duration = phases.iter().sum();
+                line(format!(
+                    "{} {} train b{batch}{} img_s: {:.0} (data {:.1} ms = {:.1}% of the step, forward {:.1} ms, backward {:.1} ms, adam {:.1} ms)",
+                    args.arch,
+                    if fast { "fast" } else { "stock" },
+                    if augment { "_aug" } else { "" },
+                    batch as f64 / median(&steps).as_secs_f64(),
+                    ms(phases[0]),
+                    100.0 * phases[0].as_secs_f64() / total.as_secs_f64(),
+                    ms(phases[1]),
+                    ms(phases[2]),
+                    ms(phases[3]),
+                ));
             }
-            let n = args.train_steps as f64;
-            let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
-            line(format!(
-                "{} {} train b{batch} img_s: {:.0} (forward {:.1} ms, backward {:.1} ms, adam {:.1} ms per step)",
-                args.arch,
-                if fast { "fast" } else { "stock" },
-                batch as f64 / median(&steps).as_secs_f64(),
-                ms(phases[0]),
-                ms(phases[1]),
-                ms(phases[2]),
-            ));
         }
     }
     models::ops::set_fast_ops(true);
@@ -210,13 +243,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.arch == Arch::Arch1 && args.implementation != Impl::Stock {
         models::ops::set_fast_ops(true);
-        let tensors = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = models::weights::varmap_tensors(&varmap)?;
         let mut engine = models::infer::Arch1Engine::new(&tensors, models::BnConfig::default(), 7)?;
         let one: Vec<f32> = Tensor::rand(0f32, 1f32, 48 * 48, &dev)?.to_vec1()?;
         let many: Vec<f32> = Tensor::rand(0f32, 1f32, 64 * 48 * 48, &dev)?.to_vec1()?;
