@@ -83,7 +83,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=300)
-    ap.add_argument("--train-steps", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=6)
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import numpy as np

@@ -14,7 +14,7 @@ fi
 cargo build --release -p training
 OUT=$(mktemp -d)
 for t in 1 2; do
-  ./target/release/training bench --arch arch1 --threads "$t" --train 2>/dev/null | tee "$OUT/ours-$t.txt"
+  ./target/release/training bench --arch arch1 --threads "$t" --train --train-steps 3 2>/dev/null | tee "$OUT/ours-$t.txt"
   "$VENV/bin/python" tools/bench_reference.py --threads "$t" 2>/dev/null | tee "$OUT/ref-$t.txt"
 done
 for a in arch2 arch3 arch4; do

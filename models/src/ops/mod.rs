@@ -154,7 +154,6 @@ impl Conv2dOp {
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
         let mut out = vec![0f32; n * o * hw];
-        let threads = num_threads();
         let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
             if let Some(b) = bias {
                 for (row, &bv) in y.chunks_exact_mut(hw).zip(b) {
@@ -173,7 +172,8 @@ impl Conv2dOp {
             }
         };
         if n == 1 {
-            run(&mut Vec::new(), 0, &mut out, threads);
+            // One image: its matrices are too small to split across threads.
+            run(&mut Vec::new(), 0, &mut out, 1);
         } else {
             out.par_chunks_mut(o * hw)
                 .enumerate()
@@ -520,8 +520,14 @@ pub fn max_pool2_relu(x: &Tensor) -> Result<Tensor> {
 }
 
 fn pool(x: &Tensor, relu: bool) -> Result<Tensor> {
+    if !fast_ops() {
+        // Stock mode (benchmarks, cross-checks): candle's own op, as it is.
+        let y = x.max_pool2d(2)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
     if !use_fast_path(&[x]) {
-        // Not `max_pool2d`: candle 0.11's backward of it scales gradients by 1/4.
+        // Other devices: not `max_pool2d`, whose backward in candle 0.11 scales
+        // gradients by 1/4.
         let (n, c, h, w) = x.dims4()?;
         let x = x.narrow(2, 0, h / 2 * 2)?.narrow(3, 0, w / 2 * 2)?;
         let y = x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?;
