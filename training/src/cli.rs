@@ -129,8 +129,7 @@ pub struct EvaluateArgs {
 }
 
 fn load_eval_data(path: &std::path::Path, usage: Option<Usage>) -> Result<(Dataset, usize)> {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+    if training::spec::is_csv(path) {
         let opts = Fer2013Options {
             usage,
             on_error: ErrorPolicy::Skip,

@@ -64,7 +64,8 @@ pub struct Loaded {
     pub report: LoadReport,
 }
 
-fn is_csv(path: &Path) -> bool {
+/// Whether `path` names a FER2013-style CSV (`.csv` or `.csv.gz`).
+pub fn is_csv(path: &Path) -> bool {
     let name = path.to_string_lossy().to_ascii_lowercase();
     name.ends_with(".csv") || name.ends_with(".csv.gz")
 }
