@@ -23,6 +23,7 @@
 pub mod blocks;
 pub mod infer;
 pub mod layers;
+pub mod mtcnn;
 pub mod nets;
 pub mod ops;
 pub mod summary;

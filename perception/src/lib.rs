@@ -1,10 +1,30 @@
 //! Frames to faces to emotions, without Bevy.
 //!
-//! This crate will hold the whole face pipeline the plugin and the training CLI
-//! share: MTCNN face detection and landmarks, alignment to the 48x48 crops the
-//! networks were trained on, batched classification, tracking and smoothing.
-//! Today it holds the last step: [`Classifier`], which turns 48x48 gray face
-//! crops into class probabilities with any weights file the `models` crate reads.
+//! The face pipeline the plugin and the training CLI share:
+//!
+//! - [`Frame`]: a gray, RGB or RGBA image in memory (frames never touch disk);
+//! - [`Detector`]: MTCNN face detection with five landmarks, as facenet-pytorch;
+//! - [`align`](align::align): a similarity warp of the landmarks onto FER2013's
+//!   framing, giving the 48x48 gray crop the networks were trained on;
+//! - [`Classifier`]: crops to class probabilities with any `models` weights file;
+//! - [`Pipeline`]: all of it, frame in, per-face box, landmarks, crop and
+//!   probabilities out.
+//!
+//! ```no_run
+//! use perception::{Frame, Pipeline, PipelineConfig};
+//! let pipeline = Pipeline::from_files(
+//!     "assets/models/mtcnn.safetensors",
+//!     "assets/models/arch1_fer2013.safetensors",
+//!     PipelineConfig::default(),
+//! )?;
+//! for face in pipeline.process(&Frame::open("photo.jpg")?)? {
+//!     let label = &pipeline.classifier().classes()[face.label()];
+//!     println!("{:?} {label} {:.2}", face.detection.xywh(), face.confidence());
+//! }
+//! # Ok::<(), perception::PerceptionError>(())
+//! ```
+//!
+//! The classifier alone:
 //!
 //! ```
 //! use perception::{Classifier, GrayCrop};
@@ -21,11 +41,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::path::Path;
+pub mod align;
+pub mod detect;
+pub mod frame;
+pub mod pipeline;
+
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
+
+pub use detect::{Detection, Detector, DetectorConfig};
+pub use frame::{Frame, PixelFormat};
+pub use pipeline::{Face, Pipeline, PipelineConfig};
 
 /// What can go wrong in the perception pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +77,36 @@ pub enum PerceptionError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A frame with no pixels or sides beyond [`frame::MAX_FRAME_SIDE`].
+    #[error("a frame must be between 1x1 and 16384x16384 pixels, got {width}x{height}")]
+    FrameSize {
+        /// Width given.
+        width: usize,
+        /// Height given.
+        height: usize,
+    },
+    /// A frame's byte count does not match its size and format.
+    #[error("frame data has {found} bytes, its size and format need {expected}")]
+    FrameBytes {
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
+    /// An image file could not be read or decoded.
+    #[error("cannot read image {path}: {reason}")]
+    Image {
+        /// The file (`<memory>` for in-memory bytes).
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The landmarks are degenerate (all in one point), so no alignment exists.
+    #[error("cannot align a face whose landmarks coincide")]
+    Align,
 }
 
 /// A 48x48 gray face crop, row-major, one byte per pixel.

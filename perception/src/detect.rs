@@ -1,0 +1,668 @@
+//! MTCNN face detection, step for step as facenet-pytorch 2.6.0's `detect_face`
+//! (so its published weights give the same boxes and landmarks): an image
+//! pyramid through P-Net, candidates refined by R-Net on 24x24 crops, then
+//! O-Net on 48x48 crops for the final boxes, scores and five landmarks.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use models::mtcnn::Mtcnn;
+
+use crate::PerceptionError;
+use crate::frame::Frame;
+
+/// Detector settings. The defaults are facenet-pytorch's, except the minimum
+/// face size (40 px instead of 20: a webcam user sits close, and smaller
+/// faces are too small to read an expression from).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorConfig {
+    /// Smallest face side, in pixels of the frame, the pyramid looks for.
+    pub min_face_size: f32,
+    /// Score thresholds of P-Net, R-Net and O-Net.
+    pub thresholds: [f32; 3],
+    /// Ratio between successive pyramid scales.
+    pub scale_factor: f64,
+    /// Frames with a longer side are first shrunk to this side (area
+    /// resampling) so that huge images cannot exhaust memory; boxes and
+    /// landmarks are still given in the frame's own pixels.
+    pub max_side: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            min_face_size: 40.0,
+            thresholds: [0.6, 0.7, 0.7],
+            scale_factor: 0.709,
+            max_side: 2048,
+        }
+    }
+}
+
+impl DetectorConfig {
+    fn check(&self) -> Result<(), PerceptionError> {
+        let bad = |reason: &str| Err(PerceptionError::Config(reason.to_owned()));
+        if !(self.min_face_size >= 12.0) {
+            return bad("min_face_size must be at least 12 pixels");
+        }
+        if !(self.scale_factor > 0.1 && self.scale_factor < 0.95) {
+            return bad("scale_factor must be between 0.1 and 0.95");
+        }
+        if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
+            return bad("thresholds must be between 0 and 1");
+        }
+        if self.max_side < 48 {
+            return bad("max_side must be at least 48");
+        }
+        Ok(())
+    }
+}
+
+/// One detected face, in the frame's pixel coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// `[x1, y1, x2, y2]`.
+    pub bbox: [f32; 4],
+    /// O-Net's face probability.
+    pub score: f32,
+    /// Left eye, right eye, nose, left mouth corner, right mouth corner, `[x, y]`
+    /// ("left" as seen in the image).
+    pub landmarks: [[f32; 2]; 5],
+}
+
+impl Detection {
+    /// The box as `[x, y, width, height]`.
+    pub fn xywh(&self) -> [f32; 4] {
+        let [x1, y1, x2, y2] = self.bbox;
+        [x1, y1, x2 - x1, y2 - y1]
+    }
+
+    /// The box's area.
+    pub fn area(&self) -> f32 {
+        let [_, _, w, h] = self.xywh();
+        w.max(0.0) * h.max(0.0)
+    }
+
+    /// Intersection over union with another box `[x1, y1, x2, y2]`.
+    pub fn iou(&self, other: &[f32; 4]) -> f32 {
+        iou(&self.bbox, other, 0.0, false)
+    }
+}
+
+/// The three networks and the algorithm around them. `Send + Sync`; no global
+/// state.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    nets: Mtcnn,
+    config: DetectorConfig,
+    device: Device,
+}
+
+/// A candidate box during the cascade.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    b: [f32; 4],
+    score: f32,
+    reg: [f32; 4],
+}
+
+/// The frame as float RGB planes (`3 x h x w`, values 0..255).
+struct Planes {
+    w: usize,
+    h: usize,
+    data: Vec<f32>,
+}
+
+impl Planes {
+    fn from_frame(frame: &Frame) -> Self {
+        let (w, h) = (frame.width(), frame.height());
+        let mut data = vec![0f32; 3 * w * h];
+        let (r, rest) = data.split_at_mut(w * h);
+        let (g, b) = rest.split_at_mut(w * h);
+        let bytes = frame.data();
+        let ch = frame.format().channels();
+        for i in 0..w * h {
+            if ch == 1 {
+                let v = f32::from(bytes[i]);
+                (r[i], g[i], b[i]) = (v, v, v);
+            } else {
+                r[i] = f32::from(bytes[ch * i]);
+                g[i] = f32::from(bytes[ch * i + 1]);
+                b[i] = f32::from(bytes[ch * i + 2]);
+            }
+        }
+        Self { w, h, data }
+    }
+
+    /// The frame area-averaged down to `w x h` without first converting the
+    /// whole frame to floats (frames beyond `max_side` can be huge).
+    fn shrunk_from_frame(frame: &Frame, w: usize, h: usize) -> Self {
+        let (fw, fh) = (frame.width(), frame.height());
+        let cols: Vec<(usize, usize)> = (0..w)
+            .map(|j| ((j * fw) / w, ((j + 1) * fw).div_ceil(w)))
+            .collect();
+        let mut data = vec![0f32; 3 * w * h];
+        let mut row = vec![0f32; 3 * fw];
+        for i in 0..h {
+            let (s, e) = ((i * fh) / h, ((i + 1) * fh).div_ceil(h));
+            let inv = 1.0 / (e - s) as f32;
+            for y in s..e {
+                for x in 0..fw {
+                    let p = frame.rgb_at(x, y);
+                    for c in 0..3 {
+                        row[c * fw + x] = f32::from(p[c]);
+                    }
+                }
+                for c in 0..3 {
+                    let src = &row[c * fw..][..fw];
+                    let dst = &mut data[(c * h + i) * w..][..w];
+                    for (d, &(a, b)) in dst.iter_mut().zip(&cols) {
+                        *d += src[a..b].iter().sum::<f32>() / (b - a) as f32 * inv;
+                    }
+                }
+            }
+        }
+        Self { w, h, data }
+    }
+
+    /// PyTorch's `interpolate(mode="area")` (adaptive average pooling) of the
+    /// region `x0..x1, y0..y1` to `oh x ow`, written into `out` (`3 x oh x ow`),
+    /// optionally normalised to `(v - 127.5) / 128`.
+    #[allow(clippy::too_many_arguments)]
+    fn resize_into(
+        &self,
+        (x0, y0, x1, y1): (usize, usize, usize, usize),
+        oh: usize,
+        ow: usize,
+        normalise: bool,
+        tmp: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let (rw, rh) = (x1 - x0, y1 - y0);
+        // Horizontal pass: (3, rh, ow).
+        tmp.clear();
+        tmp.resize(3 * rh * ow, 0.0);
+        let cols: Vec<(usize, usize)> = (0..ow)
+            .map(|j| ((j * rw) / ow, ((j + 1) * rw).div_ceil(ow)))
+            .collect();
+        for c in 0..3 {
+            for r in 0..rh {
+                let row = &self.data[(c * self.h + y0 + r) * self.w + x0..][..rw];
+                let dst = &mut tmp[(c * rh + r) * ow..][..ow];
+                for (d, &(s, e)) in dst.iter_mut().zip(&cols) {
+                    *d = row[s..e].iter().sum::<f32>() / (e - s) as f32;
+                }
+            }
+        }
+        // Vertical pass.
+        for i in 0..oh {
+            let (s, e) = ((i * rh) / oh, ((i + 1) * rh).div_ceil(oh));
+            let inv = 1.0 / (e - s) as f32;
+            for c in 0..3 {
+                let dst = &mut out[(c * oh + i) * ow..][..ow];
+                dst.fill(0.0);
+                for r in s..e {
+                    let src = &tmp[(c * rh + r) * ow..][..ow];
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+                for d in dst.iter_mut() {
+                    *d *= inv;
+                    if normalise {
+                        *d = (*d - 127.5) * 0.0078125;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Detector {
+    /// Wraps loaded networks.
+    pub fn new(nets: Mtcnn, config: DetectorConfig) -> Result<Self, PerceptionError> {
+        config.check()?;
+        Ok(Self {
+            nets,
+            config,
+            device: Device::Cpu,
+        })
+    }
+
+    /// Loads `mtcnn.safetensors` from a file.
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        config: DetectorConfig,
+    ) -> Result<Self, PerceptionError> {
+        Self::new(Mtcnn::from_file(path, &Device::Cpu)?, config)
+    }
+
+    /// Loads `mtcnn.safetensors` bytes already in memory (e.g. a Bevy asset).
+    pub fn from_bytes(bytes: &[u8], config: DetectorConfig) -> Result<Self, PerceptionError> {
+        Self::new(Mtcnn::from_bytes(bytes, &Device::Cpu)?, config)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Changes the settings.
+    pub fn set_config(&mut self, config: DetectorConfig) -> Result<(), PerceptionError> {
+        config.check()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// All faces in `frame`, largest first. Frames too small to hold a face of
+    /// the minimum size give an empty list.
+    pub fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, PerceptionError> {
+        let side = frame.width().max(frame.height());
+        if side > self.config.max_side {
+            // Shrink first, then map the results back.
+            let k = self.config.max_side as f32 / side as f32;
+            let (w, h) = (
+                ((frame.width() as f32 * k).round() as usize).max(1),
+                ((frame.height() as f32 * k).round() as usize).max(1),
+            );
+            let small = Planes::shrunk_from_frame(frame, w, h);
+            let (sx, sy) = (
+                frame.width() as f32 / w as f32,
+                frame.height() as f32 / h as f32,
+            );
+            let mut dets = self.detect_planes(&small)?;
+            for d in &mut dets {
+                d.bbox = [
+                    d.bbox[0] * sx,
+                    d.bbox[1] * sy,
+                    d.bbox[2] * sx,
+                    d.bbox[3] * sy,
+                ];
+                for p in &mut d.landmarks {
+                    *p = [p[0] * sx, p[1] * sy];
+                }
+            }
+            return Ok(dets);
+        }
+        self.detect_planes(&Planes::from_frame(frame))
+    }
+
+    fn detect_planes(&self, img: &Planes) -> Result<Vec<Detection>, PerceptionError> {
+        let [t1, t2, t3] = self.config.thresholds;
+        let cands = self.stage1(img, t1)?;
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cands = self.stage2(img, cands, t2)?;
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut dets = self.stage3(img, cands, t3)?;
+        // facenet-pytorch's `select_largest`: largest box first.
+        dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        Ok(dets)
+    }
+
+    /// Pyramid scales, computed in double precision as facenet-pytorch does.
+    fn scales(&self, w: usize, h: usize) -> Vec<f64> {
+        let m = 12.0 / f64::from(self.config.min_face_size);
+        let mut minl = w.min(h) as f64 * m;
+        let mut scale = m;
+        let factor = self.config.scale_factor;
+        let mut out = Vec::new();
+        while minl >= 12.0 {
+            out.push(scale);
+            scale *= factor;
+            minl *= factor;
+        }
+        out
+    }
+
+    fn stage1(&self, img: &Planes, threshold: f32) -> Result<Vec<Cand>, PerceptionError> {
+        let mut all = Vec::new();
+        let mut tmp = Vec::new();
+        for scale in self.scales(img.w, img.h) {
+            let hs = (img.h as f64 * scale + 1.0) as usize;
+            let ws = (img.w as f64 * scale + 1.0) as usize;
+            let mut data = vec![0f32; 3 * hs * ws];
+            img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut tmp, &mut data);
+            let x = Tensor::from_vec(data, (1, 3, hs, ws), &self.device)?;
+            let (reg, prob) = self.nets.pnet.forward(&x)?;
+            let (_, _, oh, ow) = prob.dims4()?;
+            let prob = prob.flatten_all()?.to_vec1::<f32>()?;
+            let reg = reg.flatten_all()?.to_vec1::<f32>()?;
+            let face = &prob[oh * ow..];
+            let scale32 = scale as f32;
+            let mut found = Vec::new();
+            for y in 0..oh {
+                for x in 0..ow {
+                    let i = y * ow + x;
+                    if face[i] >= threshold {
+                        let (bx, by) = (x as f32, y as f32);
+                        found.push(Cand {
+                            b: [
+                                ((2.0 * bx + 1.0) / scale32).floor(),
+                                ((2.0 * by + 1.0) / scale32).floor(),
+                                ((2.0 * bx + 12.0) / scale32).floor(),
+                                ((2.0 * by + 12.0) / scale32).floor(),
+                            ],
+                            score: face[i],
+                            reg: [
+                                reg[i],
+                                reg[oh * ow + i],
+                                reg[2 * oh * ow + i],
+                                reg[3 * oh * ow + i],
+                            ],
+                        });
+                    }
+                }
+            }
+            all.extend(nms(&found, 0.5, false).into_iter().map(|k| found[k]));
+        }
+        let keep = nms(&all, 0.7, false);
+        Ok(keep
+            .into_iter()
+            .map(|k| {
+                let c = all[k];
+                let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+                rerec(Cand {
+                    b: [
+                        c.b[0] + c.reg[0] * w,
+                        c.b[1] + c.reg[1] * h,
+                        c.b[2] + c.reg[2] * w,
+                        c.b[3] + c.reg[3] * h,
+                    ],
+                    ..c
+                })
+            })
+            .collect())
+    }
+
+    /// Crops each candidate (clipped to the image, as facenet-pytorch's `pad`)
+    /// and resizes it to `side`; candidates with an empty crop are dropped.
+    fn crops(&self, img: &Planes, cands: Vec<Cand>, side: usize) -> (Vec<Cand>, Vec<f32>) {
+        let mut kept = Vec::with_capacity(cands.len());
+        let mut data = Vec::with_capacity(cands.len() * 3 * side * side);
+        let mut tmp = Vec::new();
+        let mut out = vec![0f32; 3 * side * side];
+        for c in cands {
+            let Some(region) = pad(&c.b, img.w, img.h) else {
+                continue;
+            };
+            img.resize_into(region, side, side, true, &mut tmp, &mut out);
+            data.extend_from_slice(&out);
+            kept.push(c);
+        }
+        (kept, data)
+    }
+
+    fn stage2(
+        &self,
+        img: &Planes,
+        cands: Vec<Cand>,
+        threshold: f32,
+    ) -> Result<Vec<Cand>, PerceptionError> {
+        let (cands, data) = self.crops(img, cands, 24);
+        if cands.is_empty() {
+            return Ok(cands);
+        }
+        let x = Tensor::from_vec(data, (cands.len(), 3, 24, 24), &self.device)?;
+        let (reg, prob) = self.nets.rnet.forward(&x)?;
+        let (reg, prob) = (reg.to_vec2::<f32>()?, prob.to_vec2::<f32>()?);
+        let passed: Vec<Cand> = cands
+            .iter()
+            .zip(reg.iter().zip(&prob))
+            .filter(|(_, (_, p))| p[1] > threshold)
+            .map(|(c, (r, p))| Cand {
+                b: c.b,
+                score: p[1],
+                reg: [r[0], r[1], r[2], r[3]],
+            })
+            .collect();
+        let keep = nms(&passed, 0.7, false);
+        Ok(keep.into_iter().map(|k| rerec(bbreg(passed[k]))).collect())
+    }
+
+    fn stage3(
+        &self,
+        img: &Planes,
+        cands: Vec<Cand>,
+        threshold: f32,
+    ) -> Result<Vec<Detection>, PerceptionError> {
+        let (cands, data) = self.crops(img, cands, 48);
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_vec(data, (cands.len(), 3, 48, 48), &self.device)?;
+        let (reg, lms, prob) = self.nets.onet.forward(&x)?;
+        let (reg, lms, prob) = (
+            reg.to_vec2::<f32>()?,
+            lms.to_vec2::<f32>()?,
+            prob.to_vec2::<f32>()?,
+        );
+        let mut passed = Vec::new();
+        let mut points = Vec::new();
+        for (i, c) in cands.iter().enumerate() {
+            if prob[i][1] <= threshold {
+                continue;
+            }
+            let (w, h) = (c.b[2] - c.b[0] + 1.0, c.b[3] - c.b[1] + 1.0);
+            let l = &lms[i];
+            let mut p = [[0f32; 2]; 5];
+            for (k, pk) in p.iter_mut().enumerate() {
+                *pk = [w * l[k] + c.b[0] - 1.0, h * l[5 + k] + c.b[1] - 1.0];
+            }
+            points.push(p);
+            let r = &reg[i];
+            passed.push(bbreg(Cand {
+                b: c.b,
+                score: prob[i][1],
+                reg: [r[0], r[1], r[2], r[3]],
+            }));
+        }
+        Ok(nms(&passed, 0.7, true)
+            .into_iter()
+            .map(|k| Detection {
+                bbox: passed[k].b,
+                score: passed[k].score,
+                landmarks: points[k],
+            })
+            .collect())
+    }
+}
+
+/// Intersection over union (`plus_one`: pixel-inclusive areas as in the numpy
+/// NMS; `min`: over the smaller area, facenet-pytorch's "Min" method).
+fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f32, min: bool) -> f32 {
+    let area = |r: &[f32; 4]| (r[2] - r[0] + plus_one) * (r[3] - r[1] + plus_one);
+    let w = (a[2].min(b[2]) - a[0].max(b[0]) + plus_one).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1]) + plus_one).max(0.0);
+    let inter = w * h;
+    let denom = if min {
+        area(a).min(area(b))
+    } else {
+        area(a) + area(b) - inter
+    };
+    if denom > 0.0 { inter / denom } else { 0.0 }
+}
+
+/// Greedy non-maximum suppression: indices kept, best score first. Without
+/// `min_method` it is torchvision's `nms` (suppress IoU > threshold); with it,
+/// facenet-pytorch's numpy "Min" variant (pixel-inclusive areas, overlap over
+/// the smaller box, keep overlap <= threshold).
+fn nms(cands: &[Cand], threshold: f32, min_method: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cands.len()).collect();
+    order.sort_by(|&a, &b| cands[b].score.total_cmp(&cands[a].score));
+    let mut keep = Vec::new();
+    let mut removed = vec![false; cands.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        if removed[i] {
+            continue;
+        }
+        keep.push(i);
+        for &j in &order[pos + 1..] {
+            if removed[j] {
+                continue;
+            }
+            let o = if min_method {
+                iou(&cands[i].b, &cands[j].b, 1.0, true)
+            } else {
+                iou(&cands[i].b, &cands[j].b, 0.0, false)
+            };
+            if o > threshold {
+                removed[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// Squares a box around its centre (side = the longer side).
+fn rerec(mut c: Cand) -> Cand {
+    let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+    let l = w.max(h);
+    c.b[0] = c.b[0] + w * 0.5 - l * 0.5;
+    c.b[1] = c.b[1] + h * 0.5 - l * 0.5;
+    c.b[2] = c.b[0] + l;
+    c.b[3] = c.b[1] + l;
+    c
+}
+
+/// Applies a candidate's regression with pixel-inclusive widths.
+fn bbreg(mut c: Cand) -> Cand {
+    let (w, h) = (c.b[2] - c.b[0] + 1.0, c.b[3] - c.b[1] + 1.0);
+    c.b = [
+        c.b[0] + c.reg[0] * w,
+        c.b[1] + c.reg[1] * h,
+        c.b[2] + c.reg[2] * w,
+        c.b[3] + c.reg[3] * h,
+    ];
+    c
+}
+
+/// facenet-pytorch's `pad`: the box truncated to integers and clipped to the
+/// image, as the pixel range `x - 1 .. ex, y - 1 .. ey`; `None` when empty.
+fn pad(b: &[f32; 4], w: usize, h: usize) -> Option<(usize, usize, usize, usize)> {
+    let t = |v: f32| v.trunc().clamp(i32::MIN as f32, i32::MAX as f32) as i64;
+    let x = t(b[0]).max(1);
+    let y = t(b[1]).max(1);
+    let ex = t(b[2]).min(w as i64);
+    let ey = t(b[3]).min(h as i64);
+    if ex > x - 1 && ey > y - 1 {
+        Some(((x - 1) as usize, (y - 1) as usize, ex as usize, ey as usize))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(b: [f32; 4], score: f32) -> Cand {
+        Cand {
+            b,
+            score,
+            reg: [0.0; 4],
+        }
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes() {
+        let c = [
+            cand([0., 0., 10., 10.], 0.8),
+            cand([1., 1., 11., 11.], 0.9),
+            cand([20., 20., 30., 30.], 0.7),
+        ];
+        assert_eq!(nms(&c, 0.5, false), vec![1, 2]);
+        assert_eq!(nms(&c, 0.7, true), vec![1, 2]);
+        // IoU of the first two is 81 / 119 = 0.68: kept at 0.7.
+        assert_eq!(nms(&c, 0.7, false), vec![1, 0, 2]);
+        // A box inside a bigger one: "Min" overlap is 1.
+        let nested = [
+            cand([0., 0., 100., 100.], 0.9),
+            cand([10., 10., 20., 20.], 0.95),
+        ];
+        assert_eq!(nms(&nested, 0.7, true), vec![1]);
+        assert_eq!(nms(&nested, 0.7, false), vec![1, 0]);
+        assert!(nms(&[], 0.5, false).is_empty());
+    }
+
+    #[test]
+    fn rerec_bbreg_and_pad() {
+        let r = rerec(cand([10., 20., 30., 60.], 1.0));
+        assert_eq!(r.b, [0., 20., 40., 60.]);
+        let mut c = cand([0., 0., 9., 9.], 1.0);
+        c.reg = [0.1, -0.1, 0.2, 0.0];
+        assert_eq!(bbreg(c).b, [1., -1., 11., 9.]);
+        assert_eq!(
+            pad(&[-5.5, 2.9, 700.2, 30.0], 640, 480),
+            Some((0, 1, 640, 30))
+        );
+        assert_eq!(pad(&[-50., -50., -10., -10.], 640, 480), None);
+        assert_eq!(
+            pad(&[f32::NAN, 0., 10., 10.], 640, 480),
+            Some((0, 0, 10, 10))
+        );
+    }
+
+    #[test]
+    fn area_resampling_matches_adaptive_average_pooling() {
+        // 1 x 5 row to 3 columns: windows [0,2), [1,4), [3,5).
+        let img = Planes {
+            w: 5,
+            h: 1,
+            data: [0f32, 10., 20., 30., 40.].repeat(3),
+        };
+        let mut out = vec![0f32; 3 * 3];
+        img.resize_into((0, 0, 5, 1), 1, 3, false, &mut Vec::new(), &mut out);
+        assert_eq!(&out[..3], &[5.0, 20.0, 35.0]);
+        // Upsampling repeats pixels.
+        let mut up = vec![0f32; 3 * 2 * 10];
+        img.resize_into((0, 0, 5, 1), 2, 10, false, &mut Vec::new(), &mut up);
+        assert_eq!(&up[..10], &[0., 0., 10., 10., 20., 20., 30., 30., 40., 40.]);
+        assert_eq!(&up[10..20], &up[..10]);
+    }
+
+    #[test]
+    fn scales_follow_facenet() {
+        let d = Detector::new(
+            Mtcnn::new_zeroed(&Device::Cpu).unwrap(),
+            DetectorConfig {
+                min_face_size: 20.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let s = d.scales(500, 375);
+        // 375 * 0.6 = 225 -> 225 * 0.709^k >= 12 for k = 0..=8.
+        assert_eq!(s.len(), 9);
+        assert!((s[0] - 0.6).abs() < 1e-12 && (s[1] - 0.6 * 0.709).abs() < 1e-12);
+        assert!(d.scales(11, 400).is_empty());
+        assert!(d.scales(1, 1).is_empty());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let nets = Mtcnn::new_zeroed(&Device::Cpu).unwrap();
+        for cfg in [
+            DetectorConfig {
+                min_face_size: 5.0,
+                ..Default::default()
+            },
+            DetectorConfig {
+                scale_factor: 1.0,
+                ..Default::default()
+            },
+            DetectorConfig {
+                thresholds: [0.5, f32::NAN, 0.5],
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                Detector::new(nets.clone(), cfg),
+                Err(PerceptionError::Config(_))
+            ));
+        }
+    }
+}

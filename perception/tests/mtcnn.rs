@@ -1,0 +1,315 @@
+//! MTCNN against facenet-pytorch 2.6.0 (golden values from
+//! `tools/mtcnn_reference.py`), recall on dlib's labelled face boxes, and bad
+//! input. Needs `../shared/data/faces-fullframe` (fails loudly without it).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use models::mtcnn::Mtcnn;
+use perception::{Detection, Detector, DetectorConfig, Frame, PixelFormat};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn weights() -> PathBuf {
+    repo().join("assets/models/mtcnn.safetensors")
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(repo().join("perception/tests/golden/mtcnn.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn faces_dir() -> PathBuf {
+    let dir = repo().join("../shared/data/faces-fullframe");
+    assert!(
+        dir.join("testing.xml").is_file(),
+        "shared data missing: {} (see ../shared/data/README.md); this test needs it",
+        dir.display()
+    );
+    dir
+}
+
+fn detector(min_face_size: f32) -> Detector {
+    Detector::from_file(
+        weights(),
+        DetectorConfig {
+            min_face_size,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn formula_input(shape: &[usize]) -> Tensor {
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let mut v = Vec::with_capacity(n * c * h * w);
+    for ni in 0..n {
+        for ci in 0..c {
+            for hi in 0..h {
+                for wi in 0..w {
+                    let a =
+                        0.37 * ni as f64 + 1.3 * ci as f64 + 0.11 * hi as f64 + 0.07 * wi as f64;
+                    v.push((a.sin() * 0.9) as f32);
+                }
+            }
+        }
+    }
+    Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()
+}
+
+fn max_diff(t: &Tensor, want: &Value) -> f32 {
+    let got = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want = floats(&want["values"]);
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn nets_match_facenet_pytorch() {
+    let g = golden();
+    let nets = Mtcnn::from_file(weights(), &Device::Cpu).unwrap();
+    let shape = |k: &str| -> Vec<usize> {
+        g["nets"][k]["input_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let (reg, prob) = nets.pnet.forward(&formula_input(&shape("pnet"))).unwrap();
+    assert!(max_diff(&reg, &g["nets"]["pnet"]["reg"]) < 1e-4);
+    assert!(max_diff(&prob, &g["nets"]["pnet"]["prob"]) < 1e-4);
+    let (reg, prob) = nets.rnet.forward(&formula_input(&shape("rnet"))).unwrap();
+    assert!(max_diff(&reg, &g["nets"]["rnet"]["reg"]) < 1e-4);
+    assert!(max_diff(&prob, &g["nets"]["rnet"]["prob"]) < 1e-4);
+    let (reg, lm, prob) = nets.onet.forward(&formula_input(&shape("onet"))).unwrap();
+    assert!(max_diff(&reg, &g["nets"]["onet"]["reg"]) < 1e-4);
+    assert!(max_diff(&lm, &g["nets"]["onet"]["landmarks"]) < 1e-4);
+    assert!(max_diff(&prob, &g["nets"]["onet"]["prob"]) < 1e-4);
+}
+
+struct Want {
+    bbox: Vec<f32>,
+    score: f32,
+    landmarks: Vec<f32>,
+}
+
+fn wants(entry: &Value) -> Vec<Want> {
+    entry["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Want {
+            bbox: floats(&f["box"]),
+            score: f["score"].as_f64().unwrap() as f32,
+            landmarks: f["landmarks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(floats)
+                .collect(),
+        })
+        .collect()
+}
+
+fn box_error(d: &Detection, w: &Want) -> f32 {
+    d.bbox
+        .iter()
+        .zip(&w.bbox)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn detections_match_facenet_pytorch() {
+    let dir = faces_dir();
+    let g = golden();
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for entry in g["detect"].as_array().unwrap() {
+        let file = entry["file"].as_str().unwrap();
+        let min = entry["min_face_size"].as_f64().unwrap() as f32;
+        let frame = Frame::open(dir.join(file)).unwrap();
+        let sum: u64 = frame.to_rgb8().iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(
+            Some(sum),
+            entry["pixel_sum"].as_u64(),
+            "{file} decodes to other pixels than when the goldens were made (image crate \
+             changed?): rerun tools/mtcnn_reference.py"
+        );
+        let dets = detector(min).detect(&frame).unwrap();
+        let want = wants(entry);
+        if dets.len() != want.len() {
+            problems.push(format!(
+                "{file} (min {min}): {} faces, facenet-pytorch {}",
+                dets.len(),
+                want.len()
+            ));
+            continue;
+        }
+        for w in &want {
+            // Order by area can swap near-equal faces: match by box.
+            let d = dets
+                .iter()
+                .min_by(|a, b| box_error(a, w).total_cmp(&box_error(b, w)))
+                .unwrap();
+            let lm_err = d
+                .landmarks
+                .iter()
+                .flatten()
+                .zip(&w.landmarks)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            let (be, se) = (box_error(d, w), (d.score - w.score).abs());
+            if be > 1.0 || lm_err > 1.0 || se > 1e-3 {
+                problems.push(format!(
+                    "{file} (min {min}): box {:?} vs {:?} (max error {be:.3} px), landmarks error {lm_err:.3} px, score {} vs {}",
+                    d.bbox, w.bbox, d.score, w.score
+                ));
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "only {compared} faces compared");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// dlib's boxes: `(file, [x1, y1, x2, y2])`.
+fn labelled_boxes(xml: &Path) -> Vec<(String, [f32; 4])> {
+    let text = std::fs::read_to_string(xml).unwrap();
+    let attr = |tag: &str, name: &str| -> Option<f32> {
+        let key = format!("{name}='");
+        let start = tag.find(&key)? + key.len();
+        tag[start..].split('\'').next()?.parse().ok()
+    };
+    let mut out = Vec::new();
+    let mut file = String::new();
+    for tag in text.split('<') {
+        if let Some(rest) = tag.strip_prefix("image file='") {
+            file = rest.split('\'').next().unwrap().to_owned();
+        } else if tag.starts_with("box ") && !tag.contains("ignore='1'") {
+            let (t, l) = (attr(tag, "top").unwrap(), attr(tag, "left").unwrap());
+            let (w, h) = (attr(tag, "width").unwrap(), attr(tag, "height").unwrap());
+            out.push((file.clone(), [l, t, l + w, t + h]));
+        }
+    }
+    out
+}
+
+#[test]
+fn recall_on_dlib_labelled_faces() {
+    let dir = faces_dir();
+    let mut labels = labelled_boxes(&dir.join("training.xml"));
+    labels.extend(labelled_boxes(&dir.join("testing.xml")));
+    let mut files: Vec<String> = labels.iter().map(|(f, _)| f.clone()).collect();
+    files.sort();
+    files.dedup();
+    let det = detector(20.0);
+    let (mut found, mut detections, mut true_dets) = (0, 0, 0);
+    for file in &files {
+        let dets = det.detect(&Frame::open(dir.join(file)).unwrap()).unwrap();
+        let boxes: Vec<[f32; 4]> = labels
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, b)| *b)
+            .collect();
+        found += boxes
+            .iter()
+            .filter(|b| dets.iter().any(|d| d.iou(b) >= 0.5))
+            .count();
+        detections += dets.len();
+        true_dets += dets
+            .iter()
+            .filter(|d| boxes.iter().any(|b| d.iou(b) >= 0.5))
+            .count();
+    }
+    let recall = found as f32 / labels.len() as f32;
+    let precision = true_dets as f32 / detections.max(1) as f32;
+    println!(
+        "recall {recall:.3} ({found}/{}), precision {precision:.3} ({true_dets}/{detections}) at IoU 0.5, min face 20",
+        labels.len()
+    );
+    assert!(labels.len() >= 40, "{} labelled boxes", labels.len());
+    assert!(recall >= 0.95, "recall {recall}");
+}
+
+#[test]
+fn dogs_are_not_faces() {
+    let frame = Frame::open(faces_dir().join("dogs.jpg")).unwrap();
+    for min in [20.0, 40.0] {
+        assert!(detector(min).detect(&frame).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn bad_input_gives_errors_or_nothing() {
+    let det = detector(40.0);
+    // Tiny frames: no pyramid level fits, no face, no panic.
+    for (w, h) in [(1, 1), (1, 500), (11, 11), (47, 13)] {
+        let f = Frame::new(w, h, PixelFormat::Rgb8, vec![90; w * h * 3]).unwrap();
+        assert!(det.detect(&f).unwrap().is_empty());
+    }
+    // Huge and flat: shrunk to max_side first, no face.
+    let huge = Frame::new(8000, 8000, PixelFormat::Gray8, vec![128; 8000 * 8000]).unwrap();
+    assert!(det.detect(&huge).unwrap().is_empty());
+    // Empty frames and wrong byte counts cannot be built.
+    assert!(Frame::new(0, 0, PixelFormat::Rgb8, vec![]).is_err());
+    assert!(Frame::new(4, 4, PixelFormat::Rgba8, vec![0; 48]).is_err());
+    // A truncated JPEG is an error naming the file.
+    let bytes = std::fs::read(faces_dir().join("2008_002506.jpg")).unwrap();
+    let cut = std::env::temp_dir().join(format!("truncated-{}.jpg", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let err = Frame::open(&cut);
+    std::fs::remove_file(&cut).unwrap();
+    match err {
+        Err(e) => assert!(e.to_string().contains("truncated-"), "{e}"),
+        // Some decoders fill the missing rows with gray: that is also fine,
+        // as long as detection then runs.
+        Ok(f) => {
+            det.detect(&f).unwrap();
+        }
+    }
+}
+
+#[test]
+fn gray_and_rgba_frames_work_like_rgb() {
+    let rgb = Frame::open(faces_dir().join("2008_002506.jpg")).unwrap();
+    let det = detector(40.0);
+    let want = det.detect(&rgb).unwrap();
+    assert_eq!(want.len(), 3);
+    let rgba: Vec<u8> = rgb
+        .data()
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    let rgba = Frame::new(rgb.width(), rgb.height(), PixelFormat::Rgba8, rgba).unwrap();
+    assert_eq!(det.detect(&rgba).unwrap(), want);
+    let gray: Vec<u8> = rgb
+        .data()
+        .chunks_exact(3)
+        .map(|p| {
+            (0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])) as u8
+        })
+        .collect();
+    let gray = Frame::new(rgb.width(), rgb.height(), PixelFormat::Gray8, gray).unwrap();
+    let found = det.detect(&gray).unwrap();
+    // The same three people, found in gray too.
+    assert_eq!(found.len(), 3);
+    for d in &found {
+        assert!(want.iter().any(|w| w.iou(&d.bbox) > 0.7));
+    }
+}
