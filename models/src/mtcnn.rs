@@ -216,13 +216,15 @@ impl CustomOp2 for PReluOp {
 /// bottom or right edge are clipped rather than dropped.
 pub fn max_pool_ceil(x: &Tensor, k: usize, stride: usize) -> candle_core::Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let out = |len: usize| {
-        if len < k {
-            1
-        } else {
-            (len - k).div_ceil(stride) + 1
-        }
-    };
+    if k == 0 || stride == 0 || stride > k {
+        bail!("max_pool_ceil: kernel {k} and stride {stride} must satisfy 0 < stride <= kernel");
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&MaxPoolCeilOp { k, stride });
+    }
+    let out = |len: usize| pooled_len(len, k, stride);
     // Padding with copies of the last row / column never changes a window's
     // maximum: the copied value is inside the clipped window already.
     let need_h = (out(h) - 1) * stride + k;
@@ -230,6 +232,73 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, stride: usize) -> candle_core::Result
     let x = x.pad_with_same(2, 0, need_h.saturating_sub(h))?;
     let x = x.pad_with_same(3, 0, need_w.saturating_sub(w))?;
     x.max_pool2d_with_stride(k, stride)
+}
+
+/// Output length of a ceil-mode pooling window sweep (PyTorch, no padding).
+fn pooled_len(len: usize, k: usize, stride: usize) -> usize {
+    if len < k {
+        1
+    } else {
+        (len - k).div_ceil(stride) + 1
+    }
+}
+
+struct MaxPoolCeilOp {
+    k: usize,
+    stride: usize,
+}
+
+impl candle_core::CustomOp1 for MaxPoolCeilOp {
+    fn name(&self) -> &'static str {
+        "mtcnn-max-pool-ceil"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("max_pool_ceil expects a contiguous tensor");
+        };
+        let x = &s.as_slice::<f32>()?[a..b];
+        let &[n, c, h, w] = l.dims() else {
+            bail!("max_pool_ceil expects a 4-D tensor, got {:?}", l.dims());
+        };
+        let (k, st) = (self.k, self.stride);
+        let (oh, ow) = (pooled_len(h, k, st), pooled_len(w, k, st));
+        let mut y = vec![0f32; n * c * oh * ow];
+        // Separable: the maximum over each window's columns, row by row, then
+        // over its rows.
+        let mut hmax = vec![0f32; h * ow];
+        for (plane, dst) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
+            for (src, out) in plane.chunks_exact(w).zip(hmax.chunks_exact_mut(ow)) {
+                if k == 2 && st == 2 {
+                    let pairs = src.chunks_exact(2);
+                    let rest = pairs.remainder();
+                    for (o, p) in out.iter_mut().zip(pairs) {
+                        *o = p[0].max(p[1]);
+                    }
+                    if let Some(&last) = rest.first() {
+                        out[ow - 1] = last;
+                    }
+                } else {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let a = j * st;
+                        *o = src[a..(a + k).min(w)]
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    }
+                }
+            }
+            for (i, out) in dst.chunks_exact_mut(ow).enumerate() {
+                let a = i * st;
+                out.copy_from_slice(&hmax[a * ow..][..ow]);
+                for r in a + 1..(a + k).min(h) {
+                    for (o, &v) in out.iter_mut().zip(&hmax[r * ow..][..ow]) {
+                        *o = o.max(v);
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
 }
 
 /// `(N, C, H, W) -> (N, W*H*C)` in facenet-pytorch's order (it permutes to
@@ -468,7 +537,7 @@ mod tests {
 
     fn ramp(shape: &[usize], scale: f32) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.731).sin() * scale)).collect();
+        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * scale).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
@@ -530,6 +599,31 @@ mod tests {
             y3.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             vec![6., 8., 9., 11., 13., 14.]
         );
+    }
+
+    #[test]
+    fn ceil_pool_fast_path_matches_the_padded_stock_pool() {
+        for (h, w, k, st) in [
+            (7, 9, 3, 2),
+            (6, 6, 2, 2),
+            (5, 11, 3, 2),
+            (1, 4, 2, 2),
+            (12, 13, 3, 2),
+        ] {
+            let x = ramp(&[2, 3, h, w], 3.0);
+            let fast = max_pool_ceil(&x, k, st).unwrap();
+            let need = |len: usize| (pooled_len(len, k, st) - 1) * st + k;
+            let stock = x
+                .pad_with_same(2, 0, need(h).saturating_sub(h))
+                .unwrap()
+                .pad_with_same(3, 0, need(w).saturating_sub(w))
+                .unwrap()
+                .max_pool2d_with_stride(k, st)
+                .unwrap();
+            assert_eq!(fast.dims(), stock.dims());
+            let d = (fast - stock).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Similarity {
             num_a += px * qx + py * qy;
             num_b += px * qy - py * qx;
         }
-        if !(sxx > 1e-9) || !num_a.is_finite() || !num_b.is_finite() {
+        if sxx.is_nan() || sxx <= 1e-9 || !num_a.is_finite() || !num_b.is_finite() {
             return None;
         }
         let (a, b) = (num_a / sxx, num_b / sxx);
@@ -86,7 +86,7 @@ impl Similarity {
     /// The inverse transform (`None` if degenerate).
     pub fn inverse(&self) -> Option<Self> {
         let d = self.a * self.a + self.b * self.b;
-        if !(d > 1e-12) {
+        if d.is_nan() || d <= 1e-12 {
             return None;
         }
         let (a, b) = (self.a / d, -self.b / d);
@@ -103,54 +103,107 @@ impl Similarity {
     }
 }
 
-/// Bilinear sample of the frame's luma at `(x, y)` (pixel centres at integers),
-/// clamped to the border.
-fn sample_luma(frame: &Frame, x: f32, y: f32) -> f32 {
-    let (w, h) = (frame.width(), frame.height());
-    let x = x.clamp(0.0, (w - 1) as f32);
-    let y = y.clamp(0.0, (h - 1) as f32);
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let l = |xx: usize, yy: usize| {
-        if frame.format() == PixelFormat::Gray8 {
-            f32::from(frame.data()[yy * w + xx])
-        } else {
-            luma(frame.rgb_at(xx, yy).map(f32::from))
+/// Luma of a rectangle of the frame, as floats.
+struct GrayRegion {
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+    /// Frame size, for clamping sample positions to the frame's border.
+    frame_w: usize,
+    frame_h: usize,
+    px: Vec<f32>,
+}
+
+impl GrayRegion {
+    /// The luma of `x0..x1, y0..y1` (clamped to the frame, never empty).
+    fn new(frame: &Frame, x0: f32, y0: f32, x1: f32, y1: f32) -> Self {
+        let (fw, fh) = (frame.width(), frame.height());
+        let clamp = |v: f32, max: usize| (v.max(0.0) as usize).min(max - 1);
+        let (x0, y0) = (clamp(x0.floor(), fw), clamp(y0.floor(), fh));
+        let (x1, y1) = (clamp(x1.ceil(), fw), clamp(y1.ceil(), fh));
+        let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+        let mut px = Vec::with_capacity(w * h);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                px.push(if frame.format() == PixelFormat::Gray8 {
+                    f32::from(frame.data()[y * fw + x])
+                } else {
+                    luma(frame.rgb_at(x, y).map(f32::from))
+                });
+            }
         }
-    };
-    let top = l(x0, y0) * (1.0 - fx) + l(x1, y0) * fx;
-    let bottom = l(x0, y1) * (1.0 - fx) + l(x1, y1) * fx;
-    top * (1.0 - fy) + bottom * fy
+        Self {
+            x0,
+            y0,
+            w,
+            h,
+            frame_w: fw,
+            frame_h: fh,
+            px,
+        }
+    }
+
+    /// Bilinear sample at frame position `(x, y)` (pixel centres at integers),
+    /// clamped to the frame's border.
+    fn sample(&self, x: f32, y: f32) -> f32 {
+        let x = x.clamp(0.0, (self.frame_w - 1) as f32) - self.x0 as f32;
+        let y = y.clamp(0.0, (self.frame_h - 1) as f32) - self.y0 as f32;
+        let x = x.clamp(0.0, (self.w - 1) as f32);
+        let y = y.clamp(0.0, (self.h - 1) as f32);
+        let (xi, yi) = (x.floor() as usize, y.floor() as usize);
+        let (x1, y1) = ((xi + 1).min(self.w - 1), (yi + 1).min(self.h - 1));
+        let (fx, fy) = (x - xi as f32, y - yi as f32);
+        let p = |xx: usize, yy: usize| self.px[yy * self.w + xx];
+        let top = p(xi, yi) * (1.0 - fx) + p(x1, yi) * fx;
+        let bottom = p(xi, y1) * (1.0 - fx) + p(x1, y1) * fx;
+        top * (1.0 - fy) + bottom * fy
+    }
 }
 
 /// Warps `frame` so that `landmarks` land on [`FER2013_LANDMARKS`] and returns
-/// the 48x48 gray crop. When the face is much larger than the crop, the frame
-/// is averaged over each crop pixel's footprint (supersampling) to avoid
+/// the 48x48 gray crop. When the face is larger than the crop, each crop
+/// pixel averages several samples over its footprint (up to 4x4) to avoid
 /// aliasing.
 pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, PerceptionError> {
     let m = Similarity::estimate(landmarks, &FER2013_LANDMARKS).ok_or(PerceptionError::Align)?;
     let inv = m.inverse().ok_or(PerceptionError::Align)?;
-    // Crop pixels per frame pixel < 1 means one crop pixel covers several
-    // frame pixels: take that many samples per axis (at most 8).
     let footprint = inv.scale();
-    let k = (footprint.ceil() as usize).clamp(1, 8);
+    if !footprint.is_finite() || footprint > 1e4 {
+        return Err(PerceptionError::Align);
+    }
+    let k = (footprint.ceil() as usize).clamp(1, 4);
+    // The frame area the crop covers.
+    let side = INPUT_SIZE as f32;
+    let corners = [[-0.5, -0.5], [side, -0.5], [-0.5, side], [side, side]].map(|p| inv.apply(p));
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for [x, y] in corners {
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let region = GrayRegion::new(frame, x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0);
     let mut pixels = Vec::with_capacity(INPUT_SIZE * INPUT_SIZE);
+    let offsets: Vec<f32> = (0..k).map(|s| (s as f32 + 0.5) / k as f32 - 0.5).collect();
     for v in 0..INPUT_SIZE {
         for u in 0..INPUT_SIZE {
             let mut acc = 0f32;
-            for sv in 0..k {
-                for su in 0..k {
-                    let du = u as f32 + (su as f32 + 0.5) / k as f32 - 0.5;
-                    let dv = v as f32 + (sv as f32 + 0.5) / k as f32 - 0.5;
-                    let [x, y] = inv.apply([du, dv]);
-                    acc += sample_luma(frame, x, y);
+            for &dv in &offsets {
+                for &du in &offsets {
+                    let [x, y] = inv.apply([u as f32 + du, v as f32 + dv]);
+                    acc += region.sample(x, y);
                 }
             }
             pixels.push((acc / (k * k) as f32).round().clamp(0.0, 255.0) as u8);
         }
     }
     GrayCrop::new(pixels)
+}
+
+/// Bilinear sample of a whole frame's luma at `(x, y)`.
+#[cfg(test)]
+fn sample_luma(frame: &Frame, x: f32, y: f32) -> f32 {
+    let (w, h) = (frame.width() as f32, frame.height() as f32);
+    GrayRegion::new(frame, x - 1.0, y - 1.0, x + 1.0, y + 1.0)
+        .sample(x.clamp(0.0, w - 1.0), y.clamp(0.0, h - 1.0))
 }
 
 /// For inputs that are already 48x48 face crops (FER2013, CK+ in this
@@ -167,11 +220,13 @@ pub fn align_crop(
     // Bilinear 3x upscale, pixel centres aligned.
     let mut big = Vec::with_capacity(side * side);
     let frame48 = Frame::new(INPUT_SIZE, INPUT_SIZE, PixelFormat::Gray8, src.to_vec())?;
+    let last = (INPUT_SIZE - 1) as f32;
+    let region = GrayRegion::new(&frame48, 0.0, 0.0, last, last);
     for y in 0..side {
         for x in 0..side {
             let sx = (x as f32 + 0.5) / UP as f32 - 0.5;
             let sy = (y as f32 + 0.5) / UP as f32 - 0.5;
-            big.push(sample_luma(&frame48, sx, sy).round() as u8);
+            big.push(region.sample(sx, sy).round() as u8);
         }
     }
     let frame = Frame::new(side, side, PixelFormat::Gray8, big)?;

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use models::mtcnn::Mtcnn;
 
 use crate::PerceptionError;
-use crate::frame::Frame;
+use crate::frame::{Frame, PixelFormat};
 
 /// Detector settings. The defaults are facenet-pytorch's, except the minimum
 /// face size (40 px instead of 20: a webcam user sits close, and smaller
@@ -42,10 +42,10 @@ impl Default for DetectorConfig {
 impl DetectorConfig {
     fn check(&self) -> Result<(), PerceptionError> {
         let bad = |reason: &str| Err(PerceptionError::Config(reason.to_owned()));
-        if !(self.min_face_size >= 12.0) {
+        if self.min_face_size.is_nan() || self.min_face_size < 12.0 {
             return bad("min_face_size must be at least 12 pixels");
         }
-        if !(self.scale_factor > 0.1 && self.scale_factor < 0.95) {
+        if !(0.1..0.95).contains(&self.scale_factor) || self.scale_factor <= 0.1 {
             return bad("scale_factor must be between 0.1 and 0.95");
         }
         if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
@@ -106,46 +106,56 @@ struct Cand {
     reg: [f32; 4],
 }
 
-/// The frame as float RGB planes (`3 x h x w`, values 0..255).
+/// The frame as three summed-area tables (one per RGB channel): every box
+/// average of PyTorch's area resampling is then four reads, and since the
+/// sums of 8-bit pixels are exact integers (`255 * 2048^2 < 2^32`), the
+/// averages equal PyTorch's `sum / kh / kw` exactly.
 struct Planes {
     w: usize,
     h: usize,
-    data: Vec<f32>,
+    /// `3 x (h + 1) x (w + 1)`, row 0 and column 0 zero.
+    sums: Vec<u32>,
 }
 
 impl Planes {
     fn from_frame(frame: &Frame) -> Self {
         let (w, h) = (frame.width(), frame.height());
-        let mut data = vec![0f32; 3 * w * h];
-        let (r, rest) = data.split_at_mut(w * h);
-        let (g, b) = rest.split_at_mut(w * h);
-        let bytes = frame.data();
         let ch = frame.format().channels();
-        for i in 0..w * h {
-            if ch == 1 {
-                let v = f32::from(bytes[i]);
-                (r[i], g[i], b[i]) = (v, v, v);
-            } else {
-                r[i] = f32::from(bytes[ch * i]);
-                g[i] = f32::from(bytes[ch * i + 1]);
-                b[i] = f32::from(bytes[ch * i + 2]);
+        let bytes = frame.data();
+        let stride = w + 1;
+        let plane = (h + 1) * stride;
+        let mut sums = vec![0u32; 3 * plane];
+        for c in 0..3 {
+            let src_c = if ch == 1 { 0 } else { c };
+            let table = &mut sums[c * plane..][..plane];
+            for y in 0..h {
+                let mut row_sum = 0u32;
+                let src = &bytes[y * w * ch..][..w * ch];
+                let (above, below) = table.split_at_mut((y + 1) * stride);
+                let above = &above[y * stride..];
+                let dst = &mut below[..stride];
+                for x in 0..w {
+                    row_sum += u32::from(src[x * ch + src_c]);
+                    dst[x + 1] = above[x + 1] + row_sum;
+                }
             }
         }
-        Self { w, h, data }
+        Self { w, h, sums }
     }
 
-    /// The frame area-averaged down to `w x h` without first converting the
-    /// whole frame to floats (frames beyond `max_side` can be huge).
-    fn shrunk_from_frame(frame: &Frame, w: usize, h: usize) -> Self {
+    /// The frame area-averaged down to `w x h` (rounded to 8 bits) without
+    /// first converting the whole frame (frames beyond `max_side` can be huge).
+    fn shrunk_from_frame(frame: &Frame, w: usize, h: usize) -> Result<Self, PerceptionError> {
         let (fw, fh) = (frame.width(), frame.height());
         let cols: Vec<(usize, usize)> = (0..w)
             .map(|j| ((j * fw) / w, ((j + 1) * fw).div_ceil(w)))
             .collect();
-        let mut data = vec![0f32; 3 * w * h];
+        let mut acc = vec![0f32; 3 * w];
+        let mut out = vec![0u8; 3 * w * h];
         let mut row = vec![0f32; 3 * fw];
         for i in 0..h {
             let (s, e) = ((i * fh) / h, ((i + 1) * fh).div_ceil(h));
-            let inv = 1.0 / (e - s) as f32;
+            acc.fill(0.0);
             for y in s..e {
                 for x in 0..fw {
                     let p = frame.rgb_at(x, y);
@@ -155,63 +165,56 @@ impl Planes {
                 }
                 for c in 0..3 {
                     let src = &row[c * fw..][..fw];
-                    let dst = &mut data[(c * h + i) * w..][..w];
-                    for (d, &(a, b)) in dst.iter_mut().zip(&cols) {
-                        *d += src[a..b].iter().sum::<f32>() / (b - a) as f32 * inv;
+                    for (j, &(a, b)) in cols.iter().enumerate() {
+                        acc[j * 3 + c] += src[a..b].iter().sum::<f32>() / (b - a) as f32;
                     }
                 }
             }
+            let inv = 1.0 / (e - s) as f32;
+            for (o, a) in out[i * w * 3..][..w * 3].iter_mut().zip(&acc) {
+                *o = (a * inv).round().clamp(0.0, 255.0) as u8;
+            }
         }
-        Self { w, h, data }
+        Ok(Self::from_frame(&Frame::new(w, h, PixelFormat::Rgb8, out)?))
     }
 
     /// PyTorch's `interpolate(mode="area")` (adaptive average pooling) of the
     /// region `x0..x1, y0..y1` to `oh x ow`, written into `out` (`3 x oh x ow`),
     /// optionally normalised to `(v - 127.5) / 128`.
-    #[allow(clippy::too_many_arguments)]
     fn resize_into(
         &self,
         (x0, y0, x1, y1): (usize, usize, usize, usize),
         oh: usize,
         ow: usize,
         normalise: bool,
-        tmp: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         let (rw, rh) = (x1 - x0, y1 - y0);
-        // Horizontal pass: (3, rh, ow).
-        tmp.clear();
-        tmp.resize(3 * rh * ow, 0.0);
-        let cols: Vec<(usize, usize)> = (0..ow)
-            .map(|j| ((j * rw) / ow, ((j + 1) * rw).div_ceil(ow)))
+        let stride = self.w + 1;
+        let plane = (self.h + 1) * stride;
+        let cols: Vec<(usize, usize, f32)> = (0..ow)
+            .map(|j| {
+                let (s, e) = ((j * rw) / ow, ((j + 1) * rw).div_ceil(ow));
+                (x0 + s, x0 + e, (e - s) as f32)
+            })
             .collect();
+        let (scale, shift) = if normalise {
+            (0.0078125f32, -127.5f32)
+        } else {
+            (1.0, 0.0)
+        };
         for c in 0..3 {
-            for r in 0..rh {
-                let row = &self.data[(c * self.h + y0 + r) * self.w + x0..][..rw];
-                let dst = &mut tmp[(c * rh + r) * ow..][..ow];
-                for (d, &(s, e)) in dst.iter_mut().zip(&cols) {
-                    *d = row[s..e].iter().sum::<f32>() / (e - s) as f32;
-                }
-            }
-        }
-        // Vertical pass.
-        for i in 0..oh {
-            let (s, e) = ((i * rh) / oh, ((i + 1) * rh).div_ceil(oh));
-            let inv = 1.0 / (e - s) as f32;
-            for c in 0..3 {
+            let table = &self.sums[c * plane..][..plane];
+            for i in 0..oh {
+                let (s, e) = ((i * rh) / oh, ((i + 1) * rh).div_ceil(oh));
+                let kh = (e - s) as f32;
+                let top = &table[(y0 + s) * stride..][..stride];
+                let bottom = &table[(y0 + e) * stride..][..stride];
                 let dst = &mut out[(c * oh + i) * ow..][..ow];
-                dst.fill(0.0);
-                for r in s..e {
-                    let src = &tmp[(c * rh + r) * ow..][..ow];
-                    for (d, v) in dst.iter_mut().zip(src) {
-                        *d += v;
-                    }
-                }
-                for d in dst.iter_mut() {
-                    *d *= inv;
-                    if normalise {
-                        *d = (*d - 127.5) * 0.0078125;
-                    }
+                for (d, &(a, b, kw)) in dst.iter_mut().zip(&cols) {
+                    let sum = (bottom[b] - bottom[a]) - (top[b] - top[a]);
+                    // PyTorch: sum / kh / kw, in this order.
+                    *d = (sum as f32 / kh / kw + shift) * scale;
                 }
             }
         }
@@ -265,7 +268,7 @@ impl Detector {
                 ((frame.width() as f32 * k).round() as usize).max(1),
                 ((frame.height() as f32 * k).round() as usize).max(1),
             );
-            let small = Planes::shrunk_from_frame(frame, w, h);
+            let small = Planes::shrunk_from_frame(frame, w, h)?;
             let (sx, sy) = (
                 frame.width() as f32 / w as f32,
                 frame.height() as f32 / h as f32,
@@ -320,12 +323,11 @@ impl Detector {
 
     fn stage1(&self, img: &Planes, threshold: f32) -> Result<Vec<Cand>, PerceptionError> {
         let mut all = Vec::new();
-        let mut tmp = Vec::new();
         for scale in self.scales(img.w, img.h) {
             let hs = (img.h as f64 * scale + 1.0) as usize;
             let ws = (img.w as f64 * scale + 1.0) as usize;
             let mut data = vec![0f32; 3 * hs * ws];
-            img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut tmp, &mut data);
+            img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut data);
             let x = Tensor::from_vec(data, (1, 3, hs, ws), &self.device)?;
             let (reg, prob) = self.nets.pnet.forward(&x)?;
             let (_, _, oh, ow) = prob.dims4()?;
@@ -383,13 +385,12 @@ impl Detector {
     fn crops(&self, img: &Planes, cands: Vec<Cand>, side: usize) -> (Vec<Cand>, Vec<f32>) {
         let mut kept = Vec::with_capacity(cands.len());
         let mut data = Vec::with_capacity(cands.len() * 3 * side * side);
-        let mut tmp = Vec::new();
         let mut out = vec![0f32; 3 * side * side];
         for c in cands {
             let Some(region) = pad(&c.b, img.w, img.h) else {
                 continue;
             };
-            img.resize_into(region, side, side, true, &mut tmp, &mut out);
+            img.resize_into(region, side, side, true, &mut out);
             data.extend_from_slice(&out);
             kept.push(c);
         }
@@ -609,19 +610,58 @@ mod tests {
     #[test]
     fn area_resampling_matches_adaptive_average_pooling() {
         // 1 x 5 row to 3 columns: windows [0,2), [1,4), [3,5).
-        let img = Planes {
-            w: 5,
-            h: 1,
-            data: [0f32, 10., 20., 30., 40.].repeat(3),
-        };
+        let f = Frame::new(5, 1, PixelFormat::Gray8, vec![0, 10, 20, 30, 40]).unwrap();
+        let img = Planes::from_frame(&f);
         let mut out = vec![0f32; 3 * 3];
-        img.resize_into((0, 0, 5, 1), 1, 3, false, &mut Vec::new(), &mut out);
+        img.resize_into((0, 0, 5, 1), 1, 3, false, &mut out);
         assert_eq!(&out[..3], &[5.0, 20.0, 35.0]);
         // Upsampling repeats pixels.
         let mut up = vec![0f32; 3 * 2 * 10];
-        img.resize_into((0, 0, 5, 1), 2, 10, false, &mut Vec::new(), &mut up);
+        img.resize_into((0, 0, 5, 1), 2, 10, false, &mut up);
         assert_eq!(&up[..10], &[0., 0., 10., 10., 20., 20., 30., 30., 40., 40.]);
         assert_eq!(&up[10..20], &up[..10]);
+    }
+
+    fn golden() -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mtcnn.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn area_resampling_matches_pytorch_exactly() {
+        // tools/mtcnn_reference.py: x[0,c,h,w] = (h*7 + w*13 + c*29) % 256, 37x53.
+        let (h, w) = (37, 53);
+        let mut rgb = vec![0u8; h * w * 3];
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    rgb[(y * w + x) * 3 + c] = ((y * 7 + x * 13 + c * 29) % 256) as u8;
+                }
+            }
+        }
+        let img = Planes::from_frame(&Frame::new(w, h, PixelFormat::Rgb8, rgb).unwrap());
+        let g = golden();
+        for (key, oh, ow) in [("23x32", 23, 32), ("24x24", 24, 24), ("48x48", 48, 48)] {
+            let want = &g["resample"][key];
+            let mut out = vec![0f32; 3 * oh * ow];
+            img.resize_into((0, 0, w, h), oh, ow, false, &mut out);
+            for (a, b) in out.iter().zip(want["first20"].as_array().unwrap()) {
+                assert!(
+                    (a - b.as_f64().unwrap() as f32).abs() < 1e-3,
+                    "{key}: {a} vs {b}"
+                );
+            }
+            let sum: f64 = out.iter().map(|&v| f64::from(v)).sum();
+            assert!(
+                (sum - want["sum"].as_f64().unwrap()).abs() < 0.05,
+                "{key}: {sum}"
+            );
+            if let Some(values) = want["values"].as_array() {
+                for (a, b) in out.iter().zip(values) {
+                    assert!((a - b.as_f64().unwrap() as f32).abs() < 1e-3);
+                }
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,31 @@ pub use detect::{Detection, Detector, DetectorConfig};
 pub use frame::{Frame, PixelFormat};
 pub use pipeline::{Face, Pipeline, PipelineConfig};
 
+/// The folder binaries load weights and other assets from: `$EMOTION_ASSETS`
+/// when set, else `./assets` when the working directory has one, else this
+/// repository's `assets/` (the path it was built from). Weights live in its
+/// `models/` sub-folder.
+pub fn assets_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EMOTION_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let local = PathBuf::from("assets");
+    if local.join("models").is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets")
+}
+
+/// The default detector weights, `assets/models/mtcnn.safetensors`.
+pub fn default_detector_path() -> PathBuf {
+    assets_dir().join("models/mtcnn.safetensors")
+}
+
+/// The default classifier weights, `assets/models/arch1_fer2013.safetensors`.
+pub fn default_classifier_path() -> PathBuf {
+    assets_dir().join("models/arch1_fer2013.safetensors")
+}
+
 /// What can go wrong in the perception pipeline.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

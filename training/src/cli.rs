@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{D, Device, Tensor};
-use candle_nn::ModuleT;
+use candle_core::Device;
 use clap::Args;
 use models::{Arch, LoadedWeights};
 use training::data::{
     Dataset, ErrorPolicy, Fer2013Options, FolderOptions, Usage, load_fer2013, load_image_folder,
-    normalization, to_gray48,
 };
 use training::metrics::evaluate as eval_net;
 use training::spec::DataSpec;
@@ -210,66 +208,5 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         c.correct(),
         c.total()
     ));
-    Ok(())
-}
-
-/// Options of `training predict`.
-#[derive(Debug, Args)]
-pub struct PredictArgs {
-    /// The weights file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Face images (png or jpeg).
-    #[arg(required = true)]
-    images: Vec<PathBuf>,
-}
-
-/// Runs `training predict`.
-pub fn predict(args: &PredictArgs) -> Result<()> {
-    let device = Device::Cpu;
-    let weights = LoadedWeights::from_file(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let net = weights.build(&device)?;
-    let norm = normalization();
-    let mut failed = 0;
-    for path in &args.images {
-        let img = match image::open(path) {
-            Ok(img) => img,
-            Err(e) => {
-                tracing::error!("{}: cannot read image: {e}", path.display());
-                failed += 1;
-                continue;
-            }
-        };
-        let gray = to_gray48(&img, training::data::ResizeMode::CenterCrop);
-        let x: Vec<f32> = gray.iter().map(|&p| norm.apply(p)).collect();
-        let x = Tensor::from_vec(x, (1, 1, 48, 48), &device)?;
-        let probs = candle_nn::ops::softmax(&net.forward_t(&x, false)?, D::Minus1)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        let best = probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        let list: Vec<String> = weights
-            .meta
-            .classes
-            .iter()
-            .zip(&probs)
-            .map(|(n, p)| format!("{n}={p:.3}"))
-            .collect();
-        line(format!(
-            "{}: {} ({:.3}) [{}]",
-            path.display(),
-            weights.meta.classes[best],
-            probs[best],
-            list.join(" ")
-        ));
-    }
-    if failed > 0 {
-        bail!("{failed} of {} images could not be read", args.images.len());
-    }
     Ok(())
 }

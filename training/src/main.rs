@@ -8,8 +8,11 @@
 //! cargo run --release -p training -- evaluate --model runs/arch1/best.safetensors --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
 //! ```
 
+mod annotate;
 mod bench;
+mod bench_pipeline;
 mod cli;
+mod faces;
 mod output;
 
 use anyhow::Result;
@@ -48,6 +51,11 @@ enum Command {
     /// (and, with --train, training steps). The last line is
     /// `archN b1 median_ms: X`.
     Bench(bench::BenchArgs),
+    /// Time the face pipeline (MTCNN detection, alignment, ARCH-1) on a 640x480
+    /// frame with one face, stage by stage (1 thread by default). The last line
+    /// is `pipeline 640x480 median_ms: X`; `tools/bench_pipeline.sh` compares it
+    /// with facenet-pytorch.
+    BenchPipeline(bench_pipeline::BenchPipelineArgs),
     /// Train a network. The run directory gets `config.json` (first),
     /// `metrics.jsonl` (one line per epoch), atomic checkpoints,
     /// `best.safetensors` (best validation accuracy) and `last.safetensors`.
@@ -56,9 +64,14 @@ enum Command {
     /// Evaluate a weights file: accuracy, per-class precision / recall / F1 and
     /// the confusion matrix. The last line is `accuracy: 0.XXXX (CORRECT/TOTAL)`.
     Evaluate(cli::EvaluateArgs),
-    /// Classify face images (any size or colour; each image is taken as one
-    /// face crop and resized to 48x48 gray): label and probabilities per image.
-    Predict(cli::PredictArgs),
+    /// Find the faces in photos (MTCNN), align them and classify each: one line
+    /// per face with its box and emotion (`--json`: one JSON object per face),
+    /// optionally an annotated copy (`--annotate out.png`). `--crop` takes each
+    /// image as one face instead.
+    Predict(faces::PredictArgs),
+    /// Detect, align and write 48x48 gray face crops for a folder of class
+    /// sub-folders, with a report of images where no face or several were found.
+    Preprocess(faces::PreprocessArgs),
 }
 
 fn main() -> Result<()> {
@@ -78,9 +91,11 @@ fn main() -> Result<()> {
             output::line(summary);
         }
         Command::Bench(args) => bench::run(&args)?,
+        Command::BenchPipeline(args) => bench_pipeline::run(&args)?,
         Command::Train(args) => cli::train(*args)?,
         Command::Evaluate(args) => cli::evaluate(&args)?,
-        Command::Predict(args) => cli::predict(&args)?,
+        Command::Predict(args) => faces::predict(&args)?,
+        Command::Preprocess(args) => faces::preprocess(&args)?,
     }
     Ok(())
 }

@@ -1,0 +1,400 @@
+//! `training predict` and `training preprocess`: the face pipeline (MTCNN
+//! detection, alignment, classification) on image files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use perception::align::{align, align_crop};
+use perception::{
+    Classifier, Detector, DetectorConfig, Frame, GrayCrop, Pipeline, default_classifier_path,
+    default_detector_path,
+};
+use serde_json::{Map, Value, json};
+
+use crate::annotate;
+use crate::output::line;
+
+/// Detector options shared by `predict` and `preprocess`.
+#[derive(Debug, Clone, Args)]
+pub struct DetectArgs {
+    /// MTCNN weights [default: assets/models/mtcnn.safetensors, see README for
+    /// how assets are found].
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// Smallest face side to look for, in pixels.
+    #[arg(long, default_value_t = 40.0)]
+    min_face: f32,
+}
+
+impl DetectArgs {
+    fn load(&self) -> Result<Detector> {
+        let path = self.detector.clone().unwrap_or_else(default_detector_path);
+        Detector::from_file(
+            &path,
+            DetectorConfig {
+                min_face_size: self.min_face,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("loading the face detector {}", path.display()))
+    }
+}
+
+/// Options of `training predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The classifier weights [default: assets/models/arch1_fer2013.safetensors].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Images (PNG or JPEG, any size or colour).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    detect: DetectArgs,
+    /// At most this many faces per image, largest first.
+    #[arg(long, default_value_t = 20)]
+    max_faces: usize,
+    /// Treat each image as one face crop (no detection): resized to 48x48 gray,
+    /// aligned to FER2013's framing first if it is already 48x48.
+    #[arg(long)]
+    crop: bool,
+    /// Print one JSON object per face and line, and nothing else on stdout:
+    /// `{"image", "box": [x, y, w, h], "score", "landmarks", "label", "probs"}`.
+    #[arg(long)]
+    json: bool,
+    /// Write a copy of the image with boxes, landmarks and labels: a PNG file
+    /// for one image, or a folder (`<name>.png` per image) for several.
+    #[arg(long, value_name = "OUT")]
+    annotate: Option<PathBuf>,
+}
+
+fn load_classifier(model: &Option<PathBuf>) -> Result<Classifier> {
+    let path = model.clone().unwrap_or_else(default_classifier_path);
+    Classifier::from_file(&path).with_context(|| format!("loading weights {}", path.display()))
+}
+
+fn probs_text(classes: &[String], probs: &[f32]) -> String {
+    classes
+        .iter()
+        .zip(probs)
+        .map(|(n, p)| format!("{n}={p:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn best(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+fn round(v: f32, decimals: i32) -> f64 {
+    let k = 10f64.powi(decimals);
+    (f64::from(v) * k).round() / k
+}
+
+/// Runs `training predict`.
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    let classifier = load_classifier(&args.model)?;
+    if args.annotate.is_some() && args.crop {
+        bail!("--annotate draws detected faces: it cannot be used with --crop");
+    }
+    let annotate_dir = match &args.annotate {
+        Some(out) if args.images.len() > 1 => {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("creating the folder {}", out.display()))?;
+            true
+        }
+        _ => false,
+    };
+    let detector = args.detect.load()?;
+    let pipeline = Pipeline::new(detector, classifier, args.max_faces);
+    let classes = pipeline.classifier().classes().to_vec();
+    let mut failed = 0;
+    for path in &args.images {
+        if let Err(e) = predict_one(args, &pipeline, &classes, path, annotate_dir) {
+            tracing::error!("{}: {e:#}", path.display());
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be processed",
+            args.images.len()
+        );
+    }
+    Ok(())
+}
+
+fn predict_one(
+    args: &PredictArgs,
+    pipeline: &Pipeline,
+    classes: &[String],
+    path: &Path,
+    annotate_dir: bool,
+) -> Result<()> {
+    let frame = Frame::open(path)?;
+    let shown = path.display();
+    if args.crop {
+        let crop = crop_of(pipeline.detector(), &frame)?;
+        let probs = pipeline.classifier().classify(&[crop])?.remove(0);
+        let b = best(&probs);
+        if args.json {
+            line(json!({
+                "image": shown.to_string(),
+                "label": classes[b],
+                "probs": probs_map(classes, &probs),
+            }));
+        } else {
+            line(format!(
+                "{shown}: {} ({:.3}) [{}]",
+                classes[b],
+                probs[b],
+                probs_text(classes, &probs)
+            ));
+        }
+        return Ok(());
+    }
+    let faces = pipeline.process(&frame)?;
+    if faces.is_empty() {
+        if args.json {
+            tracing::warn!("{shown}: no face found");
+        } else {
+            line(format!("{shown}: no face found"));
+        }
+    }
+    for (i, face) in faces.iter().enumerate() {
+        let d = &face.detection;
+        let [x, y, w, h] = d.xywh();
+        let label = &classes[face.label()];
+        if args.json {
+            line(json!({
+                "image": shown.to_string(),
+                "box": [round(x, 1), round(y, 1), round(w, 1), round(h, 1)],
+                "score": round(d.score, 4),
+                "landmarks": d.landmarks.iter().map(|[lx, ly]| [round(*lx, 1), round(*ly, 1)]).collect::<Vec<_>>(),
+                "label": label,
+                "probs": probs_map(classes, &face.probs),
+            }));
+        } else {
+            line(format!(
+                "{shown}: face {} box [{x:.0}, {y:.0}, {w:.0}, {h:.0}] score {:.3}: {label} ({:.3}) [{}]",
+                i + 1,
+                d.score,
+                face.confidence(),
+                probs_text(classes, &face.probs)
+            ));
+        }
+    }
+    if let Some(out) = &args.annotate {
+        let mut img =
+            image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
+                .context("image buffer")?;
+        for face in &faces {
+            let label = format!("{} {:.2}", classes[face.label()], face.confidence());
+            annotate::face(
+                &mut img,
+                face.detection.bbox,
+                &face.detection.landmarks,
+                &label,
+                annotate::class_colour(face.label()),
+            );
+        }
+        let target = if annotate_dir {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            out.join(format!("{stem}.png"))
+        } else {
+            out.clone()
+        };
+        img.save(&target)
+            .with_context(|| format!("writing {}", target.display()))?;
+        tracing::info!("annotated copy written to {}", target.display());
+    }
+    Ok(())
+}
+
+fn probs_map(classes: &[String], probs: &[f32]) -> Value {
+    let mut m = Map::new();
+    for (c, p) in classes.iter().zip(probs) {
+        m.insert(c.clone(), json!(round(*p, 4)));
+    }
+    Value::Object(m)
+}
+
+/// A whole image taken as one face: 48x48 crops are aligned (landmarks found on
+/// an upscaled copy), anything else is squared and resized.
+fn crop_of(detector: &Detector, frame: &Frame) -> Result<GrayCrop> {
+    let gray = gray48(frame)?;
+    if frame.width() == 48 && frame.height() == 48 {
+        return Ok(align_crop(detector, &gray)?.0);
+    }
+    Ok(gray)
+}
+
+fn gray48(frame: &Frame) -> Result<GrayCrop> {
+    let img =
+        image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
+            .context("image buffer")?;
+    Ok(GrayCrop::new(training::data::to_gray48(
+        &image::DynamicImage::ImageRgb8(img),
+        training::data::ResizeMode::CenterCrop,
+    ))?)
+}
+
+/// Options of `training preprocess`.
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// A folder of class sub-folders of images (CK+, your own photos, ...).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where the 48x48 aligned gray crops go, in the same class sub-folders
+    /// (created; existing files with the same names are replaced).
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    detect: DetectArgs,
+    /// Images with several faces: keep the largest (default) or skip the image.
+    #[arg(long, value_enum, default_value = "largest")]
+    several: Several,
+}
+
+/// What to do with images where several faces are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Several {
+    /// Keep the largest face.
+    Largest,
+    /// Skip the image.
+    Skip,
+}
+
+/// Runs `training preprocess`.
+pub fn preprocess(args: &PreprocessArgs) -> Result<()> {
+    let detector = args.detect.load()?;
+    let mut jobs = Vec::new();
+    let mut classes: Vec<_> = std::fs::read_dir(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    classes.sort_by_key(|e| e.file_name());
+    if classes.is_empty() {
+        bail!(
+            "{} has no class sub-folders (expected INPUT/<class>/<image>)",
+            args.input.display()
+        );
+    }
+    for class in &classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(class.path())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str())
+                })
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            jobs.push((class.file_name(), f));
+        }
+    }
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (mut written, mut none, mut several, mut unreadable) =
+        (0, Vec::new(), Vec::new(), Vec::new());
+    for (class, path) in &jobs {
+        bar.inc(1);
+        let frame = match Frame::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                unreadable
+                    .push(json!({"image": path.display().to_string(), "error": e.to_string()}));
+                continue;
+            }
+        };
+        let crop = if frame.width() == 48 && frame.height() == 48 {
+            let (crop, aligned) = align_crop(&detector, &gray48(&frame)?)?;
+            if !aligned {
+                none.push(path.display().to_string());
+            }
+            crop
+        } else {
+            let dets = detector.detect(&frame)?;
+            match dets.len() {
+                0 => {
+                    none.push(path.display().to_string());
+                    continue;
+                }
+                1 => {}
+                n => {
+                    several.push(json!({"image": path.display().to_string(), "faces": n}));
+                    if args.several == Several::Skip {
+                        continue;
+                    }
+                }
+            }
+            align(&frame, &dets[0].landmarks)?
+        };
+        let dir = args.output.join(class);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let target = dir.join(format!("{stem}.png"));
+        image::GrayImage::from_raw(48, 48, crop.pixels().to_vec())
+            .context("crop buffer")?
+            .save(&target)
+            .with_context(|| format!("writing {}", target.display()))?;
+        written += 1;
+    }
+    bar.finish_and_clear();
+    let report = json!({
+        "input": args.input.display().to_string(),
+        "images": jobs.len(),
+        "written": written,
+        "no_face": none,
+        "several_faces": several,
+        "several_policy": format!("{:?}", args.several).to_lowercase(),
+        "unreadable": unreadable,
+        "min_face": args.detect.min_face,
+    });
+    std::fs::create_dir_all(&args.output)?;
+    let report_path = args.output.join("preprocess_report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    for p in report["no_face"].as_array().into_iter().flatten() {
+        line(format!("no face: {}", p.as_str().unwrap_or_default()));
+    }
+    for s in report["several_faces"].as_array().into_iter().flatten() {
+        line(format!(
+            "several faces ({}): {}",
+            s["faces"],
+            s["image"].as_str().unwrap_or_default()
+        ));
+    }
+    for u in &unreadable {
+        line(format!(
+            "unreadable: {} ({})",
+            u["image"].as_str().unwrap_or_default(),
+            u["error"].as_str().unwrap_or_default()
+        ));
+    }
+    line(format!(
+        "{written} of {} images written to {} ({} without a face, {} with several, {} unreadable); report: {}",
+        jobs.len(),
+        args.output.display(),
+        report["no_face"].as_array().map_or(0, Vec::len),
+        report["several_faces"].as_array().map_or(0, Vec::len),
+        unreadable.len(),
+        report_path.display()
+    ));
+    Ok(())
+}
