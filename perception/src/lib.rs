@@ -56,17 +56,20 @@ pub use detect::{Detection, Detector, DetectorConfig};
 pub use frame::{Frame, PixelFormat};
 pub use pipeline::{Face, Pipeline, PipelineConfig};
 
-/// The folder binaries load weights and other assets from: `$EMOTION_ASSETS`
-/// when set, else `./assets` when the working directory has one, else this
-/// repository's `assets/` (the path it was built from). Weights live in its
-/// `models/` sub-folder.
+/// The folder binaries load weights and other assets from, as an absolute
+/// path when it can be: `$EMOTION_ASSETS` when set, else `./assets` when the
+/// working directory has one with a `models/` folder, else this repository's
+/// `assets/` (the path it was built from). Weights live in its `models/`
+/// sub-folder.
 pub fn assets_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("EMOTION_ASSETS") {
         return PathBuf::from(dir);
     }
-    let local = PathBuf::from("assets");
-    if local.join("models").is_dir() {
-        return local;
+    if let Ok(cwd) = std::env::current_dir() {
+        let local = cwd.join("assets");
+        if local.join("models").is_dir() {
+            return local;
+        }
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets")
 }

@@ -1,0 +1,239 @@
+//! Weights as Bevy assets: one loader for `.safetensors` files that reads
+//! either the MTCNN detector or an emotion classifier (told apart by the
+//! file's `format` metadata), and the system that assembles the
+//! [`Pipeline`] once both are loaded, again whenever either file changes
+//! (hot reload with Bevy's `file_watcher` feature).
+
+use std::sync::Arc;
+
+use bevy::asset::io::Reader;
+use bevy::asset::{AssetLoader, LoadContext, LoadState};
+use bevy::prelude::*;
+use models::WeightsError;
+use models::mtcnn::Mtcnn;
+use perception::{Classifier, Detector, DetectorConfig, Pipeline, PipelineConfig};
+
+/// A loaded weights file.
+#[derive(Asset, TypePath, Debug, Clone)]
+pub enum EmotionModel {
+    /// MTCNN (`format: mtcnn/1`).
+    Detector(Box<Mtcnn>),
+    /// An ARCH-1..4 classifier (`format: emotion-cnn/1`).
+    Classifier(Box<Classifier>),
+}
+
+/// Why a weights file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelLoadError {
+    /// Reading the file failed.
+    #[error("cannot read weights: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not valid weights (truncated, foreign, mismatched).
+    #[error("invalid weights: {0}")]
+    Weights(#[from] WeightsError),
+    /// The classifier's weights are invalid.
+    #[error("invalid classifier weights: {0}")]
+    Perception(#[from] perception::PerceptionError),
+}
+
+/// Loads [`EmotionModel`]s from `.safetensors` files.
+#[derive(Default, TypePath)]
+pub struct EmotionModelLoader;
+
+impl AssetLoader for EmotionModelLoader {
+    type Asset = EmotionModel;
+    type Settings = ();
+    type Error = ModelLoadError;
+
+    async fn load(
+        &self,
+        reader: &mut dyn Reader,
+        _settings: &(),
+        _load_context: &mut LoadContext<'_>,
+    ) -> Result<EmotionModel, ModelLoadError> {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await?;
+        parse_model(&bytes)
+    }
+
+    fn extensions(&self) -> &[&str] {
+        &["safetensors"]
+    }
+}
+
+/// Reads detector or classifier weights from bytes.
+pub fn parse_model(bytes: &[u8]) -> Result<EmotionModel, ModelLoadError> {
+    match Mtcnn::from_bytes(bytes, &candle_core::Device::Cpu) {
+        Ok(m) => Ok(EmotionModel::Detector(Box::new(m))),
+        Err(WeightsError::BadMetadata { key: "format", .. }) => Ok(EmotionModel::Classifier(
+            Box::new(Classifier::from_bytes(bytes)?),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the plugin's networks come from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// Bevy assets (paths relative to the asset folder), hot-reloadable.
+    Assets {
+        /// MTCNN weights, default `models/mtcnn.safetensors`.
+        detector: String,
+        /// Classifier weights, default `models/arch1_fer2013.safetensors`.
+        classifier: String,
+    },
+    /// A pipeline the app built itself (tests, custom loading).
+    Preloaded(Arc<Pipeline>),
+}
+
+impl Default for ModelSource {
+    fn default() -> Self {
+        Self::Assets {
+            detector: "models/mtcnn.safetensors".into(),
+            classifier: "models/arch1_fer2013.safetensors".into(),
+        }
+    }
+}
+
+/// The pipeline in use (absent until the weights are loaded).
+#[derive(Resource, Clone)]
+pub struct EmotionPipeline(pub Arc<Pipeline>);
+
+/// Whether the networks are ready.
+#[derive(Resource, Debug, Clone, PartialEq, Default)]
+pub enum ModelStatus {
+    /// Waiting for the weights.
+    #[default]
+    Loading,
+    /// Loaded; inference runs.
+    Ready,
+    /// A file is missing or invalid; the message says which and why.
+    Failed(String),
+}
+
+#[derive(Resource)]
+pub(crate) struct ModelHandles {
+    pub detector: Handle<EmotionModel>,
+    pub classifier: Handle<EmotionModel>,
+    pub detector_path: String,
+    pub classifier_path: String,
+}
+
+pub(crate) fn load_models(
+    mut commands: Commands,
+    server: Res<AssetServer>,
+    source: Res<ModelSourceRes>,
+) {
+    if let ModelSource::Assets {
+        detector,
+        classifier,
+    } = &source.0
+    {
+        commands.insert_resource(ModelHandles {
+            detector: server.load(detector.clone()),
+            classifier: server.load(classifier.clone()),
+            detector_path: detector.clone(),
+            classifier_path: classifier.clone(),
+        });
+    }
+}
+
+/// The configured model source, kept for the loading systems.
+#[derive(Resource)]
+pub(crate) struct ModelSourceRes(pub ModelSource);
+
+pub(crate) fn assemble_pipeline(
+    mut commands: Commands,
+    handles: Option<Res<ModelHandles>>,
+    models: Res<Assets<EmotionModel>>,
+    server: Res<AssetServer>,
+    mut events: MessageReader<AssetEvent<EmotionModel>>,
+    mut status: ResMut<ModelStatus>,
+    settings: Res<crate::EmotionSettings>,
+) {
+    let Some(handles) = handles else {
+        return;
+    };
+    let changed = events.read().any(|e| {
+        matches!(
+            e,
+            AssetEvent::LoadedWithDependencies { .. } | AssetEvent::Modified { .. }
+        )
+    });
+    for (handle, path) in [
+        (&handles.detector, &handles.detector_path),
+        (&handles.classifier, &handles.classifier_path),
+    ] {
+        if let LoadState::Failed(err) = server.load_state(handle) {
+            let msg = format!("cannot load {path}: {err}");
+            if *status != ModelStatus::Failed(msg.clone()) {
+                error!("{msg}");
+                *status = ModelStatus::Failed(msg);
+            }
+            return;
+        }
+    }
+    if !changed {
+        return;
+    }
+    let (Some(det), Some(cls)) = (
+        models.get(&handles.detector),
+        models.get(&handles.classifier),
+    ) else {
+        return;
+    };
+    let (EmotionModel::Detector(mtcnn), EmotionModel::Classifier(classifier)) = (det, cls) else {
+        let msg = format!(
+            "{} must be MTCNN weights and {} classifier weights",
+            handles.detector_path, handles.classifier_path
+        );
+        error!("{msg}");
+        *status = ModelStatus::Failed(msg);
+        return;
+    };
+    let config = pipeline_config(&settings);
+    match Detector::new((**mtcnn).clone(), config.detector) {
+        Ok(detector) => {
+            commands.insert_resource(EmotionPipeline(Arc::new(Pipeline::new(
+                detector,
+                (**classifier).clone(),
+                config.max_faces,
+            ))));
+            info!("emotion networks ready");
+            *status = ModelStatus::Ready;
+        }
+        Err(e) => {
+            error!("invalid detector settings: {e}");
+            *status = ModelStatus::Failed(e.to_string());
+        }
+    }
+}
+
+/// The perception settings `settings` asks for.
+pub(crate) fn pipeline_config(settings: &crate::EmotionSettings) -> PipelineConfig {
+    PipelineConfig {
+        detector: DetectorConfig {
+            min_face_size: settings.min_face_size,
+            ..Default::default()
+        },
+        max_faces: settings.max_faces,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_tells_detector_from_classifier_and_rejects_garbage() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models");
+        let mtcnn = std::fs::read(dir.join("mtcnn.safetensors")).unwrap();
+        assert!(matches!(parse_model(&mtcnn), Ok(EmotionModel::Detector(_))));
+        assert!(matches!(
+            parse_model(b"garbage"),
+            Err(ModelLoadError::Weights(_))
+        ));
+        assert!(parse_model(&mtcnn[..mtcnn.len() / 2]).is_err());
+    }
+}

@@ -1,0 +1,469 @@
+//! Frame sources: the webcam (nokhwa, on its own thread), still images or a
+//! folder of images played at a rate, and frames pushed by the app. All behind
+//! [`FrameSource`], so tests and demos run without a camera.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use bevy::prelude::Resource;
+use perception::Frame;
+
+/// What a source has for the capture system right now.
+#[derive(Debug)]
+pub enum SourcePoll {
+    /// A frame newer than the last one returned.
+    Frame(Frame),
+    /// Nothing new yet (starting, or between frames).
+    Pending,
+    /// The source failed (no camera, permission denied, camera unplugged,
+    /// unreadable images): the capture system stops it and retries later.
+    Failed(String),
+}
+
+/// A producer of frames. Implementations never block: `start` returns at once
+/// (slow work goes to a thread) and `poll` only looks at what is ready.
+pub trait FrameSource: Send + Sync + 'static {
+    /// Starts producing frames.
+    fn start(&mut self);
+    /// Stops producing frames and releases any device.
+    fn stop(&mut self);
+    /// The newest frame since the last call, if any; `now` is the app's time in
+    /// seconds (image sources pace themselves with it).
+    fn poll(&mut self, now: f64) -> SourcePoll;
+    /// A short description for logs and the camera status.
+    fn describe(&self) -> String;
+}
+
+/// Which frame source the capture stage runs (a runtime setting: changing it
+/// in [`EmotionSettings`](crate::EmotionSettings) swaps the source).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// The webcam, through nokhwa.
+    Webcam(WebcamConfig),
+    /// One still image, shown repeatedly.
+    Image(PathBuf),
+    /// The images of a folder (sorted by name), each shown for `1 / fps`
+    /// seconds, looping.
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// Images per second.
+        fps: f32,
+    },
+    /// Frames the app hands to [`FramePusher`].
+    Pushed,
+}
+
+impl Default for SourceKind {
+    fn default() -> Self {
+        Self::Webcam(WebcamConfig::default())
+    }
+}
+
+/// Webcam settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebcamConfig {
+    /// Device index (0: the system's first camera).
+    pub index: u32,
+    /// Requested width (the closest mode the camera offers is used).
+    pub width: u32,
+    /// Requested height.
+    pub height: u32,
+    /// Requested frame rate.
+    pub fps: u32,
+}
+
+impl Default for WebcamConfig {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            width: 640,
+            height: 480,
+            fps: 30,
+        }
+    }
+}
+
+/// A one-slot mailbox: a newer frame replaces an unread older one, so the
+/// consumer always gets the latest frame and stale ones are dropped.
+#[derive(Debug, Default)]
+struct Slot {
+    frame: Mutex<Option<Frame>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Slot {
+    fn put(&self, frame: Frame) {
+        *self.frame.lock().unwrap_or_else(PoisonError::into_inner) = Some(frame);
+    }
+
+    fn take(&self) -> Option<Frame> {
+        self.frame
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn fail(&self, reason: String) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Hands frames to the plugin from app code (a render target, a video
+/// decoder, a test). The newest frame wins; a frame not yet picked up when
+/// the next one arrives is dropped.
+#[derive(Resource, Debug, Clone, Default)]
+pub struct FramePusher(Arc<Slot>);
+
+impl FramePusher {
+    /// Queues `frame` (replacing any frame not yet captured).
+    pub fn push(&self, frame: Frame) {
+        self.0.put(frame);
+    }
+}
+
+/// [`SourceKind::Pushed`].
+pub struct PushedSource {
+    slot: Arc<Slot>,
+}
+
+impl PushedSource {
+    /// A source reading what `pusher` receives.
+    pub fn new(pusher: &FramePusher) -> Self {
+        Self {
+            slot: pusher.0.clone(),
+        }
+    }
+}
+
+impl FrameSource for PushedSource {
+    fn start(&mut self) {}
+
+    fn stop(&mut self) {
+        self.slot.take();
+    }
+
+    fn poll(&mut self, _now: f64) -> SourcePoll {
+        self.slot
+            .take()
+            .map_or(SourcePoll::Pending, SourcePoll::Frame)
+    }
+
+    fn describe(&self) -> String {
+        "frames pushed by the app".into()
+    }
+}
+
+/// [`SourceKind::Image`] and [`SourceKind::Folder`]: images decoded once on a
+/// background thread, then replayed from memory.
+pub struct ImageSource {
+    files: Vec<PathBuf>,
+    fps: f32,
+    what: String,
+    loaded: Arc<Mutex<Option<Result<Vec<Frame>, String>>>>,
+    loader: Option<JoinHandle<()>>,
+    next: usize,
+    next_at: f64,
+}
+
+impl ImageSource {
+    /// One still image, offered `fps` times per second.
+    pub fn still(path: PathBuf, fps: f32) -> Self {
+        let what = format!("image {}", path.display());
+        Self::new(vec![path], fps, what)
+    }
+
+    /// The PNG and JPEG files of `dir`, in name order, `fps` per second.
+    pub fn folder(dir: PathBuf, fps: f32) -> Self {
+        let what = format!("images in {}", dir.display());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        Self::new(files, fps, what)
+    }
+
+    fn new(files: Vec<PathBuf>, fps: f32, what: String) -> Self {
+        Self {
+            files,
+            fps: if fps.is_finite() && fps > 0.0 {
+                fps
+            } else {
+                1.0
+            },
+            what,
+            loaded: Arc::default(),
+            loader: None,
+            next: 0,
+            next_at: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl FrameSource for ImageSource {
+    fn start(&mut self) {
+        if self.loader.is_some() {
+            return;
+        }
+        let files = self.files.clone();
+        let out = self.loaded.clone();
+        let what = self.what.clone();
+        self.loader = Some(std::thread::spawn(move || {
+            let result = if files.is_empty() {
+                Err(format!("no PNG or JPEG files: {what}"))
+            } else {
+                let mut frames = Vec::new();
+                let mut errors = Vec::new();
+                for f in &files {
+                    match Frame::open(f) {
+                        Ok(fr) => frames.push(fr),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                for e in &errors {
+                    bevy::log::warn!("skipping {e}");
+                }
+                if frames.is_empty() {
+                    Err(format!("no readable image: {what}"))
+                } else {
+                    Ok(frames)
+                }
+            };
+            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }));
+    }
+
+    fn stop(&mut self) {
+        // Frames are in memory only; dropping them releases everything.
+        self.loader = None;
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.next = 0;
+        self.next_at = f64::NEG_INFINITY;
+    }
+
+    fn poll(&mut self, now: f64) -> SourcePoll {
+        let guard = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            None => SourcePoll::Pending,
+            Some(Err(e)) => SourcePoll::Failed(e.clone()),
+            Some(Ok(frames)) => {
+                if now < self.next_at {
+                    return SourcePoll::Pending;
+                }
+                let frame = frames[self.next % frames.len()].clone();
+                self.next = (self.next + 1) % frames.len();
+                let period = 1.0 / f64::from(self.fps);
+                self.next_at = if self.next_at.is_finite() && now - self.next_at < period {
+                    self.next_at + period
+                } else {
+                    now + period
+                };
+                SourcePoll::Frame(frame)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+/// [`SourceKind::Webcam`]: nokhwa on a thread of its own that opens the
+/// camera, decodes frames to RGB and leaves the newest in a one-slot mailbox.
+pub struct WebcamSource {
+    config: WebcamConfig,
+    slot: Arc<Slot>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WebcamSource {
+    /// A source for the camera `config` describes (opened on `start`).
+    pub fn new(config: WebcamConfig) -> Self {
+        Self {
+            config,
+            slot: Arc::default(),
+            stop: Arc::default(),
+            thread: None,
+        }
+    }
+}
+
+impl FrameSource for WebcamSource {
+    fn start(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        self.stop = Arc::default();
+        let (cfg, slot, stop) = (self.config.clone(), self.slot.clone(), self.stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("emotion-camera".into())
+            .spawn(move || {
+                // nokhwa's backends can panic on odd devices: report it as a
+                // failure instead of losing the thread silently.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    camera_loop(&cfg, &slot, &stop)
+                }));
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => slot.fail(e),
+                    Err(_) => slot.fail("the camera backend panicked".into()),
+                }
+            });
+        match spawned {
+            Ok(handle) => self.thread = Some(handle),
+            Err(e) => self
+                .slot
+                .fail(format!("cannot start the camera thread: {e}")),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The thread notices within one frame and closes the device; it is
+        // not joined here so that a stuck driver cannot block the app.
+        self.thread = None;
+        self.slot.take();
+    }
+
+    fn poll(&mut self, _now: f64) -> SourcePoll {
+        if let Some(frame) = self.slot.take() {
+            return SourcePoll::Frame(frame);
+        }
+        match self.slot.failure() {
+            Some(e) => {
+                self.thread = None;
+                SourcePoll::Failed(e)
+            }
+            None => SourcePoll::Pending,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "webcam {} ({}x{} at {} fps requested)",
+            self.config.index, self.config.width, self.config.height, self.config.fps
+        )
+    }
+}
+
+impl Drop for WebcamSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn camera_loop(cfg: &WebcamConfig, slot: &Slot, stop: &AtomicBool) -> Result<(), String> {
+    use nokhwa::Camera;
+    use nokhwa::pixel_format::RgbFormat;
+    use nokhwa::utils::{
+        CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
+    };
+    let format =
+        RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(CameraFormat::new(
+            Resolution::new(cfg.width, cfg.height),
+            FrameFormat::MJPEG,
+            cfg.fps,
+        )));
+    let mut camera = Camera::new(CameraIndex::Index(cfg.index), format)
+        .map_err(|e| format!("no camera {}: {e}", cfg.index))?;
+    camera
+        .open_stream()
+        .map_err(|e| format!("cannot open camera {}: {e}", cfg.index))?;
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) {
+        let buffer = match camera.frame() {
+            Ok(b) => b,
+            Err(e) => {
+                result = Err(format!(
+                    "camera {} stopped delivering frames: {e}",
+                    cfg.index
+                ));
+                break;
+            }
+        };
+        let res = buffer.resolution();
+        let (w, h) = (res.width_x as usize, res.height_y as usize);
+        let mut rgb = vec![0u8; w * h * 3];
+        if let Err(e) = buffer.decode_image_to_buffer::<RgbFormat>(&mut rgb) {
+            bevy::log::warn!("dropping an undecodable camera frame: {e}");
+            continue;
+        }
+        match Frame::new(w, h, perception::PixelFormat::Rgb8, rgb) {
+            Ok(frame) => slot.put(frame),
+            Err(e) => bevy::log::warn!("dropping a camera frame: {e}"),
+        }
+    }
+    // Releases the device (also when stopping on request).
+    let _ = camera.stop_stream();
+    result
+}
+
+/// Builds the source for `kind`.
+pub fn make_source(kind: &SourceKind, pusher: &FramePusher) -> Box<dyn FrameSource> {
+    match kind {
+        SourceKind::Webcam(cfg) => Box::new(WebcamSource::new(cfg.clone())),
+        SourceKind::Image(path) => Box::new(ImageSource::still(path.clone(), 10.0)),
+        SourceKind::Folder { dir, fps } => Box::new(ImageSource::folder(dir.clone(), *fps)),
+        SourceKind::Pushed => Box::new(PushedSource::new(pusher)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(v: u8) -> Frame {
+        Frame::new(2, 2, perception::PixelFormat::Gray8, vec![v; 4]).unwrap()
+    }
+
+    #[test]
+    fn pushed_frames_keep_only_the_newest() {
+        let pusher = FramePusher::default();
+        let mut src = PushedSource::new(&pusher);
+        assert!(matches!(src.poll(0.0), SourcePoll::Pending));
+        pusher.push(frame(1));
+        pusher.push(frame(2));
+        match src.poll(0.0) {
+            SourcePoll::Frame(f) => assert_eq!(f.data()[0], 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(src.poll(0.0), SourcePoll::Pending));
+    }
+
+    #[test]
+    fn missing_folder_fails_instead_of_panicking() {
+        let mut src = ImageSource::folder("/definitely/not/here".into(), 5.0);
+        src.start();
+        let mut polled = SourcePoll::Pending;
+        for _ in 0..200 {
+            polled = src.poll(0.0);
+            if !matches!(polled, SourcePoll::Pending) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            matches!(polled, SourcePoll::Failed(ref e) if e.contains("no PNG")),
+            "{polled:?}"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The plugin in a headless app (`MinimalPlugins`, manual time, frames pushed
+//! by the test): stable face ids, `EmotionChanged` on a real change and not on
+//! repeats, `FaceLost` when the face leaves, and a missing camera reported
+//! without stopping the app. Uses the shipped weights and the shared photos
+//! (fails loudly without them).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_emotion::prelude::*;
+use bevy_emotion::{EmotionStats, ModelSource, WebcamConfig};
+use perception::{Frame, Pipeline, PipelineConfig, PixelFormat};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pipeline() -> Arc<Pipeline> {
+    Arc::new(
+        Pipeline::from_files(
+            repo().join("assets/models/mtcnn.safetensors"),
+            repo().join("assets/models/arch1_fer2013.safetensors"),
+            PipelineConfig::default(),
+        )
+        .unwrap(),
+    )
+}
+
+fn photo() -> Frame {
+    let path = repo().join("../shared/data/faces-fullframe/2008_002506.jpg");
+    assert!(path.is_file(), "shared data missing: {}", path.display());
+    Frame::open(path).unwrap()
+}
+
+/// A `w x h` window of `frame` with its top-left corner at `(x0, y0)`.
+fn window(frame: &Frame, x0: usize, y0: usize, w: usize, h: usize) -> Frame {
+    let rgb = frame.to_rgb8();
+    let mut out = Vec::with_capacity(w * h * 3);
+    for y in y0..y0 + h {
+        out.extend_from_slice(&rgb[(y * frame.width() + x0) * 3..][..w * 3]);
+    }
+    Frame::new(w, h, PixelFormat::Rgb8, out).unwrap()
+}
+
+#[derive(Resource, Default)]
+struct Log {
+    appeared: Vec<FaceAppeared>,
+    lost: Vec<FaceLost>,
+    changed: Vec<EmotionChanged>,
+    detected: Vec<EmotionDetected>,
+    status: Vec<CameraStatus>,
+}
+
+fn collect(
+    mut log: ResMut<Log>,
+    mut a: MessageReader<FaceAppeared>,
+    mut l: MessageReader<FaceLost>,
+    mut c: MessageReader<EmotionChanged>,
+    mut d: MessageReader<EmotionDetected>,
+    mut s: MessageReader<bevy_emotion::CameraStatusChanged>,
+) {
+    log.appeared.extend(a.read().cloned());
+    log.lost.extend(l.read().cloned());
+    log.changed.extend(c.read().cloned());
+    log.detected.extend(d.read().cloned());
+    log.status.extend(s.read().map(|m| m.0.clone()));
+}
+
+fn app(settings: EmotionSettings, models: ModelSource) -> App {
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
+            1000 / 15,
+        )))
+        .add_plugins(EmotionPlugin { settings, models })
+        .init_resource::<Log>()
+        .add_systems(Update, collect.after(EmotionSystems::Publish));
+    app
+}
+
+/// Pushes `frame` and updates until it has been processed.
+fn feed(app: &mut App, frame: &Frame) {
+    app.world().resource::<FramePusher>().push(frame.clone());
+    let target = app.world().resource::<EmotionStats>().frames_captured + 1;
+    let start = Instant::now();
+    loop {
+        app.update();
+        let stats = app.world().resource::<EmotionStats>();
+        if stats.frames_captured >= target && stats.last_processed >= target {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "frame not processed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn faces_are_tracked_and_emotion_changes_are_published() {
+    let p = pipeline();
+    let photo = photo();
+    // Two 200x240 windows of the same photo, each centred on one person:
+    // the same place in the frame, two different expressions.
+    let a = window(&photo, 288, 10, 200, 240);
+    let b = window(&photo, 168, 21, 200, 240);
+    let label = |f: &Frame| {
+        let faces = p.process(f).unwrap();
+        assert!(!faces.is_empty(), "no face in a test window");
+        faces[0].label()
+    };
+    let (la, lb) = (label(&a), label(&b));
+    assert_ne!(la, lb, "the model gives both windows the same label");
+
+    let settings = EmotionSettings {
+        source: SourceKind::Pushed,
+        inference_hz: 1000.0,
+        ..Default::default()
+    };
+    let mut app = app(settings, ModelSource::Preloaded(p.clone()));
+    for _ in 0..8 {
+        feed(&mut app, &a);
+    }
+    {
+        let log = app.world().resource::<Log>();
+        assert_eq!(log.appeared.len(), 1, "one face, one entity");
+        assert!(log.changed.is_empty(), "no change on repeated frames");
+        assert_eq!(log.detected.len(), 8);
+        assert!(log.detected.iter().all(|d| d.id == log.appeared[0].id));
+    }
+    let id = app.world().resource::<Log>().appeared[0].id;
+    for _ in 0..12 {
+        feed(&mut app, &b);
+    }
+    {
+        let log = app.world().resource::<Log>();
+        assert_eq!(
+            log.appeared.len(),
+            1,
+            "same place, same face: {:?}",
+            log.appeared
+        );
+        let changes: Vec<_> = log.changed.iter().filter(|c| c.id == id).collect();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].from, Emotion::FER2013[la]);
+        assert_eq!(changes[0].to, Emotion::FER2013[lb]);
+    }
+    // The face entity carries its state.
+    let mut q = app
+        .world_mut()
+        .query::<(&TrackedFace, &FaceBox, &SmoothedEmotion)>();
+    let faces: Vec<_> = q
+        .iter(app.world())
+        .map(|(t, _, s)| (t.id, s.emotion))
+        .collect();
+    assert_eq!(faces, vec![(id, Emotion::FER2013[lb])]);
+    // The face leaves: gray frames until FaceLost.
+    let empty = Frame::new(200, 240, PixelFormat::Rgb8, vec![128; 200 * 240 * 3]).unwrap();
+    for _ in 0..40 {
+        feed(&mut app, &empty);
+        if !app.world().resource::<Log>().lost.is_empty() {
+            break;
+        }
+    }
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.lost.len(), 1);
+    assert_eq!(log.lost[0].id, id);
+    assert_eq!(*app.world().resource::<FacePresence>(), FacePresence(0));
+}
+
+#[test]
+fn no_camera_is_reported_and_the_app_keeps_running() {
+    let settings = EmotionSettings {
+        source: SourceKind::Webcam(WebcamConfig {
+            // An index no machine has.
+            index: 97,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let nets = Arc::new(Pipeline::new(
+        perception::Detector::new(
+            models::mtcnn::Mtcnn::new_zeroed(&candle_core::Device::Cpu).unwrap(),
+            Default::default(),
+        )
+        .unwrap(),
+        untrained_classifier(),
+        4,
+    ));
+    let mut app = app(settings, ModelSource::Preloaded(nets));
+    let start = Instant::now();
+    let mut updates = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        app.update();
+        updates += 1;
+        if matches!(
+            app.world().resource::<CameraStatus>(),
+            CameraStatus::Unavailable { .. }
+        ) && updates > 100
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = app.world().resource::<CameraStatus>().clone();
+    assert!(
+        matches!(status, CameraStatus::Unavailable { ref reason, .. } if reason.contains("97")),
+        "{status:?}"
+    );
+    assert!(updates > 100);
+    let log = app.world().resource::<Log>();
+    assert!(matches!(
+        log.status.first(),
+        Some(CameraStatus::Starting(_))
+    ));
+    // Retried with back-off: more than one attempt after 100 updates of 1/15 s.
+    let attempts = log
+        .status
+        .iter()
+        .filter(|s| matches!(s, CameraStatus::Starting(_)))
+        .count();
+    assert!(attempts >= 2, "{:?}", log.status);
+    // Switching capture off stops everything.
+    app.world_mut().resource_mut::<EmotionSettings>().enabled = false;
+    app.update();
+    assert_eq!(*app.world().resource::<CameraStatus>(), CameraStatus::Off);
+}
+
+fn untrained_classifier() -> perception::Classifier {
+    let varmap = candle_nn::VarMap::new();
+    let cfg = models::ModelConfig::preset(models::Arch::Arch1);
+    models::EmotionNet::new(
+        &cfg,
+        candle_nn::VarBuilder::from_varmap(
+            &varmap,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        ),
+    )
+    .unwrap();
+    let meta = models::WeightsMeta::new(cfg, Default::default());
+    let bytes =
+        models::weights::to_bytes(&models::weights::varmap_tensors(&varmap).unwrap(), &meta)
+            .unwrap();
+    perception::Classifier::from_bytes(&bytes).unwrap()
+}
