@@ -1,0 +1,109 @@
+//! Benchmark: what the plugin costs the main thread, how long a frame takes
+//! from capture to message, and how many faces per second it reads.
+//!
+//! ```text
+//! cargo run --release -p bevy_emotion --example bench_plugin -- [PHOTO] [SECONDS]
+//! ```
+//!
+//! A headless app is paced at 30 updates per second and a photo (default: the
+//! shipped astronaut portrait) is pushed as a new frame every update, like a
+//! 30 fps camera. The same loop runs without the plugin, then with it; the
+//! difference of the median `App::update` times is the plugin's main-thread
+//! cost (inference itself runs on the async compute pool).
+
+use std::time::{Duration, Instant};
+
+use bevy::prelude::*;
+use bevy_emotion::prelude::*;
+use bevy_emotion::{EmotionStats, ModelSource};
+use perception::{Frame, Pipeline, PipelineConfig};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run(app: &mut App, frame: Option<&Frame>, seconds: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut update_ms = Vec::new();
+    let mut latency_ms = Vec::new();
+    let start = Instant::now();
+    let mut last_processed = 0;
+    while start.elapsed().as_secs_f64() < seconds {
+        let tick = Instant::now();
+        if let (Some(f), Some(p)) = (frame, app.world().get_resource::<FramePusher>()) {
+            p.push(f.clone());
+        }
+        let t = Instant::now();
+        app.update();
+        update_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(s) = app.world().get_resource::<EmotionStats>()
+            && s.frames_processed > last_processed
+        {
+            last_processed = s.frames_processed;
+            latency_ms.push(s.last_latency.as_secs_f64() * 1e3);
+        }
+        let spent = tick.elapsed();
+        if let Some(rest) = Duration::from_secs_f64(1.0 / 30.0).checked_sub(spent) {
+            std::thread::sleep(rest);
+        }
+    }
+    (update_ms, latency_ms)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let photo = args
+        .next()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| perception::assets_dir().join("images/astronaut.png"));
+    let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let frame = Frame::open(&photo)?;
+    let models = perception::assets_dir().join("models");
+    let pipeline = Pipeline::from_files(
+        models.join("mtcnn.safetensors"),
+        models.join("arch1_fer2013.safetensors"),
+        PipelineConfig::default(),
+    )?;
+    let faces_per_frame = pipeline.process(&frame)?.len();
+
+    let mut baseline = App::new();
+    baseline.add_plugins(MinimalPlugins);
+    let (mut base, _) = run(&mut baseline, None, seconds);
+
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins).add_plugins(EmotionPlugin {
+        settings: EmotionSettings {
+            source: SourceKind::Pushed,
+            inference_hz: 30.0,
+            ..default()
+        },
+        models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
+    });
+    let (mut with, mut latency) = run(&mut app, Some(&frame), seconds);
+    let processed = app.world().resource::<EmotionStats>().frames_processed;
+    let (b, w) = (median(&mut base), median(&mut with));
+    println!(
+        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads",
+        photo.display(),
+        frame.width(),
+        frame.height(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "main thread: update median {b:.3} ms without the plugin, {w:.3} ms with it: +{:.3} ms",
+        w - b
+    );
+    if !latency.is_empty() {
+        println!(
+            "capture to message: median {:.1} ms over {} frames",
+            median(&mut latency),
+            latency.len()
+        );
+    }
+    println!(
+        "throughput: {:.1} frames/s, {:.1} faces/s",
+        processed as f64 / seconds,
+        (processed as usize * faces_per_frame) as f64 / seconds
+    );
+    Ok(())
+}
