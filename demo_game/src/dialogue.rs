@@ -124,12 +124,16 @@ pub fn reaction(e: Emotion) -> Node {
 /// back, and reassures fear with a smile.
 pub fn agent_expression(player: Emotion) -> Emotion {
     match player {
-        Emotion::Happy => Emotion::Happy,
+        // Mirror joy, and reassure fear with a smile.
+        Emotion::Happy | Emotion::Fear => Emotion::Happy,
         Emotion::Sad => Emotion::Sad,
         Emotion::Surprise => Emotion::Surprise,
-        Emotion::Fear => Emotion::Happy,
-        Emotion::Angry | Emotion::Disgust | Emotion::Contempt => Emotion::Neutral,
-        Emotion::Neutral | Emotion::Other => Emotion::Neutral,
+        // Stay calm in front of anger and disgust.
+        Emotion::Angry
+        | Emotion::Disgust
+        | Emotion::Contempt
+        | Emotion::Neutral
+        | Emotion::Other => Emotion::Neutral,
     }
 }
 

@@ -252,7 +252,7 @@ fn converse(player: Res<Player>, mut talk: ResMut<Talk>, mut agent: ResMut<Agent
 }
 
 fn frame_counter(
-    time: Res<Time>,
+    time: Res<Time<Real>>,
     mut run: ResMut<Run>,
     args: Res<Args>,
     player: Res<Player>,

@@ -467,23 +467,14 @@ pub struct Mtcnn {
 impl Mtcnn {
     /// Reads `assets/models/mtcnn.safetensors` (or another file in that format).
     pub fn from_file(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, device)
+        Self::from_bytes(&crate::weights::read_file(path.as_ref())?, device)
     }
 
     /// Parses weights already in memory, checking the format tag, every tensor's
     /// presence, shape and dtype, and that nothing else is in the file.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
-        let format = header
-            .metadata()
+        let (meta, tensors) = crate::weights::read_f32_safetensors(bytes, device)?;
+        let format = meta
             .as_ref()
             .and_then(|m| m.get("format"))
             .ok_or(WeightsError::MissingMetadata("format"))?;
@@ -494,20 +485,8 @@ impl Mtcnn {
             });
         }
         let expected = expected_shapes();
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            use candle_core::safetensors::Load;
-            if !expected.contains_key(&name) {
-                return Err(WeightsError::UnexpectedTensor(name));
-            }
-            let t = view.load(device)?;
-            if t.dtype() != DType::F32 {
-                return Err(WeightsError::WrongDType {
-                    name,
-                    found: t.dtype(),
-                });
-            }
-            tensors.insert(name, t);
+        if let Some(name) = tensors.keys().find(|n| !expected.contains_key(*n)) {
+            return Err(WeightsError::UnexpectedTensor(name.clone()));
         }
         Self::from_tensors(Tensors(tensors))
     }

@@ -306,37 +306,14 @@ pub fn expected_shapes(cfg: &ModelConfig) -> Result<BTreeMap<String, Vec<usize>>
 impl LoadedWeights {
     /// Reads and parses a weights file.
     pub fn from_file(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, device)
+        Self::from_bytes(&read_file(path.as_ref())?, device)
     }
 
     /// Parses a weights file already in memory (e.g. a Bevy asset).
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
-        let map = header
-            .metadata()
-            .as_ref()
-            .ok_or(WeightsError::MissingMetadata("format"))?;
-        let meta = WeightsMeta::from_map(map)?;
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            use candle_core::safetensors::Load;
-            let t = view.load(device)?;
-            if t.dtype() != DType::F32 {
-                return Err(WeightsError::WrongDType {
-                    name,
-                    found: t.dtype(),
-                });
-            }
-            tensors.insert(name, t);
-        }
+        let (map, tensors) = read_f32_safetensors(bytes, device)?;
+        let map = map.ok_or(WeightsError::MissingMetadata("format"))?;
+        let meta = WeightsMeta::from_map(&map)?;
         Ok(Self { meta, tensors })
     }
 
@@ -418,6 +395,39 @@ pub fn load_network(path: impl AsRef<Path>, device: &Device) -> Result<(EmotionN
     let w = LoadedWeights::from_file(path, device)?;
     let net = w.build(device)?;
     Ok((net, w.meta))
+}
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| WeightsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A safetensors file's `__metadata__` (if any) and its tensors, all of which
+/// must be `f32`. Truncated or corrupt bytes are [`WeightsError::Corrupt`].
+pub(crate) fn read_f32_safetensors(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(Option<HashMap<String, String>>, HashMap<String, Tensor>)> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        use candle_core::safetensors::Load;
+        let t = view.load(device)?;
+        if t.dtype() != DType::F32 {
+            return Err(WeightsError::WrongDType {
+                name,
+                found: t.dtype(),
+            });
+        }
+        tensors.insert(name, t);
+    }
+    Ok((header.metadata().clone(), tensors))
 }
 
 /// Serialises tensors and metadata to safetensors bytes.
