@@ -86,26 +86,22 @@ pub fn expected_shapes() -> BTreeMap<String, Vec<usize>> {
 }
 
 /// Checked access to a file's tensors.
-struct Tensors(HashMap<String, Tensor>);
+struct Tensors {
+    tensors: HashMap<String, Tensor>,
+    expected: BTreeMap<String, Vec<usize>>,
+}
 
 impl Tensors {
-    fn get(&self, name: &str) -> Result<Tensor> {
-        let expected = expected_shapes().remove(name).unwrap_or_default();
-        let t = self
-            .0
-            .get(name)
-            .ok_or_else(|| WeightsError::MissingTensor {
-                name: name.to_owned(),
-                expected: expected.clone(),
-            })?;
-        if t.dims() != expected.as_slice() {
-            return Err(WeightsError::ShapeMismatch {
-                name: name.to_owned(),
-                expected,
-                found: t.dims().to_vec(),
-            });
+    fn new(tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            tensors,
+            expected: expected_shapes(),
         }
-        Ok(t.clone())
+    }
+
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let shape = self.expected.get(name).map_or(&[][..], Vec::as_slice);
+        Ok(crate::weights::checked_tensor(&self.tensors, name, shape)?.clone())
     }
 }
 
@@ -473,22 +469,20 @@ impl Mtcnn {
     /// Parses weights already in memory, checking the format tag, every tensor's
     /// presence, shape and dtype, and that nothing else is in the file.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
-        let (meta, tensors) = crate::weights::read_f32_safetensors(bytes, device)?;
-        let format = meta
-            .as_ref()
-            .and_then(|m| m.get("format"))
-            .ok_or(WeightsError::MissingMetadata("format"))?;
+        let format =
+            crate::weights::format_of(bytes)?.ok_or(WeightsError::MissingMetadata("format"))?;
         if format != FORMAT {
             return Err(WeightsError::BadMetadata {
                 key: "format",
                 reason: format!("`{format}` is not `{FORMAT}` (not MTCNN weights)"),
             });
         }
-        let expected = expected_shapes();
-        if let Some(name) = tensors.keys().find(|n| !expected.contains_key(*n)) {
+        let (_, tensors) = crate::weights::read_f32_safetensors(bytes, device)?;
+        let t = Tensors::new(tensors);
+        if let Some(name) = t.tensors.keys().find(|n| !t.expected.contains_key(*n)) {
             return Err(WeightsError::UnexpectedTensor(name.clone()));
         }
-        Self::from_tensors(Tensors(tensors))
+        Self::from_tensors(t)
     }
 
     fn from_tensors(t: Tensors) -> Result<Self> {
@@ -506,7 +500,7 @@ impl Mtcnn {
             .into_iter()
             .map(|(n, s)| Ok((n, Tensor::zeros(s, DType::F32, device)?)))
             .collect::<Result<HashMap<_, _>>>()?;
-        Self::from_tensors(Tensors(tensors))
+        Self::from_tensors(Tensors::new(tensors))
     }
 }
 

@@ -333,20 +333,7 @@ impl LoadedWeights {
     pub fn validate(&self) -> Result<()> {
         let expected = expected_shapes(&self.meta.config)?;
         for (name, shape) in &expected {
-            let t = self
-                .tensors
-                .get(name)
-                .ok_or_else(|| WeightsError::MissingTensor {
-                    name: name.clone(),
-                    expected: shape.clone(),
-                })?;
-            if t.dims() != shape.as_slice() {
-                return Err(WeightsError::ShapeMismatch {
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    found: t.dims().to_vec(),
-                });
-            }
+            checked_tensor(&self.tensors, name, shape)?;
         }
         let mut extra: Vec<&String> = self
             .tensors
@@ -403,6 +390,40 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The tensor `name` of `tensors`, which must have `shape`: a missing tensor
+/// or another shape is an error naming it.
+pub(crate) fn checked_tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'a Tensor> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| WeightsError::MissingTensor {
+            name: name.to_owned(),
+            expected: shape.to_vec(),
+        })?;
+    if t.dims() != shape {
+        return Err(WeightsError::ShapeMismatch {
+            name: name.to_owned(),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t)
+}
+
+/// The `format` metadata value of a safetensors file (`emotion-cnn/1`,
+/// `mtcnn/1`, ...), read from the header alone; `None` when it has none.
+pub fn format_of(bytes: &[u8]) -> Result<Option<String>> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
+    Ok(header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("format").cloned()))
 }
 
 /// A safetensors file's `__metadata__` (if any) and its tensors, all of which

@@ -85,8 +85,19 @@ impl Detection {
 
     /// Intersection over union with another box `[x1, y1, x2, y2]`.
     pub fn iou(&self, other: &[f32; 4]) -> f32 {
-        iou(&self.bbox, other, 0.0, false)
+        box_iou(&self.bbox, other)
     }
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes (an inverted box
+/// counts as empty).
+pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// The three networks and the algorithm around them. `Send + Sync`; no global
@@ -472,8 +483,9 @@ impl Detector {
     }
 }
 
-/// Intersection over union (`plus_one`: pixel-inclusive areas as in the numpy
-/// NMS; `min`: over the smaller area, facenet-pytorch's "Min" method).
+/// The overlap NMS uses, exactly as facenet-pytorch computes it (`plus_one`:
+/// pixel-inclusive areas as in its numpy NMS; `min`: over the smaller area,
+/// its "Min" method; neither: torchvision's IoU, areas not clamped).
 fn iou(a: &[f32; 4], b: &[f32; 4], plus_one: f32, min: bool) -> f32 {
     let area = |r: &[f32; 4]| (r[2] - r[0] + plus_one) * (r[3] - r[1] + plus_one);
     let w = (a[2].min(b[2]) - a[0].max(b[0]) + plus_one).max(0.0);

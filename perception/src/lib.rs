@@ -56,6 +56,15 @@ pub use detect::{Detection, Detector, DetectorConfig};
 pub use frame::{Frame, PixelFormat};
 pub use pipeline::{Face, Pipeline, PipelineConfig};
 
+/// Index of the largest value (the most probable class); 0 for an empty slice.
+pub fn argmax(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
 /// The folder binaries load weights and other assets from, as an absolute
 /// path when it can be: `$EMOTION_ASSETS` when set, else `./assets` when the
 /// working directory has one with a `models/` folder, else this repository's
@@ -181,6 +190,19 @@ impl Classifier {
         Self::from_weights(LoadedWeights::from_bytes(bytes, &Device::Cpu)?)
     }
 
+    /// A classifier of `arch` with freshly initialised, untrained weights: for
+    /// benchmarks and tests that need a network of the right shape, never for
+    /// predictions.
+    pub fn untrained(arch: models::Arch) -> Result<Self, PerceptionError> {
+        let varmap = candle_nn::VarMap::new();
+        let cfg = models::ModelConfig::preset(arch);
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+        EmotionNet::new(&cfg, vb)?;
+        let meta = WeightsMeta::new(cfg, Default::default());
+        let tensors = models::weights::varmap_tensors(&varmap)?;
+        Self::from_bytes(&models::weights::to_bytes(&tensors, &meta)?)
+    }
+
     fn from_weights(w: LoadedWeights) -> Result<Self, PerceptionError> {
         let i = w.meta.input;
         if (i.height, i.width, i.channels) != (INPUT_SIZE, INPUT_SIZE, 1) {
@@ -238,14 +260,7 @@ mod tests {
 
     #[test]
     fn probabilities_sum_to_one_and_batch_matches_singles() {
-        let varmap = candle_nn::VarMap::new();
-        let cfg = models::ModelConfig::preset(models::Arch::Arch1);
-        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
-        EmotionNet::new(&cfg, vb).unwrap();
-        let meta = WeightsMeta::new(cfg, Default::default());
-        let tensors = models::weights::varmap_tensors(&varmap).unwrap();
-        let c =
-            Classifier::from_bytes(&models::weights::to_bytes(&tensors, &meta).unwrap()).unwrap();
+        let c = Classifier::untrained(models::Arch::Arch1).unwrap();
         let a = GrayCrop::new((0..2304).map(|i| (i % 251) as u8).collect()).unwrap();
         let b = GrayCrop::new(vec![200; 2304]).unwrap();
         let both = c.classify(&[a.clone(), b]).unwrap();

@@ -39,11 +39,7 @@ pub struct Face {
 impl Face {
     /// Index of the most probable class.
     pub fn label(&self) -> usize {
-        self.probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i)
+        crate::argmax(&self.probs)
     }
 
     /// Probability of the most probable class.

@@ -637,13 +637,6 @@ fn classes(pipeline: Option<&EmotionPipeline>) -> Vec<Emotion> {
     )
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn track_faces(
     mut commands: Commands,
@@ -723,7 +716,7 @@ fn track_faces(
                 e
             }
         };
-        let best = argmax(&o.probs);
+        let best = perception::argmax(&o.probs);
         tracking.detected.push(EmotionDetected {
             face,
             id,

@@ -62,15 +62,15 @@ impl AssetLoader for EmotionModelLoader {
     }
 }
 
-/// Reads detector or classifier weights from bytes.
+/// Reads detector or classifier weights from bytes, by their `format`
+/// metadata (anything but `mtcnn/1` is read, and checked, as a classifier).
 pub fn parse_model(bytes: &[u8]) -> Result<EmotionModel, ModelLoadError> {
-    match Mtcnn::from_bytes(bytes, &candle_core::Device::Cpu) {
-        Ok(m) => Ok(EmotionModel::Detector(Box::new(m))),
-        Err(WeightsError::BadMetadata { key: "format", .. }) => Ok(EmotionModel::Classifier(
-            Box::new(Classifier::from_bytes(bytes)?),
-        )),
-        Err(e) => Err(e.into()),
+    if models::weights::format_of(bytes)?.as_deref() == Some(models::mtcnn::FORMAT) {
+        let nets = Mtcnn::from_bytes(bytes, &candle_core::Device::Cpu)?;
+        return Ok(EmotionModel::Detector(Box::new(nets)));
     }
+    let classifier = Classifier::from_bytes(bytes)?;
+    Ok(EmotionModel::Classifier(Box::new(classifier)))
 }
 
 /// Where the plugin's networks come from.

@@ -5,6 +5,9 @@
 
 use std::fmt;
 
+use perception::argmax;
+use perception::detect::box_iou as iou;
+
 /// A facial expression, FER2013's seven plus CK+'s contempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Emotion {
@@ -158,22 +161,6 @@ pub struct TrackUpdate {
     pub changed: Vec<(u64, usize, usize)>,
     /// Tracks lost at this update.
     pub lost: Vec<u64>,
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 /// Keeps face identities across frames.

@@ -188,7 +188,7 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
             Default::default(),
         )
         .unwrap(),
-        untrained_classifier(),
+        perception::Classifier::untrained(models::Arch::Arch1).unwrap(),
         4,
     ));
     let mut app = app(settings, ModelSource::Preloaded(nets));
@@ -228,23 +228,4 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
     app.world_mut().resource_mut::<EmotionSettings>().enabled = false;
     app.update();
     assert_eq!(*app.world().resource::<CameraStatus>(), CameraStatus::Off);
-}
-
-fn untrained_classifier() -> perception::Classifier {
-    let varmap = candle_nn::VarMap::new();
-    let cfg = models::ModelConfig::preset(models::Arch::Arch1);
-    models::EmotionNet::new(
-        &cfg,
-        candle_nn::VarBuilder::from_varmap(
-            &varmap,
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        ),
-    )
-    .unwrap();
-    let meta = models::WeightsMeta::new(cfg, Default::default());
-    let bytes =
-        models::weights::to_bytes(&models::weights::varmap_tensors(&varmap).unwrap(), &meta)
-            .unwrap();
-    perception::Classifier::from_bytes(&bytes).unwrap()
 }

@@ -95,7 +95,7 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
             "{} not found: timing random ARCH-1 weights",
             model.display()
         );
-        random_classifier()?
+        Classifier::untrained(models::Arch::Arch1)?
     };
     let (mut det_t, mut align_t, mut cls_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -132,17 +132,4 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         median_ms(&mut total_t)
     ));
     Ok(())
-}
-
-fn random_classifier() -> Result<Classifier> {
-    use candle_core::{DType, Device};
-    let varmap = candle_nn::VarMap::new();
-    let cfg = models::ModelConfig::preset(models::Arch::Arch1);
-    models::EmotionNet::new(
-        &cfg,
-        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )?;
-    let meta = models::WeightsMeta::new(cfg, Default::default());
-    let bytes = models::weights::to_bytes(&models::weights::varmap_tensors(&varmap)?, &meta)?;
-    Ok(Classifier::from_bytes(&bytes)?)
 }

@@ -83,14 +83,6 @@ fn probs_text(classes: &[String], probs: &[f32]) -> String {
         .join(" ")
 }
 
-fn best(probs: &[f32]) -> usize {
-    probs
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
 fn round(v: f32, decimals: i32) -> f64 {
     let k = 10f64.powi(decimals);
     (f64::from(v) * k).round() / k
@@ -141,7 +133,7 @@ fn predict_one(
     if args.crop {
         let crop = crop_of(pipeline.detector(), &frame)?;
         let probs = pipeline.classifier().classify(&[crop])?.remove(0);
-        let b = best(&probs);
+        let b = perception::argmax(&probs);
         if args.json {
             line(json!({
                 "image": shown.to_string(),
