@@ -54,7 +54,7 @@ pub const FER2013_CLASSES: [&str; 7] = [
 ];
 
 /// One of the paper's four architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// Separable + residual body, global-average-pooling head (Table 1).

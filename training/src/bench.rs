@@ -9,6 +9,8 @@ use candle_nn::{ModuleT, VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use models::{Arch, EmotionNet, INPUT_SIZE, ModelConfig};
 
+use serde_json::{Value, json};
+
 use crate::output::line;
 
 /// Which implementations to time.
@@ -49,6 +51,10 @@ pub struct BenchArgs {
     /// Timed training steps per batch size.
     #[arg(long, default_value_t = 6)]
     train_steps: usize,
+    /// Also write the inference figures as JSON to this file (what
+    /// `training report` reads for its latency table).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -98,8 +104,17 @@ fn measure(net: &EmotionNet, args: &BenchArgs, fast: bool) -> Result<Figures> {
     })
 }
 
-fn report(arch: Arch, which: &str, f: &Figures) {
+fn report(arch: Arch, which: &str, f: &Figures, json: &mut serde_json::Map<String, Value>) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    json.insert(
+        which.to_owned(),
+        json!({
+            "b1_median_ms": ms(f.b1_median),
+            "b1_p10_ms": ms(f.b1_p10),
+            "b1_p90_ms": ms(f.b1_p90),
+            "b64_img_s": f.b64_img_s,
+        }),
+    );
     line(format!(
         "{arch} {which} b1 median_ms: {:.3} p10_ms: {:.3} p90_ms: {:.3} | b64 img_s: {:.0}",
         ms(f.b1_median),
@@ -216,11 +231,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{} params: {params} threads: {}",
         args.arch, args.threads
     ));
+    let machine = training::train::MachineRecord::here(0);
+    let mut figures = serde_json::Map::new();
 
     let stock = match args.implementation {
         Impl::Stock | Impl::Both => {
             let f = measure(&net, args, false)?;
-            report(args.arch, "stock", &f);
+            report(args.arch, "stock", &f, &mut figures);
             Some(f)
         }
         Impl::Fast => None,
@@ -228,7 +245,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let fast = match args.implementation {
         Impl::Fast | Impl::Both => {
             let f = measure(&net, args, true)?;
-            report(args.arch, "fast", &f);
+            report(args.arch, "fast", &f, &mut figures);
             Some(f)
         }
         Impl::Stock => None,
@@ -269,10 +286,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             b1_p90: sorted[sorted.len() * 9 / 10],
             b64_img_s: 64.0 / median(&b64).as_secs_f64(),
         };
-        report(args.arch, "engine", &f);
+        report(args.arch, "engine", &f, &mut figures);
         if args.train {
             train_bench(&net, &varmap, args)?;
         }
+        write_json(args, params, &machine, figures)?;
         line(format!(
             "{} b1 median_ms: {:.3}",
             args.arch,
@@ -283,6 +301,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.train {
         train_bench(&net, &varmap, args)?;
     }
+    write_json(args, params, &machine, figures)?;
     let last = fast.as_ref().or(stock.as_ref()).map(|f| f.b1_median);
     if let Some(d) = last {
         line(format!(
@@ -291,5 +310,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             d.as_secs_f64() * 1e3
         ));
     }
+    Ok(())
+}
+
+/// Writes `--json`: the architecture, parameters, machine and every timed
+/// implementation's inference figures.
+fn write_json(
+    args: &BenchArgs,
+    params: usize,
+    machine: &training::train::MachineRecord,
+    figures: serde_json::Map<String, Value>,
+) -> Result<()> {
+    let Some(path) = &args.json else {
+        return Ok(());
+    };
+    let value = json!({
+        "arch": args.arch.to_string(),
+        "params": params,
+        "threads": args.threads,
+        "runs": args.runs,
+        "cpu": machine.cpu,
+        "logical_cpus": machine.logical_cpus,
+        "commit": machine.commit,
+        "figures": figures,
+    });
+    let text = serde_json::to_string_pretty(&value)? + "\n";
+    models::weights::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

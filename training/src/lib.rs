@@ -3,7 +3,10 @@
 
 pub mod augment;
 pub mod data;
+pub mod features;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
+pub mod report;
 pub mod spec;
 pub mod train;

@@ -15,7 +15,7 @@ mod cli;
 mod faces;
 mod output;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use models::{Arch, ModelConfig, Summary};
 
@@ -72,6 +72,74 @@ enum Command {
     /// Detect, align and write 48x48 gray face crops for a folder of class
     /// sub-folders, with a report of images where no face or several were found.
     Preprocess(faces::PreprocessArgs),
+    /// Write the experiment report: `REPORT.md` and PNG figures (results table
+    /// next to the paper's, accuracy bars, learning curves, ARCH-1 confusion
+    /// matrices, feature maps, latency) from every run under --runs.
+    Report(ReportArgs),
+    /// Draw one layer's feature maps (Keras names of the paper's tables, e.g.
+    /// `conv2d_4`) for the face in an image, like the paper's Figure 4.
+    Features(FeaturesArgs),
+}
+
+/// Options of `training report`.
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// The folder of runs: every sub-folder (three levels deep) with a
+    /// `config.json` and `metrics.jsonl`; benchmark files in its `bench/`.
+    #[arg(long, default_value = "runs")]
+    runs: std::path::PathBuf,
+    /// Where `REPORT.md` and the figures go (created).
+    #[arg(long, default_value = "report")]
+    out: std::path::PathBuf,
+    #[command(flatten)]
+    maps: MapsArgs,
+    /// The layer whose feature maps the report draws.
+    #[arg(long, default_value = "conv2d_4")]
+    layer: String,
+}
+
+/// Which network and face the feature maps come from.
+#[derive(Debug, clap::Args)]
+struct MapsArgs {
+    /// The weights [default: assets/models/arch1_fer2013.safetensors].
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// A photo (the largest face is found and aligned) or a 48x48 face crop
+    /// [default: assets/images/astronaut.png].
+    #[arg(long)]
+    image: Option<std::path::PathBuf>,
+    /// MTCNN weights [default: assets/models/mtcnn.safetensors].
+    #[arg(long)]
+    detector: Option<std::path::PathBuf>,
+}
+
+impl MapsArgs {
+    fn paths(&self) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        (
+            self.model
+                .clone()
+                .unwrap_or_else(perception::default_classifier_path),
+            self.image
+                .clone()
+                .unwrap_or_else(|| perception::assets_dir().join("images/astronaut.png")),
+            self.detector
+                .clone()
+                .unwrap_or_else(perception::default_detector_path),
+        )
+    }
+}
+
+/// Options of `training features`.
+#[derive(Debug, clap::Args)]
+struct FeaturesArgs {
+    #[command(flatten)]
+    maps: MapsArgs,
+    /// The layer (an unknown name lists the network's layers).
+    #[arg(long, default_value = "conv2d_4")]
+    layer: String,
+    /// The PNG to write.
+    #[arg(long)]
+    out: std::path::PathBuf,
 }
 
 fn main() -> Result<()> {
@@ -96,6 +164,46 @@ fn main() -> Result<()> {
         Command::Evaluate(args) => cli::evaluate(&args)?,
         Command::Predict(args) => faces::predict(&args)?,
         Command::Preprocess(args) => faces::preprocess(&args)?,
+        Command::Report(args) => {
+            let (model, image, detector) = args.maps.paths();
+            let written = training::report::write(&training::report::ReportOptions {
+                runs: args.runs,
+                out: args.out,
+                model,
+                image,
+                detector,
+                layer: args.layer,
+            })?;
+            for path in &written {
+                output::line(format!("wrote {}", path.display()));
+            }
+        }
+        Command::Features(args) => {
+            let (model, image, detector) = args.maps.paths();
+            let weights = models::LoadedWeights::from_file(&model, &candle_core::Device::Cpu)
+                .with_context(|| format!("loading {}", model.display()))?;
+            let face = training::features::face_of(&image, &detector)?;
+            let maps = training::features::feature_maps(&weights, &face, &args.layer)?;
+            training::features::render(
+                &maps,
+                &face,
+                &format!(
+                    "{} of {} for {}",
+                    args.layer,
+                    weights.meta.arch(),
+                    image.display()
+                ),
+                &args.out,
+            )?;
+            output::line(format!(
+                "{}: {} maps of {}x{} written to {}",
+                args.layer,
+                maps.channels,
+                maps.height,
+                maps.width,
+                args.out.display()
+            ));
+        }
     }
     Ok(())
 }

@@ -7,13 +7,13 @@ use anyhow::Result;
 use candle_core::{D, Device, Tensor};
 use candle_nn::ModuleT;
 use models::EmotionNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::augment::{BatchMode, make_batch};
 use crate::data::Dataset;
 
 /// A confusion matrix: `counts[truth * k + predicted]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
     /// Class names.
     pub classes: Vec<String>,

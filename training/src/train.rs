@@ -38,7 +38,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AugmentConfig, Augmenter, BatchMode, make_batch};
-use crate::metrics::evaluate;
+use crate::metrics::{Confusion, evaluate};
 use crate::optim::{Adam, AdamConfig};
 use crate::spec::DataSpec;
 
@@ -320,6 +320,51 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training images per second.
     pub img_per_s: f64,
+    /// The validation confusion matrix of this epoch (absent in runs made
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_confusion: Option<Confusion>,
+}
+
+/// Where one part of a run (a start or a `--resume`) ran: one line of
+/// `machine.jsonl`, so a report can say which machine made each number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    /// The first epoch (1-based) this part trained.
+    pub from_epoch: usize,
+    /// The compute device (`cpu`).
+    pub device: String,
+    /// The CPU model, as `/proc/cpuinfo` names it.
+    pub cpu: String,
+    /// Logical CPUs the machine has.
+    pub logical_cpus: usize,
+    /// Threads the kernels use.
+    pub threads: usize,
+    /// The commit of the binary's source tree.
+    pub commit: String,
+}
+
+impl MachineRecord {
+    /// Describes this machine for a part starting at `from_epoch`.
+    pub fn here(from_epoch: usize) -> Self {
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+        Self {
+            from_epoch,
+            device: "cpu".into(),
+            cpu,
+            logical_cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            threads: rayon::current_num_threads(),
+            commit: git_commit(),
+        }
+    }
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -533,6 +578,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
     } else if opts.resume {
         tracing::info!("no checkpoint yet; starting from epoch 1");
     }
+    if state.epochs_done < cfg.epochs {
+        let record = serde_json::to_string(&MachineRecord::here(state.epochs_done + 1))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("machine.jsonl"))?;
+        writeln!(f, "{record}")?;
+    }
 
     let augmenter = match &cfg.augment {
         Some(a) => Some(Augmenter::new(*a, cfg.seed)?),
@@ -641,6 +694,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             lr,
             seconds,
             img_per_s: seen as f64 / train_secs,
+            val_confusion: Some(eval.confusion.clone()),
         };
 
         // Schedule and early-stopping bookkeeping.

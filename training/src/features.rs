@@ -1,0 +1,208 @@
+//! `training features`: the activations of one named layer (Keras names of the
+//! paper's tables, e.g. `conv2d_4`) for one face, drawn as a grid of maps like
+//! the paper's Figure 4.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use models::{INPUT_SIZE, LoadedWeights};
+use perception::align::{align, align_crop};
+use perception::{Detector, DetectorConfig, Frame, GrayCrop};
+use plotters::prelude::*;
+
+use crate::plot;
+
+/// One layer's output for one face: `channels` maps of `height x width`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMaps {
+    /// The layer's name.
+    pub layer: String,
+    /// Number of maps.
+    pub channels: usize,
+    /// Rows of each map.
+    pub height: usize,
+    /// Columns of each map.
+    pub width: usize,
+    /// `channels * height * width` values, channel-major.
+    pub values: Vec<f32>,
+}
+
+/// The 48x48 face of an image: used as it is when the image is already a
+/// 48x48 crop (aligned to FER2013's framing first), otherwise the largest face
+/// MTCNN finds, aligned. An image without a face is an error.
+pub fn face_of(image: &Path, detector: &Path) -> Result<GrayCrop> {
+    let frame = Frame::open(image).with_context(|| format!("reading {}", image.display()))?;
+    let detector = Detector::from_file(detector, DetectorConfig::default())
+        .with_context(|| format!("loading the face detector {}", detector.display()))?;
+    if frame.width() == INPUT_SIZE && frame.height() == INPUT_SIZE {
+        let rgb = frame.to_rgb8();
+        let gray: Vec<u8> = rgb
+            .chunks_exact(3)
+            .map(|p| {
+                perception::frame::luma([f32::from(p[0]), f32::from(p[1]), f32::from(p[2])])
+                    .round()
+                    .clamp(0.0, 255.0) as u8
+            })
+            .collect();
+        return Ok(align_crop(&detector, &GrayCrop::new(gray)?)?.0);
+    }
+    let faces = detector.detect(&frame)?;
+    let Some(face) = faces.first() else {
+        bail!(
+            "no face found in {} (give a photo with a face, or a 48x48 face crop)",
+            image.display()
+        );
+    };
+    Ok(align(&frame, &face.landmarks)?)
+}
+
+/// The output of `layer` when the network of `weights` classifies `face`.
+/// An unknown layer name is an error that lists the network's layers.
+pub fn feature_maps(weights: &LoadedWeights, face: &GrayCrop, layer: &str) -> Result<FeatureMaps> {
+    let device = Device::Cpu;
+    let net = weights.build(&device)?;
+    let norm = weights.meta.normalization;
+    let pixels: Vec<f32> = face.pixels().iter().map(|&p| norm.apply(p)).collect();
+    let x = Tensor::from_vec(pixels, (1, 1, INPUT_SIZE, INPUT_SIZE), &device)?;
+    let mut names = Vec::new();
+    let mut found: Option<Tensor> = None;
+    {
+        let mut record = |name: &str, t: &Tensor| {
+            if name == layer && found.is_none() {
+                found = Some(t.clone());
+            }
+            names.push(name.to_owned());
+        };
+        let mut tap: models::Tap = Some(&mut record);
+        net.forward_traced(&x, false, &mut tap)?;
+    }
+    let Some(t) = found else {
+        bail!(
+            "{} has no layer `{layer}`; its layers are: {}",
+            weights.meta.arch(),
+            names.join(", ")
+        );
+    };
+    let dims = t.dims().to_vec();
+    let (channels, height, width) = match dims.as_slice() {
+        [1, c, h, w] => (*c, *h, *w),
+        [1, n] => (*n, 1, 1),
+        _ => bail!("layer `{layer}` has an unexpected shape {dims:?}"),
+    };
+    Ok(FeatureMaps {
+        layer: layer.to_owned(),
+        channels,
+        height,
+        width,
+        values: t.flatten_all()?.to_vec1::<f32>()?,
+    })
+}
+
+/// Draws the input face and every map (each scaled to its own min..max,
+/// viridis) in a grid, with a title, and writes a PNG.
+pub fn render(maps: &FeatureMaps, face: &GrayCrop, title: &str, out: &Path) -> Result<()> {
+    let c = maps.channels;
+    let cols = (((c + 1) as f64).sqrt().ceil() as usize).max(1);
+    let rows = (c + 1).div_ceil(cols);
+    let cell = 128u32;
+    let gap = 8u32;
+    let head = 40u32;
+    let label = 18u32;
+    let width = cols as u32 * (cell + gap) + gap;
+    let height = head + rows as u32 * (cell + label + gap) + gap;
+    plot::png(out, (width, height), |root| {
+        root.draw(&Text::new(
+            title.to_owned(),
+            (gap as i32, 10),
+            plot::text(18),
+        ))
+        .map_err(plot::err)?;
+        for panel in 0..=c {
+            let (r, col) = (panel / cols, panel % cols);
+            let x0 = (gap + col as u32 * (cell + gap)) as i32;
+            let y0 = (head + r as u32 * (cell + label + gap)) as i32;
+            let (caption, h, w, values): (String, usize, usize, Vec<f32>) = if panel == 0 {
+                let v = face
+                    .pixels()
+                    .iter()
+                    .map(|&p| f32::from(p) / 255.0)
+                    .collect();
+                ("input".into(), INPUT_SIZE, INPUT_SIZE, v)
+            } else {
+                let i = panel - 1;
+                let n = maps.height * maps.width;
+                let map = &maps.values[i * n..(i + 1) * n];
+                let (lo, hi) = map
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                let span = if hi > lo { hi - lo } else { 1.0 };
+                let v = map.iter().map(|&x| (x - lo) / span).collect();
+                (format!("{i}"), maps.height, maps.width, v)
+            };
+            root.draw(&Text::new(caption, (x0, y0), plot::text(14)))
+                .map_err(plot::err)?;
+            let top = y0 + label as i32;
+            for yy in 0..cell as i32 {
+                for xx in 0..cell as i32 {
+                    let sy = (yy as usize * h / cell as usize).min(h - 1);
+                    let sx = (xx as usize * w / cell as usize).min(w - 1);
+                    let v = values[sy * w + sx];
+                    let color = if panel == 0 {
+                        let g = (v * 255.0).round() as u8;
+                        RGBColor(g, g, g)
+                    } else {
+                        plot::viridis(v)
+                    };
+                    root.draw_pixel((x0 + xx, top + yy), &color)
+                        .map_err(plot::err)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn untrained(arch: models::Arch) -> LoadedWeights {
+        let varmap = candle_nn::VarMap::new();
+        let cfg = models::ModelConfig::preset(arch);
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+        models::EmotionNet::new(&cfg, vb).unwrap();
+        let meta = models::WeightsMeta::new(cfg, Default::default());
+        let tensors = models::weights::varmap_tensors(&varmap).unwrap();
+        let bytes = models::weights::to_bytes(&tensors, &meta).unwrap();
+        LoadedWeights::from_bytes(&bytes, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn conv2d_4_of_arch1_is_16_maps_of_24x24() {
+        let w = untrained(models::Arch::Arch1);
+        let face = GrayCrop::new((0..2304).map(|i| (i % 256) as u8).collect()).unwrap();
+        let m = feature_maps(&w, &face, "conv2d_4").unwrap();
+        assert_eq!((m.channels, m.height, m.width), (16, 24, 24));
+        assert_eq!(m.values.len(), 16 * 24 * 24);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("maps.png");
+        render(&m, &face, "conv2d_4", &out).unwrap();
+        let img = image::open(&out).unwrap().to_rgb8();
+        // 17 panels (input + 16) in a 5x4 grid.
+        assert_eq!(img.width(), 5 * 136 + 8);
+    }
+
+    #[test]
+    fn unknown_layer_lists_the_layers() {
+        let w = untrained(models::Arch::Arch3);
+        let face = GrayCrop::new(vec![128; 2304]).unwrap();
+        let e = feature_maps(&w, &face, "conv2d_99")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no layer `conv2d_99`"), "{e}");
+        assert!(e.contains("conv2d_3"), "{e}");
+    }
+}

@@ -1,0 +1,1057 @@
+//! `training report`: reads every run under a folder (its `config.json`,
+//! `metrics.jsonl` and `machine.jsonl`) and the benchmark files, and writes
+//! `REPORT.md` with PNG figures, the counterparts of the paper's Table 5 and
+//! Figures 4-8.
+//!
+//! The output depends only on those files, the feature-map model and image:
+//! running the command again on the same inputs rewrites the same bytes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use models::{Arch, LoadedWeights, ModelConfig, Summary};
+use serde::Deserialize;
+
+use crate::features;
+use crate::metrics::Confusion;
+use crate::plot::{self, Bar, Series};
+use crate::train::{EpochMetrics, MachineRecord, Schedule, TrainConfig};
+
+/// What the report is made from and where it goes.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// The folder of runs (searched three levels deep for `config.json` +
+    /// `metrics.jsonl`; benchmark files in its `bench/` sub-folder).
+    pub runs: PathBuf,
+    /// The output folder (`REPORT.md` and the PNG figures).
+    pub out: PathBuf,
+    /// Weights whose feature maps are drawn.
+    pub model: PathBuf,
+    /// The face image for the feature maps.
+    pub image: PathBuf,
+    /// MTCNN weights to find the face in `image`.
+    pub detector: PathBuf,
+    /// The layer whose maps are drawn.
+    pub layer: String,
+}
+
+/// One run: a training run directory.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Its path relative to the runs folder.
+    pub name: String,
+    /// Its configuration.
+    pub config: TrainConfig,
+    /// One entry per finished epoch.
+    pub metrics: Vec<EpochMetrics>,
+    /// Where its parts ran.
+    pub machines: Vec<MachineRecord>,
+    /// The best epoch's validation confusion from an `evaluate.json` (for
+    /// runs made before `metrics.jsonl` recorded it).
+    pub evaluated: Option<Confusion>,
+}
+
+impl Run {
+    /// The dataset's display name.
+    pub fn dataset(&self) -> String {
+        dataset_name(&self.config)
+    }
+
+    /// Whether the validation split steered training (plateau schedule or
+    /// early stopping), so that even the last epoch's accuracy on it is not
+    /// an independent estimate.
+    pub fn val_steers(&self) -> bool {
+        matches!(self.config.schedule, Schedule::Plateau { .. })
+            || self.config.early_stopping.is_some()
+    }
+
+    /// Whether every configured epoch ran (or early stopping ended it).
+    pub fn complete(&self) -> bool {
+        self.metrics.len() >= self.config.epochs
+            || (self.config.early_stopping.is_some() && !self.metrics.is_empty() && {
+                let best = self.best().map_or(0, |m| m.epoch);
+                self.metrics.len() - best >= self.config.early_stopping.unwrap_or(usize::MAX)
+            })
+    }
+
+    /// The epoch with the best validation accuracy (the first of ties).
+    pub fn best(&self) -> Option<&EpochMetrics> {
+        self.metrics
+            .iter()
+            .fold(None, |b: Option<&EpochMetrics>, m| match b {
+                Some(b) if b.val_accuracy >= m.val_accuracy => Some(b),
+                _ => Some(m),
+            })
+    }
+
+    /// Training seconds of the finished epochs.
+    pub fn seconds(&self) -> f64 {
+        self.metrics.iter().map(|m| m.seconds).sum()
+    }
+
+    /// The best epoch's validation confusion matrix.
+    pub fn best_confusion(&self) -> Option<Confusion> {
+        self.best()
+            .and_then(|m| m.val_confusion.clone())
+            .or_else(|| self.evaluated.clone())
+    }
+}
+
+/// The display name of a configuration's dataset.
+pub fn dataset_name(cfg: &TrainConfig) -> String {
+    if cfg.data.ferplus.is_some() {
+        return "FER+".into();
+    }
+    if crate::spec::is_csv(&cfg.data.data) {
+        return "FER2013".into();
+    }
+    let folder = cfg
+        .data
+        .data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if folder.to_ascii_lowercase().contains("ck") {
+        "CK+".into()
+    } else {
+        folder
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.to_ascii_lowercase()
+        .replace('+', "plus")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// Reads every run under `root` (sorted by path). A folder with a
+/// `config.json` but unreadable metrics is an error naming the file.
+pub fn discover(root: &Path) -> Result<Vec<Run>> {
+    if !root.is_dir() {
+        bail!("--runs {} is not a folder", root.display());
+    }
+    let mut dirs = Vec::new();
+    collect_dirs(root, 0, &mut dirs)?;
+    dirs.sort();
+    let mut runs = Vec::new();
+    for dir in dirs {
+        let config_path = dir.join("config.json");
+        let metrics_path = dir.join("metrics.jsonl");
+        if !config_path.is_file() || !metrics_path.is_file() {
+            continue;
+        }
+        let config: TrainConfig = serde_json::from_str(
+            &std::fs::read_to_string(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a training config", config_path.display()))?;
+        let metrics = read_lines::<EpochMetrics>(&metrics_path)?;
+        let machine_path = dir.join("machine.jsonl");
+        let machines = if machine_path.is_file() {
+            read_lines::<MachineRecord>(&machine_path)?
+        } else {
+            Vec::new()
+        };
+        let evaluated = read_evaluate(&dir.join("evaluate.json"))?;
+        let name = dir
+            .strip_prefix(root)
+            .unwrap_or(&dir)
+            .to_string_lossy()
+            .replace('\\', "/");
+        runs.push(Run {
+            name,
+            config,
+            metrics,
+            machines,
+            evaluated,
+        });
+    }
+    Ok(runs)
+}
+
+fn collect_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    out.push(dir.to_path_buf());
+    if depth >= 3 {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() && path.file_name().is_none_or(|n| n != "ckpt") {
+            collect_dirs(&path, depth + 1, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {} is not valid", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// `evaluate.json`: the output of `training evaluate --json` (its JSON line).
+fn read_evaluate(path: &Path) -> Result<Option<Confusion>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    #[derive(Deserialize)]
+    struct Evaluated {
+        classes: Vec<String>,
+        confusion: Vec<u64>,
+    }
+    for l in text.lines() {
+        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
+            if e.confusion.len() != e.classes.len() * e.classes.len() {
+                bail!(
+                    "{}: the confusion matrix has the wrong size",
+                    path.display()
+                );
+            }
+            return Ok(Some(Confusion {
+                classes: e.classes,
+                counts: e.confusion,
+            }));
+        }
+    }
+    bail!(
+        "{} holds no `training evaluate --json` object",
+        path.display()
+    )
+}
+
+/// `bench/<arch>.json`: what `training bench --json` wrote.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BenchRecord {
+    /// `arch1` ... `arch4`.
+    pub arch: String,
+    /// Threads used.
+    pub threads: usize,
+    /// Timed batch-1 runs.
+    pub runs: usize,
+    /// CPU model.
+    pub cpu: String,
+    /// Logical CPUs of the machine.
+    pub logical_cpus: usize,
+    /// Per implementation: `stock`, `fast`, `engine`.
+    pub figures: BTreeMap<String, BenchFigures>,
+}
+
+/// One implementation's inference figures.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BenchFigures {
+    /// Batch-1 median latency.
+    pub b1_median_ms: f64,
+    /// Batch-64 throughput.
+    pub b64_img_s: f64,
+}
+
+fn read_bench(root: &Path) -> Result<Vec<BenchRecord>> {
+    let dir = root.join("bench");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a `training bench --json` file", p.display()))
+        })
+        .collect()
+}
+
+/// The runs of one architecture on one dataset (one run, or one per fold).
+#[derive(Debug, Clone)]
+pub struct Group<'a> {
+    /// The architecture.
+    pub arch: Arch,
+    /// The dataset's display name.
+    pub dataset: String,
+    /// Its runs, by fold.
+    pub runs: Vec<&'a Run>,
+}
+
+impl Group<'_> {
+    /// Whether this group is a cross-validation (image folder) experiment.
+    pub fn cross_validated(&self) -> bool {
+        self.runs
+            .first()
+            .is_some_and(|r| !crate::spec::is_csv(&r.config.data.data))
+    }
+
+    /// Folds the protocol asks for (1 for fixed splits).
+    pub fn folds_planned(&self) -> usize {
+        if self.cross_validated() {
+            self.runs.first().map_or(1, |r| r.config.data.folds.max(1))
+        } else {
+            1
+        }
+    }
+
+    /// Finished runs.
+    pub fn complete_runs(&self) -> Vec<&Run> {
+        self.runs.iter().copied().filter(|r| r.complete()).collect()
+    }
+
+    /// Per counted run: (best validation accuracy, last-epoch accuracy).
+    /// Cross-validation counts finished folds only; a fixed split shows its
+    /// run's figures so far.
+    fn accuracies(&self) -> Vec<(f64, f64)> {
+        let runs = if self.cross_validated() {
+            self.complete_runs()
+        } else {
+            self.runs.clone()
+        };
+        runs.iter()
+            .filter_map(|r| Some((r.best()?.val_accuracy, r.metrics.last()?.val_accuracy)))
+            .collect()
+    }
+
+    /// Mean and (sample) standard deviation of the last-epoch accuracy over
+    /// finished runs.
+    pub fn last_accuracy(&self) -> Option<(f64, f64)> {
+        mean_std(&self.accuracies().iter().map(|a| a.1).collect::<Vec<_>>())
+    }
+
+    /// Mean and standard deviation of the best validation accuracy.
+    pub fn best_accuracy(&self) -> Option<(f64, f64)> {
+        mean_std(&self.accuracies().iter().map(|a| a.0).collect::<Vec<_>>())
+    }
+
+    /// The headline accuracy: the best PublicTest epoch for fixed splits
+    /// (that is how the shipped model is chosen), the mean last-epoch accuracy
+    /// on the held-out subjects for cross-validation (no selection on the
+    /// fold that is scored).
+    pub fn headline(&self) -> Option<(f64, f64)> {
+        if self.cross_validated() {
+            self.last_accuracy()
+        } else {
+            self.best_accuracy()
+        }
+    }
+
+    /// Whether all planned runs are finished.
+    pub fn finished(&self) -> bool {
+        self.complete_runs().len() >= self.folds_planned()
+    }
+
+    /// The confusion matrix to show: the best epoch's for a fixed split, the
+    /// sum of every finished fold's last epoch for cross-validation.
+    pub fn confusion(&self) -> Option<Confusion> {
+        if !self.cross_validated() {
+            return self.runs.first().and_then(|r| r.best_confusion());
+        }
+        let mut sum: Option<Confusion> = None;
+        for r in self.complete_runs() {
+            let c = r.metrics.last().and_then(|m| m.val_confusion.clone())?;
+            match &mut sum {
+                None => sum = Some(c),
+                Some(s) if s.classes == c.classes => {
+                    for (a, b) in s.counts.iter_mut().zip(&c.counts) {
+                        *a += b;
+                    }
+                }
+                Some(_) => return None,
+            }
+        }
+        sum
+    }
+}
+
+fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    Some((mean, var.sqrt()))
+}
+
+/// Groups runs by (architecture, dataset), in the order ARCH-1..4 and
+/// FER2013, CK+, FER+, then others by name.
+pub fn group(runs: &[Run]) -> Vec<Group<'_>> {
+    let mut map: BTreeMap<(Arch, usize, String), Vec<&Run>> = BTreeMap::new();
+    for r in runs {
+        let d = r.dataset();
+        map.entry((r.config.model.arch(), dataset_rank(&d), d))
+            .or_default()
+            .push(r);
+    }
+    map.into_iter()
+        .map(|((arch, _, dataset), mut runs)| {
+            runs.sort_by_key(|r| (r.config.data.fold, r.name.clone()));
+            Group {
+                arch,
+                dataset,
+                runs,
+            }
+        })
+        .collect()
+}
+
+const DATASET_ORDER: [&str; 3] = ["FER2013", "CK+", "FER+"];
+
+fn dataset_rank(name: &str) -> usize {
+    DATASET_ORDER
+        .iter()
+        .position(|d| *d == name)
+        .unwrap_or(DATASET_ORDER.len())
+}
+
+/// The accuracies the paper's text states (Figure 5 gives the others only as
+/// bars): (architecture, dataset, percent, what it is).
+pub const PAPER_ACCURACY: [(Arch, &str, f64, &str); 3] = [
+    (
+        Arch::Arch1,
+        "FER2013",
+        70.3,
+        "test, early-stopped at epoch 102",
+    ),
+    (Arch::Arch1, "CK+", 99.4, "test, not subject-independent"),
+    (Arch::Arch4, "FER2013", 62.3, "test"),
+];
+
+fn paper_cell(arch: Arch, dataset: &str) -> String {
+    if let Some((_, _, v, what)) = PAPER_ACCURACY
+        .iter()
+        .find(|(a, d, _, _)| *a == arch && *d == dataset)
+    {
+        return format!("{v:.1}% ({what})");
+    }
+    if dataset == "FER+" {
+        return if arch == Arch::Arch1 {
+            "IMED 96.4% (not public; FER+ stands in)".into()
+        } else {
+            "IMED: figure only".into()
+        };
+    }
+    "figure only".into()
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+fn pct_std((m, s): (f64, f64), n: usize) -> String {
+    if n > 1 {
+        format!("{:.1} ± {:.1}%", 100.0 * m, 100.0 * s)
+    } else {
+        pct(m)
+    }
+}
+
+fn machines_of(runs: &[&Run]) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for r in runs {
+        for m in &r.machines {
+            let d = if m.device == "cpu" {
+                format!("{} ({})", m.cpu, threads(m.threads))
+            } else {
+                m.device.clone()
+            };
+            if !seen.contains(&d) {
+                seen.push(d);
+            }
+        }
+    }
+    if seen.is_empty() {
+        "not recorded".into()
+    } else {
+        seen.join("; ")
+    }
+}
+
+fn preset_name(p: crate::train::Preset) -> &'static str {
+    match p {
+        crate::train::Preset::Default => "default",
+        crate::train::Preset::Paper => "paper",
+    }
+}
+
+fn threads(n: usize) -> String {
+    if n == 1 {
+        "1 thread".into()
+    } else {
+        format!("{n} threads")
+    }
+}
+
+fn arch_label(arch: Arch) -> String {
+    arch.to_string()
+        .to_ascii_uppercase()
+        .replace("ARCH", "ARCH-")
+}
+
+/// Writes the report; returns the paths written (REPORT.md first).
+pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
+    let runs = discover(&opts.runs)?;
+    let bench = read_bench(&opts.runs)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let groups = group(&runs);
+    let mut written = Vec::new();
+    let mut md = String::new();
+    let rel = |p: &Path| {
+        p.strip_prefix(&opts.out)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+
+    md.push_str("# Reproducing Chowanda 2021: four architectures, three datasets\n\n");
+    md.push_str(
+        "Generated by `training report` from the committed `config.json`, \
+         `metrics.jsonl` and `machine.jsonl` of every run and the `bench/*.json` \
+         benchmark files; do not edit by hand. Regenerate with\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "```\ncargo run --release -p training -- report --runs {} --out {}\n```\n",
+        opts.runs.display(),
+        opts.out.display()
+    );
+    md.push_str(PROTOCOL);
+
+    // Table 5.
+    md.push_str("\n## Results (the paper's Table 5 and Figure 5)\n\n");
+    md.push_str(
+        "| Architecture | Dataset | Params | Preset | Epochs | Training time | \
+         Best validation acc. (epoch) | Last-epoch acc. (no selection) | Paper | Machine |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for g in &groups {
+        let params = Summary::of(&ModelConfig::preset(g.arch))?.total;
+        let first = g.runs[0];
+        let done = g.complete_runs();
+        let epochs = if g.cross_validated() {
+            format!(
+                "{} x {}/{} folds",
+                first.config.epochs,
+                done.len(),
+                g.folds_planned()
+            )
+        } else {
+            format!("{}/{}", first.metrics.len(), first.config.epochs)
+        };
+        let hours: f64 = g.runs.iter().map(|r| r.seconds()).sum::<f64>() / 3600.0;
+        let n = done.len();
+        let (best, last) = if g.cross_validated() {
+            (
+                g.best_accuracy().map_or("–".into(), |v| pct_std(v, n)),
+                g.last_accuracy().map_or("–".into(), |v| pct_std(v, n)),
+            )
+        } else {
+            let best = first.best().map_or("–".into(), |m| {
+                format!("{} ({})", pct(m.val_accuracy), m.epoch)
+            });
+            let last = first
+                .metrics
+                .last()
+                .map_or("–".into(), |m| pct(m.val_accuracy));
+            (best, last)
+        };
+        let status = if g.finished() { "" } else { " (in progress)" };
+        let _ = writeln!(
+            md,
+            "| {} | {}{status} | {params} | {} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
+            arch_label(g.arch),
+            g.dataset,
+            preset_name(first.config.preset),
+            if first.val_steers() {
+                " (val. steered training)"
+            } else {
+                ""
+            },
+            paper_cell(g.arch, &g.dataset),
+            machines_of(&g.runs),
+        );
+    }
+    if groups.is_empty() {
+        md.push_str("| (no runs yet) | | | | | | | | | |\n");
+    }
+    let missing = missing_cells(&groups);
+    if !missing.is_empty() {
+        let _ = writeln!(md, "\nNot run yet: {}.", missing.join(", "));
+    }
+    md.push_str(TABLE_NOTES);
+
+    // Figure 5.
+    let bars_path = opts.out.join("accuracy.png");
+    accuracy_chart(&groups, &bars_path)?;
+    let _ = writeln!(
+        md,
+        "\n![Accuracy per architecture and dataset]({})\n\n\
+         Bars: best PublicTest accuracy (FER2013, FER+) or the mean last-epoch \
+         accuracy over held-out subject folds with its standard deviation (CK+); \
+         diamonds: the accuracies the paper's text states.\n",
+        rel(&bars_path)
+    );
+    written.push(bars_path);
+
+    // Figures 6-8.
+    md.push_str("\n## Learning curves (the paper's Figures 6-8)\n\n");
+    md.push_str(
+        "Solid: training (augmented batches, train mode); dashed: validation. \
+         Cross-validated runs show the mean over the folds that have reached each \
+         epoch.\n\n",
+    );
+    for g in &groups {
+        let path = opts
+            .out
+            .join("curves")
+            .join(format!("{}_{}.png", g.arch, slug(&g.dataset)));
+        curves_chart(g, &path)?;
+        let _ = writeln!(
+            md,
+            "![{} on {}]({})\n",
+            arch_label(g.arch),
+            g.dataset,
+            rel(&path)
+        );
+        written.push(path);
+    }
+
+    // Confusion matrices of ARCH-1.
+    md.push_str("\n## Confusion matrices of ARCH-1\n\n");
+    md.push_str(
+        "Rows are the true classes, each normalised to 1 (the cell text is the \
+         fraction and the count). FER2013 and FER+: the best epoch on PublicTest. \
+         CK+: the last epoch of every finished fold, summed.\n\n",
+    );
+    let mut any_confusion = false;
+    for g in groups.iter().filter(|g| g.arch == Arch::Arch1) {
+        let Some(c) = g.confusion() else {
+            let _ = writeln!(md, "- {}: no confusion matrix recorded yet.\n", g.dataset);
+            continue;
+        };
+        let path = opts
+            .out
+            .join(format!("confusion_arch1_{}.png", slug(&g.dataset)));
+        confusion_chart(&c, &format!("ARCH-1 on {}", g.dataset), &path)?;
+        let _ = writeln!(md, "![ARCH-1 confusion on {}]({})\n", g.dataset, rel(&path));
+        written.push(path);
+        any_confusion = true;
+    }
+    if !any_confusion && !groups.iter().any(|g| g.arch == Arch::Arch1) {
+        md.push_str("No ARCH-1 run yet.\n\n");
+    }
+
+    // Figure 4.
+    md.push_str("\n## Feature maps (the paper's Figure 4)\n\n");
+    let maps_path = opts.out.join(format!("feature_maps_{}.png", opts.layer));
+    let weights = LoadedWeights::from_file(&opts.model, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading {}", opts.model.display()))?;
+    let face = features::face_of(&opts.image, &opts.detector)?;
+    let maps = features::feature_maps(&weights, &face, &opts.layer)?;
+    let file = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    features::render(
+        &maps,
+        &face,
+        &format!(
+            "{} of {} ({}) for {}",
+            opts.layer,
+            weights.meta.arch(),
+            file(&opts.model),
+            file(&opts.image)
+        ),
+        &maps_path,
+    )?;
+    let _ = writeln!(
+        md,
+        "The {} maps ({}x{}) of `{}`{} of `{}` for the face MTCNN finds in `{}`, aligned to \
+         48x48; each map is scaled to its own range. Any layer of any weights file: \
+         `training features --model F --layer NAME --image IMG --out PNG`.\n\n![Feature maps]({})\n",
+        maps.channels,
+        maps.height,
+        maps.width,
+        opts.layer,
+        if opts.layer == "conv2d_4" && weights.meta.arch() == Arch::Arch1 {
+            " (Table 1 naming: the residual branch's first 1x1 convolution, the layer of the paper's Figure 4)"
+        } else {
+            ""
+        },
+        file(&opts.model),
+        file(&opts.image),
+        rel(&maps_path)
+    );
+    written.push(maps_path);
+
+    // Latency and parameters.
+    md.push_str("\n## Inference latency and parameters\n\n");
+    if bench.is_empty() {
+        md.push_str(
+            "No benchmark files yet: `training bench --arch archN --threads 1 --json runs/bench/archN.json`.\n",
+        );
+    } else {
+        md.push_str(
+            "From `training bench --arch archN --threads 1 --json runs/bench/archN.json` \
+             (random weights and input; batch-1 median latency, batch-64 throughput). \
+             `fast`: the training graph with this project's CPU ops; `engine`: ARCH-1's \
+             deployment path (BatchNorm folded, buffers reused); `stock`: candle's own ops.\n\n\
+             | Architecture | Params (total) | Trainable | b1 latency, ms (fast / engine / stock) | b64 img/s (fast) | Machine |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for b in &bench {
+            let arch: Arch = b.arch.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let s = Summary::of(&ModelConfig::preset(arch))?;
+            let ms = |k: &str| {
+                b.figures
+                    .get(k)
+                    .map_or("–".into(), |f| format!("{:.2}", f.b1_median_ms))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} / {} / {} | {} | {} ({} of {}) |",
+                arch_label(arch),
+                s.total,
+                s.trainable,
+                ms("fast"),
+                ms("engine"),
+                ms("stock"),
+                b.figures
+                    .get("fast")
+                    .map_or("–".into(), |f| format!("{:.0}", f.b64_img_s)),
+                b.cpu,
+                threads(b.threads),
+                b.logical_cpus
+            );
+        }
+        let lat_path = opts.out.join("latency.png");
+        latency_chart(&bench, &lat_path)?;
+        let _ = writeln!(
+            md,
+            "\n![Batch-1 latency per architecture]({})\n",
+            rel(&lat_path)
+        );
+        written.push(lat_path);
+    }
+
+    // Per-run details.
+    md.push_str("\n## Runs\n\n| Run | Dataset | Fold | Epochs | Best val. (epoch) | Last epoch | Seconds | img/s (median) |\n|---|---|---|---|---|---|---|---|\n");
+    for r in &runs {
+        let mut rates: Vec<f64> = r.metrics.iter().map(|m| m.img_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {}/{} | {} | {} | {:.0} | {} |",
+            r.name,
+            r.dataset(),
+            if crate::spec::is_csv(&r.config.data.data) {
+                "–".into()
+            } else {
+                r.config.data.fold.to_string()
+            },
+            r.metrics.len(),
+            r.config.epochs,
+            r.best().map_or("–".into(), |m| format!(
+                "{} ({})",
+                pct(m.val_accuracy),
+                m.epoch
+            )),
+            r.metrics.last().map_or("–".into(), |m| pct(m.val_accuracy)),
+            r.seconds(),
+            rates
+                .get(rates.len() / 2)
+                .map_or("–".into(), |v| format!("{v:.0}")),
+        );
+    }
+
+    let md_path = opts.out.join("REPORT.md");
+    models::weights::write_atomic(&md_path, md.as_bytes())
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    written.insert(0, md_path);
+    Ok(written)
+}
+
+fn missing_cells(groups: &[Group<'_>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for arch in [Arch::Arch1, Arch::Arch2, Arch::Arch3, Arch::Arch4] {
+        for d in DATASET_ORDER {
+            if !groups.iter().any(|g| g.arch == arch && g.dataset == d) {
+                out.push(format!("{} on {d}", arch_label(arch)));
+            }
+        }
+    }
+    out
+}
+
+fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
+    let mut datasets: Vec<String> = DATASET_ORDER.iter().map(|s| (*s).to_owned()).collect();
+    for g in groups {
+        if !datasets.contains(&g.dataset) {
+            datasets.push(g.dataset.clone());
+        }
+    }
+    let archs = [Arch::Arch1, Arch::Arch2, Arch::Arch3, Arch::Arch4];
+    let mut bars = Vec::new();
+    for g in groups {
+        let Some((m, s)) = g.headline() else { continue };
+        let gi = datasets.iter().position(|d| *d == g.dataset).unwrap_or(0);
+        let si = archs.iter().position(|a| *a == g.arch).unwrap_or(0);
+        let cv = g.cross_validated() && g.complete_runs().len() > 1;
+        bars.push(Bar {
+            group: gi,
+            series: si,
+            value: 100.0 * m,
+            error: cv.then_some(100.0 * s),
+            label: format!("{:.1}{}", 100.0 * m, if g.finished() { "" } else { "*" }),
+        });
+    }
+    let markers: Vec<(usize, usize, f64)> = PAPER_ACCURACY
+        .iter()
+        .filter_map(|(a, d, v, _)| {
+            Some((
+                datasets.iter().position(|x| x == d)?,
+                archs.iter().position(|x| x == a)?,
+                *v,
+            ))
+        })
+        .collect();
+    let series: Vec<String> = archs.iter().map(|a| arch_label(*a)).collect();
+    plot::png(path, (960, 540), |root| {
+        plot::grouped_bars(
+            root,
+            "Accuracy per architecture and dataset (* = run in progress)",
+            "accuracy, %",
+            &datasets,
+            &series,
+            &bars,
+            &markers,
+            110.0,
+        )
+    })
+}
+
+fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
+    // Mean over the runs that reached each epoch.
+    let max_epoch = g.runs.iter().map(|r| r.metrics.len()).max().unwrap_or(0);
+    let mean = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        (1..=max_epoch)
+            .filter_map(|e| {
+                let v: Vec<f64> = g
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.metrics.iter().find(|m| m.epoch == e).map(f))
+                    .collect();
+                (!v.is_empty()).then(|| (e as f64, v.iter().sum::<f64>() / v.len() as f64))
+            })
+            .collect()
+    };
+    let acc = [
+        Series {
+            label: "train",
+            points: mean(&|m| 100.0 * m.train_accuracy),
+            color: 0,
+            dashed: false,
+        },
+        Series {
+            label: "validation",
+            points: mean(&|m| 100.0 * m.val_accuracy),
+            color: 1,
+            dashed: true,
+        },
+    ];
+    let loss = [
+        Series {
+            label: "train",
+            points: mean(&|m| m.train_loss),
+            color: 0,
+            dashed: false,
+        },
+        Series {
+            label: "validation",
+            points: mean(&|m| m.val_loss),
+            color: 1,
+            dashed: true,
+        },
+    ];
+    let folds = if g.cross_validated() {
+        format!(", mean of {} folds", g.runs.len())
+    } else {
+        String::new()
+    };
+    let title = format!("{} on {}{folds}", arch_label(g.arch), g.dataset);
+    plot::png(path, (1100, 420), |root| {
+        let (left, right) = root.split_horizontally(550);
+        plot::line_chart(
+            &left,
+            &format!("{title}: accuracy"),
+            ("epoch", "accuracy, %"),
+            &acc,
+        )?;
+        plot::line_chart(
+            &right,
+            &format!("{title}: loss"),
+            ("epoch", "cross-entropy"),
+            &loss,
+        )
+    })
+}
+
+fn confusion_chart(c: &Confusion, title: &str, path: &Path) -> Result<()> {
+    let k = c.classes.len();
+    let mut values = vec![0.0; k * k];
+    let mut texts = vec![String::new(); k * k];
+    for r in 0..k {
+        let row: u64 = c.counts[r * k..(r + 1) * k].iter().sum();
+        for col in 0..k {
+            let n = c.counts[r * k + col];
+            let f = if row > 0 { n as f64 / row as f64 } else { 0.0 };
+            values[r * k + col] = f;
+            texts[r * k + col] = format!("{f:.2} ({n})");
+        }
+    }
+    plot::png(path, (760, 680), |root| {
+        plot::heat_map(
+            root,
+            &format!(
+                "{title}: accuracy {:.1}% ({}/{})",
+                100.0 * c.accuracy(),
+                c.correct(),
+                c.total()
+            ),
+            ("true class", "predicted class"),
+            &c.classes,
+            &values,
+            &texts,
+        )
+    })
+}
+
+fn latency_chart(bench: &[BenchRecord], path: &Path) -> Result<()> {
+    let groups: Vec<String> = bench
+        .iter()
+        .map(|b| b.arch.to_ascii_uppercase().replace("ARCH", "ARCH-"))
+        .collect();
+    let kinds = ["fast", "engine", "stock"];
+    let mut bars = Vec::new();
+    let mut y_max: f64 = 1.0;
+    for (gi, b) in bench.iter().enumerate() {
+        for (si, k) in kinds.iter().enumerate() {
+            if let Some(f) = b.figures.get(*k) {
+                y_max = y_max.max(f.b1_median_ms);
+                bars.push(Bar {
+                    group: gi,
+                    series: si,
+                    value: f.b1_median_ms,
+                    error: None,
+                    label: format!("{:.2}", f.b1_median_ms),
+                });
+            }
+        }
+    }
+    let series: Vec<String> = kinds.iter().map(|s| (*s).to_owned()).collect();
+    plot::png(path, (900, 480), |root| {
+        plot::grouped_bars(
+            root,
+            "Batch-1 inference latency (median, ms)",
+            "ms",
+            &groups,
+            &series,
+            &bars,
+            &[],
+            y_max * 1.2,
+        )
+    })
+}
+
+const PROTOCOL: &str = "\
+## Protocol
+
+- **Architectures**: ARCH-1..4 exactly as the paper's Tables 1-4 (parameter \
+counts match to the parameter); ARCH-1 and ARCH-2 separable with a residual \
+branch, ARCH-3 and ARCH-4 plain convolutions; ARCH-1 and ARCH-3 end in global \
+average pooling, ARCH-2 and ARCH-4 in dense layers.
+- **FER2013**: trained on the 28,709 `Training` rows, selected on the 3,589 \
+`PublicTest` rows. `PrivateTest` is withheld from this project (it judges the \
+shipped weights), so there is no separate test figure: the paper's test split \
+was its own 12-14% hold-out.
+- **CK+**: 981 48x48 crops (the last three frames of 327 sequences, 118 \
+subjects), subject-independent 10-fold cross-validation: the folds of \
+`folds.csv` split by subject `Sxxx`, so no subject is in both the training \
+and the held-out fold. CK+ has no neutral class; `contempt` is kept as a \
+seventh class, so the CK+ networks have the classes anger, contempt, disgust, \
+fear, happy, sadness, surprise (their own output layer, trained from scratch). \
+The reported figure is the mean and standard deviation over folds of the \
+accuracy after the last epoch, with no selection on the fold that is scored; \
+the best-epoch figure, which does select on it, is shown beside it.
+- **FER+ instead of IMED**: IMED is not public. FER+ (the same images as \
+FER2013 with the majority label of ten annotators; rows without a majority or \
+marked not-a-face dropped) stands in as the third dataset, `Training` -> \
+`PublicTest` as for FER2013. Its numbers are not comparable with the paper's \
+IMED figures.
+- **Recipe**: the `default` preset unless the table says otherwise (AdamW, \
+cosine learning-rate decay with warm-up, label smoothing 0.1, batch 64, the \
+paper's augmentation: rotation 20 degrees, shifts 0.1, zoom 0.1, horizontal \
+flip). The paper trained with Adam at 0.01, plateau decay and early stopping \
+for up to 200 epochs on a Titan V GPU; these runs use fixed, shorter budgets on \
+a 2-core CPU (the epochs column), so absolute accuracies are lower bounds for \
+the architectures.
+";
+
+const TABLE_NOTES: &str = "
+- *Best validation acc.*: the highest validation accuracy of any epoch and \
+that epoch (for FER2013 and FER+ this is how weights are selected; for CK+ the \
+mean ± standard deviation over folds of each fold's best epoch, which selects \
+on the scored fold and is optimistic).
+- *Last-epoch acc.*: the accuracy after the last epoch, which nothing was \
+selected on (mean ± standard deviation over folds for CK+).
+- *Training time*: the sum of the epochs' wall-clock seconds (training and \
+validation), over all folds for CK+, on the machine named.
+- *Paper*: the accuracies the paper's text states; the other cells of its \
+Figure 5 are given only as bars. The paper averages per architecture (over \
+three datasets): ARCH-1 88.9%, ARCH-2 83.9%, ARCH-3 86.8%, ARCH-4 84.7%, and \
+training time per dataset: ARCH-1 0.841 h, ARCH-3 1.013 h, ARCH-4 2.633 h \
+(Titan V).
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_matches_hand_values() {
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
+        let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
+        assert!((m - 0.7).abs() < 1e-12);
+        assert!((s - 0.141_421_356).abs() < 1e-6);
+    }
+
+    #[test]
+    fn slugs_and_names() {
+        assert_eq!(slug("CK+"), "ckplus");
+        assert_eq!(slug("FER+"), "ferplus");
+        assert_eq!(arch_label(Arch::Arch3), "ARCH-3");
+        assert_eq!(paper_cell(Arch::Arch2, "CK+"), "figure only");
+        assert!(paper_cell(Arch::Arch1, "CK+").starts_with("99.4%"));
+    }
+}

@@ -1,0 +1,211 @@
+//! `training report` on a tiny fake runs folder: the table, every figure, the
+//! cross-validation summary and byte-for-byte regeneration.
+
+use std::path::Path;
+use std::process::Command;
+
+use models::Arch;
+use training::metrics::Confusion;
+use training::spec::DataSpec;
+use training::train::{EpochMetrics, MachineRecord, Preset, TrainConfig};
+
+fn write_run(dir: &Path, arch: Arch, data: &str, fold: usize, val_acc: &[f64]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = DataSpec {
+        data: data.into(),
+        fold,
+        folds: 2,
+        ..DataSpec::default()
+    };
+    let mut cfg = TrainConfig::preset(Preset::Default, arch, spec);
+    cfg.epochs = val_acc.len();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let classes: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+    let mut lines = String::new();
+    for (i, &acc) in val_acc.iter().enumerate() {
+        // 10 validation samples per class; `acc` of them right.
+        let mut c = Confusion::new(classes.clone());
+        for t in 0..7 {
+            let right = (acc * 10.0).round() as usize;
+            for k in 0..10 {
+                c.add(t, if k < right { t } else { (t + 1) % 7 });
+            }
+        }
+        let m = EpochMetrics {
+            epoch: i + 1,
+            train_loss: 1.9 - 0.1 * i as f64,
+            train_accuracy: acc + 0.05,
+            val_loss: 2.0 - 0.1 * i as f64,
+            val_accuracy: acc,
+            lr: 1e-3,
+            seconds: 100.0,
+            img_per_s: 250.0,
+            val_confusion: Some(c),
+        };
+        lines.push_str(&serde_json::to_string(&m).unwrap());
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+    let machine = MachineRecord {
+        from_epoch: 1,
+        device: "cpu".into(),
+        cpu: "Test CPU".into(),
+        logical_cpus: 2,
+        threads: 2,
+        commit: "abc".into(),
+    };
+    std::fs::write(
+        dir.join("machine.jsonl"),
+        serde_json::to_string(&machine).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+fn report(runs: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_training"))
+        .args(["report", "--runs"])
+        .arg(runs)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn assert_figure(path: &Path) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(
+        img.width() >= 400 && colours.len() > 20,
+        "{} looks blank ({} colours)",
+        path.display(),
+        colours.len()
+    );
+}
+
+#[test]
+fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(
+        &runs.join("arch1_fer2013"),
+        Arch::Arch1,
+        "fer2013.csv.gz",
+        0,
+        &[0.3, 0.6, 0.5],
+    );
+    write_run(
+        &runs.join("arch3_ck/fold0"),
+        Arch::Arch3,
+        "ckplus48",
+        0,
+        &[0.4, 0.5],
+    );
+    write_run(
+        &runs.join("arch3_ck/fold1"),
+        Arch::Arch3,
+        "ckplus48",
+        1,
+        &[0.8, 0.7],
+    );
+    // A cross-validation whose second fold is still running.
+    write_run(
+        &runs.join("arch1_ck/fold0"),
+        Arch::Arch1,
+        "ckplus48",
+        0,
+        &[0.9, 1.0],
+    );
+    std::fs::create_dir_all(runs.join("bench")).unwrap();
+    std::fs::write(
+        runs.join("bench/arch1.json"),
+        r#"{"arch":"arch1","params":295039,"threads":1,"runs":300,"cpu":"Test CPU","logical_cpus":2,"commit":"abc",
+            "figures":{"stock":{"b1_median_ms":9.0,"b1_p10_ms":8.0,"b1_p90_ms":10.0,"b64_img_s":100.0},
+                       "fast":{"b1_median_ms":1.5,"b1_p10_ms":1.4,"b1_p90_ms":1.6,"b64_img_s":500.0}}}"#,
+    )
+    .unwrap();
+
+    let out = tmp.path().join("report");
+    let run = report(&runs, &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    // Table 5 rows: fixed split with its best epoch; CV with mean ± std of the
+    // last epochs (0.5 and 0.7) beside the best epochs (0.5 and 0.8).
+    assert!(
+        md.contains("| ARCH-1 | FER2013 | 293951 | default | 3/3 | 0.08 h | 60.0% (2) | 50.0% |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| ARCH-3 | CK+ | 306831 | default | 2 x 2/2 folds | 0.11 h | 65.0 ± 21.2% | 60.0 ± 14.1% |"),
+        "{md}"
+    );
+    assert!(md.contains("| ARCH-1 | CK+ (in progress) |"), "{md}");
+    assert!(md.contains("70.3% (test"), "{md}");
+    assert!(md.contains("Test CPU (2 threads)"), "{md}");
+    assert!(md.contains("Not run yet: ARCH-1 on FER+"), "{md}");
+    assert!(
+        md.contains("| ARCH-1 | 293951 | 292863 | 1.50 / – / 9.00 | 500 |"),
+        "{md}"
+    );
+    let figures = [
+        "accuracy.png",
+        "curves/arch1_fer2013.png",
+        "curves/arch1_ckplus.png",
+        "curves/arch3_ckplus.png",
+        "confusion_arch1_fer2013.png",
+        "confusion_arch1_ckplus.png",
+        "feature_maps_conv2d_4.png",
+        "latency.png",
+    ];
+    for f in figures {
+        assert!(
+            md.contains(&format!("]({f})")),
+            "REPORT.md does not show {f}"
+        );
+        assert_figure(&out.join(f));
+    }
+
+    // Regenerating gives the same bytes.
+    let before: Vec<Vec<u8>> = std::iter::once("REPORT.md")
+        .chain(figures)
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    let again = report(&runs, &out);
+    assert!(again.status.success());
+    for (f, old) in std::iter::once("REPORT.md").chain(figures).zip(before) {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), old, "{f} changed");
+    }
+}
+
+#[test]
+fn a_corrupt_metrics_line_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(&runs.join("a"), Arch::Arch2, "fer2013.csv", 0, &[0.5]);
+    let path = runs.join("a/metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"epoch\": 2, \"train_lo\n");
+    std::fs::write(&path, text).unwrap();
+    let run = report(&runs, &tmp.path().join("out"));
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("metrics.jsonl line 2 is not valid"), "{err}");
+}
+
+#[test]
+fn missing_runs_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = report(&tmp.path().join("nope"), &tmp.path().join("out"));
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("is not a folder"), "{err}");
+}
