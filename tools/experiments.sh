@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The paper's twelve experiments (issue 6): ARCH-1..4 on FER2013, FER+ and CK+
+# (subject-independent 10-fold cross-validation), each run resumable.
+#
+#   tools/experiments.sh                 # every experiment, largest first
+#   tools/experiments.sh arch1_ckplus    # only the named ones
+#
+# Each run lives in runs/<name>[/fold<k>]. A finished run is skipped, a started
+# one continues with --resume, so the script can be stopped at any point (Ctrl-C
+# loses at most the running epoch) and started again, in this session or the
+# next. Then: `cargo run --release -p training -- report`.
+#
+# Environment: DATA (default ../shared/data), TRAINING_BIN (default: build
+# target/release/training), THREADS (default 2), EPOCHS (default 30),
+# CK_EPOCHS (default 30) and CK_BATCH (default 16, the paper used 10 on CK+).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-../shared/data}
+THREADS=${THREADS:-2}
+EPOCHS=${EPOCHS:-30}
+CK_EPOCHS=${CK_EPOCHS:-30}
+CK_BATCH=${CK_BATCH:-16}
+if [[ -z "${TRAINING_BIN:-}" ]]; then
+    cargo build --release -p training
+    TRAINING_BIN=target/release/training
+fi
+export RAYON_NUM_THREADS=$THREADS
+
+FER=$DATA/fer2013/fer2013.csv.gz
+PLUS=$DATA/ferplus/fer2013new.csv.gz
+CK=$DATA/ckplus48
+for f in "$FER" "$PLUS" "$CK/folds.csv"; do
+    [[ -e $f ]] || { echo "missing $f (set DATA)" >&2; exit 1; }
+done
+
+# Largest first: the FER2013-sized runs, then CK+.
+PLAN=(arch1_fer2013 arch2_fer2013 arch3_fer2013 arch4_fer2013
+      arch1_ferplus arch2_ferplus arch3_ferplus arch4_ferplus
+      arch1_ckplus arch2_ckplus arch3_ckplus arch4_ckplus)
+if (( $# > 0 )); then PLAN=("$@"); fi
+
+# train DIR ARGS...: start, resume or skip the run in DIR.
+train() {
+    local dir=$1; shift
+    if [[ -f $dir/state.json ]] && python3 - "$dir" <<'EOF'
+import json, sys
+d = sys.argv[1]
+state = json.load(open(d + "/state.json"))
+cfg = json.load(open(d + "/config.json"))
+sys.exit(0 if state["epochs_done"] >= cfg["epochs"] or state.get("stopped_early") else 1)
+EOF
+    then
+        echo "== $dir: finished"
+        return
+    fi
+    mkdir -p "$(dirname "$dir")"
+    if [[ -f $dir/config.json ]]; then
+        echo "== $dir: resuming"
+        "$TRAINING_BIN" train --run-dir "$dir" --resume --no-progress "$@"
+    else
+        echo "== $dir: starting"
+        "$TRAINING_BIN" train --run-dir "$dir" --no-progress "$@"
+    fi
+}
+
+for name in "${PLAN[@]}"; do
+    arch=${name%%_*}
+    case $name in
+        *_fer2013) train "runs/$name" --arch "$arch" --data "$FER" --epochs "$EPOCHS" ;;
+        *_ferplus) train "runs/$name" --arch "$arch" --data "$FER" --ferplus "$PLUS" --epochs "$EPOCHS" ;;
+        *_ckplus)
+            for fold in 0 1 2 3 4 5 6 7 8 9; do
+                train "runs/$name/fold$fold" --arch "$arch" --data "$CK" --fold "$fold" \
+                    --epochs "$CK_EPOCHS" --batch-size "$CK_BATCH"
+            done ;;
+        *) echo "unknown experiment $name" >&2; exit 1 ;;
+    esac
+done
