@@ -50,6 +50,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
+use std::sync::{Mutex, PoisonError};
+
+use models::infer::Arch1Engine;
 use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
 
 pub use detect::{Detection, Detector, DetectorConfig};
@@ -172,11 +175,29 @@ impl GrayCrop {
 }
 
 /// Classifies face crops with one of the paper's networks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Classifier {
     net: EmotionNet,
     meta: WeightsMeta,
     device: Device,
+    /// ARCH-1's deployment path (BatchNorm folded, buffers reused across
+    /// calls): used for every ARCH-1 file; other networks run the graph.
+    engine: Option<Mutex<Arch1Engine>>,
+}
+
+impl Clone for Classifier {
+    /// A clone gets its own engine buffers, so clones never wait on each other.
+    fn clone(&self) -> Self {
+        Self {
+            net: self.net.clone(),
+            meta: self.meta.clone(),
+            device: self.device.clone(),
+            engine: self
+                .engine
+                .as_ref()
+                .map(|e| Mutex::new(e.lock().unwrap_or_else(PoisonError::into_inner).clone())),
+        }
+    }
 }
 
 impl Classifier {
@@ -212,10 +233,16 @@ impl Classifier {
         }
         let device = Device::Cpu;
         let net = w.build(&device)?;
+        let engine = if w.meta.arch() == models::Arch::Arch1 {
+            Some(Mutex::new(Arch1Engine::from_weights(&w)?))
+        } else {
+            None
+        };
         Ok(Self {
             net,
             meta: w.meta,
             device,
+            engine,
         })
     }
 
@@ -239,10 +266,32 @@ impl Classifier {
             .iter()
             .flat_map(|c| c.pixels.iter().map(|&p| norm.apply(p)))
             .collect();
-        let x = Tensor::from_vec(data, (crops.len(), 1, INPUT_SIZE, INPUT_SIZE), &self.device)?;
+        if let Some(engine) = &self.engine {
+            // A panic inside `run` cannot leave the buffers inconsistent for
+            // the next call (each call overwrites them), so a poisoned lock is
+            // safe to reuse.
+            let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            let k = engine.classes();
+            let logits = engine.run(&data, crops.len())?;
+            return Ok(logits.chunks_exact(k).map(softmax).collect());
+        }
+        self.classify_graph(data, crops.len())
+    }
+
+    /// Class probabilities through the candle graph (any architecture).
+    fn classify_graph(&self, data: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, PerceptionError> {
+        let x = Tensor::from_vec(data, (n, 1, INPUT_SIZE, INPUT_SIZE), &self.device)?;
         let logits = self.net.forward_t(&x, false)?;
         Ok(candle_nn::ops::softmax(&logits, 1)?.to_vec2::<f32>()?)
     }
+}
+
+/// A numerically stable softmax of one row of logits.
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
 }
 
 #[cfg(test)]
@@ -270,5 +319,30 @@ mod tests {
             assert!((x - y).abs() < 1e-5);
         }
         assert!(c.classify(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn engine_and_graph_give_the_same_probabilities() {
+        for arch in [models::Arch::Arch1, models::Arch::Arch3] {
+            let c = Classifier::untrained(arch).unwrap();
+            assert_eq!(c.engine.is_some(), arch == models::Arch::Arch1);
+            let crops: Vec<GrayCrop> = (0..3)
+                .map(|k| {
+                    GrayCrop::new((0..2304).map(|i| ((i * (k + 3)) % 256) as u8).collect()).unwrap()
+                })
+                .collect();
+            let fast = c.classify(&crops).unwrap();
+            let norm = c.meta.normalization;
+            let data = crops
+                .iter()
+                .flat_map(|c| c.pixels.iter().map(|&p| norm.apply(p)))
+                .collect();
+            let graph = c.classify_graph(data, crops.len()).unwrap();
+            for (a, b) in fast.iter().flatten().zip(graph.iter().flatten()) {
+                assert!((a - b).abs() < 1e-5, "{arch}: {a} vs {b}");
+            }
+            let cloned = c.clone().classify(&crops).unwrap();
+            assert_eq!(cloned, fast);
+        }
     }
 }
