@@ -209,3 +209,61 @@ fn missing_runs_folder_is_a_clear_error() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("is not a folder"), "{err}");
 }
+
+/// The committed `report/` is what `training report` makes of the committed
+/// `runs/`: regenerate it into a temporary folder and compare. (The feature
+/// maps depend on float kernels that may differ across CPUs, so only their
+/// presence is checked.)
+#[test]
+fn committed_report_matches_committed_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = root.join("report");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("report");
+    let run = report(&root.join("runs"), &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The regenerate command names the folders it was given; compare the rest.
+    let text = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .filter(|l| !l.contains(" report --runs "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (want, got) = (
+        text(&committed.join("REPORT.md")),
+        text(&out.join("REPORT.md")),
+    );
+    assert!(
+        want == got,
+        "report/REPORT.md is stale: run `cargo run --release -p training -- report` and commit report/"
+    );
+    let mut figures = vec![];
+    for dir in [out.clone(), out.join("curves")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "png") {
+                figures.push(p.strip_prefix(&out).unwrap().to_path_buf());
+            }
+        }
+    }
+    figures.sort();
+    assert!(figures.len() >= 4, "{figures:?}");
+    for f in figures {
+        let theirs = committed.join(&f);
+        assert!(theirs.is_file(), "report/{} is missing", f.display());
+        if f.to_string_lossy().starts_with("feature_maps") {
+            continue;
+        }
+        assert!(
+            std::fs::read(&theirs).unwrap() == std::fs::read(out.join(&f)).unwrap(),
+            "report/{} is stale",
+            f.display()
+        );
+    }
+}
