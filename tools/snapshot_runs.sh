@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Commits the runs' progress together with the report made from it:
+# pauses every running `training train` (SIGSTOP) so that no epoch is half
+# written, stages runs/, regenerates report/ from exactly what is staged,
+# commits both, and lets training continue (SIGCONT), even if a step fails.
+#
+#   tools/snapshot_runs.sh "Runs: ARCH-2 FER2013 epoch 20"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+msg=${1:-"Runs and report: progress snapshot"}
+bin=${TRAINING_BIN:-target/release/training}
+[[ -x $bin ]] || cargo build --release -p training
+pids=$(pgrep -f "training(-v2)? train" || true)
+resume() { [[ -n $pids ]] && kill -CONT $pids 2>/dev/null || true; }
+trap resume EXIT
+[[ -n $pids ]] && kill -STOP $pids
+git add -A runs
+"$bin" report --runs runs --out report > /dev/null
+git add -A report
+git commit -q -m "$msg"
+git log --oneline -1
