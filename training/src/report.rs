@@ -598,6 +598,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         let _ = writeln!(md, "\nNot run yet: {}.", missing.join(", "));
     }
     md.push_str(TABLE_NOTES);
+    md.push_str(&findings(&groups));
 
     // Figure 5.
     let bars_path = opts.out.join("accuracy.png");
@@ -789,6 +790,60 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("writing {}", md_path.display()))?;
     written.insert(0, md_path);
     Ok(written)
+}
+
+/// What the finished runs say about the paper's main claim (ARCH-1 is the
+/// most accurate on every dataset), per dataset with two or more finished
+/// architectures.
+fn findings(groups: &[Group<'_>]) -> String {
+    let mut out = String::from("\n### What the finished runs show\n\n");
+    let mut any = false;
+    let mut datasets: Vec<&str> = groups.iter().map(|g| g.dataset.as_str()).collect();
+    datasets.sort_by_key(|d| (dataset_rank(d), *d));
+    datasets.dedup();
+    for d in datasets {
+        let mut ranked: Vec<(Arch, f64, f64, usize)> = groups
+            .iter()
+            .filter(|g| g.dataset == d && g.finished())
+            .filter_map(|g| {
+                let (m, s) = g.headline()?;
+                Some((g.arch, m, s, g.complete_runs().len()))
+            })
+            .collect();
+        if ranked.len() < 2 {
+            continue;
+        }
+        any = true;
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let order: Vec<String> = ranked
+            .iter()
+            .map(|(a, m, s, n)| format!("{} {}", arch_label(*a), pct_std((*m, *s), *n)))
+            .collect();
+        let claim = match ranked.iter().position(|r| r.0 == Arch::Arch1) {
+            Some(0) => "ARCH-1 is the most accurate here, as the paper reports",
+            Some(_) => "ARCH-1 is not the most accurate here, unlike the paper's report",
+            None => "ARCH-1 has not finished here yet",
+        };
+        let _ = writeln!(
+            out,
+            "- {d}: {} ({} of 4 architectures finished). {claim}.",
+            order.join(" > "),
+            ranked.len()
+        );
+    }
+    if !any {
+        out.push_str(
+            "No dataset has two finished architectures yet, so the paper's \
+             comparison cannot be checked.\n",
+        );
+    }
+    out.push_str(
+        "\nTraining times are not compared: runs shared the CPU with each other \
+         in varying numbers, so their seconds per epoch measure the load as much \
+         as the network. The latency table below compares the architectures' speed \
+         on equal terms.\n",
+    );
+    out
 }
 
 fn missing_cells(groups: &[Group<'_>]) -> Vec<String> {

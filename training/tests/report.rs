@@ -100,6 +100,13 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
         &[0.3, 0.6, 0.5],
     );
     write_run(
+        &runs.join("arch2_fer2013"),
+        Arch::Arch2,
+        "fer2013.csv.gz",
+        0,
+        &[0.2, 0.4, 0.45],
+    );
+    write_run(
         &runs.join("arch3_ck/fold0"),
         Arch::Arch3,
         "ckplus48",
@@ -150,6 +157,10 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     );
     assert!(md.contains("| ARCH-1 | CK+ (in progress) |"), "{md}");
     assert!(md.contains("70.3% (test"), "{md}");
+    assert!(
+        md.contains("- FER2013: ARCH-1 60.0% > ARCH-2 45.0% (2 of 4 architectures finished). ARCH-1 is the most accurate here, as the paper reports."),
+        "{md}"
+    );
     assert!(md.contains("Test CPU (2 threads)"), "{md}");
     assert!(md.contains("Not run yet: ARCH-1 on FER+"), "{md}");
     assert!(
