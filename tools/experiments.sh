@@ -40,27 +40,47 @@ PLAN=(arch1_fer2013 arch2_fer2013 arch3_fer2013 arch4_fer2013
       arch1_ckplus arch2_ckplus arch3_ckplus arch4_ckplus)
 if (( $# > 0 )); then PLAN=("$@"); fi
 
-# train DIR ARGS...: start, resume or skip the run in DIR.
+# train DIR ARGS...: start, resume or skip the run in DIR. A run whose
+# checkpoint is gone (a fresh clone keeps only its committed metrics) starts
+# again from scratch. A run that fails is reported and the plan goes on.
+failed=()
 train() {
     local dir=$1; shift
-    if [[ -f $dir/state.json ]] && python3 - "$dir" <<'EOF'
-import json, sys
-d = sys.argv[1]
-state = json.load(open(d + "/state.json"))
-cfg = json.load(open(d + "/config.json"))
-sys.exit(0 if state["epochs_done"] >= cfg["epochs"] or state.get("stopped_early") else 1)
-EOF
-    then
-        echo "== $dir: finished"
-        return
-    fi
-    mkdir -p "$(dirname "$dir")"
+    local status=new
     if [[ -f $dir/config.json ]]; then
-        echo "== $dir: resuming"
-        "$TRAINING_BIN" train --run-dir "$dir" --resume --no-progress "$@"
-    else
-        echo "== $dir: starting"
-        "$TRAINING_BIN" train --run-dir "$dir" --no-progress "$@"
+        status=$(python3 - "$dir" <<'EOF'
+import json, os, sys
+d = sys.argv[1]
+cfg = json.load(open(d + "/config.json"))
+try:
+    state = json.load(open(d + "/state.json"))
+except (OSError, ValueError):
+    print("resume")  # started, no epoch finished yet
+    sys.exit()
+done = state["epochs_done"]
+if done >= cfg["epochs"] or state.get("stopped_early"):
+    print("finished")
+elif os.path.exists(f"{d}/ckpt/weights-{done}.safetensors"):
+    print("resume")
+else:
+    print("lost")
+EOF
+)
+    fi
+    case $status in
+        finished) echo "== $dir: finished"; return ;;
+        lost)
+            echo "== $dir: its checkpoint is missing; starting it again"
+            rm -rf "$dir"
+            status=new ;;
+    esac
+    mkdir -p "$(dirname "$dir")"
+    local resume=()
+    [[ $status == resume ]] && resume=(--resume)
+    echo "== $dir: ${status/new/starting}"
+    if ! "$TRAINING_BIN" train --run-dir "$dir" "${resume[@]}" --no-progress "$@"; then
+        echo "!! $dir failed; going on with the plan" >&2
+        failed+=("$dir")
     fi
 }
 
@@ -77,3 +97,8 @@ for name in "${PLAN[@]}"; do
         *) echo "unknown experiment $name" >&2; exit 1 ;;
     esac
 done
+
+if (( ${#failed[@]} > 0 )); then
+    echo "failed runs: ${failed[*]}" >&2
+    exit 1
+fi
