@@ -4,6 +4,8 @@
 #
 #   tools/experiments.sh                 # every experiment, largest first
 #   tools/experiments.sh arch1_ckplus    # only the named ones
+#   THREADS=1 tools/experiments.sh & THREADS=1 tools/experiments.sh &
+#                                        # two at once, sharing the plan
 #
 # Each run lives in runs/<name>[/fold<k>]. A finished run is skipped, a started
 # one continues with --resume, so the script can be stopped at any point (Ctrl-C
@@ -46,7 +48,17 @@ if (( $# > 0 )); then PLAN=("$@"); fi
 failed=()
 train() {
     local dir=$1; shift
-    local status=new
+    local status=new lock
+    mkdir -p "$(dirname "$dir")"
+    # One instance per run: several instances (e.g. two with THREADS=1 on a
+    # 2-core machine, which trains faster in total than one with 2 threads)
+    # share the plan and skip the runs another instance holds.
+    exec {lock}>"$dir.lock"
+    if ! flock -n "$lock"; then
+        echo "== $dir: another instance is training it"
+        exec {lock}>&-
+        return
+    fi
     if [[ -f $dir/config.json ]]; then
         status=$(python3 - "$dir" <<'EOF'
 import json, os, sys
@@ -68,13 +80,12 @@ EOF
 )
     fi
     case $status in
-        finished) echo "== $dir: finished"; return ;;
+        finished) echo "== $dir: finished"; exec {lock}>&-; return ;;
         lost)
             echo "== $dir: its checkpoint is missing; starting it again"
             rm -rf "$dir"
             status=new ;;
     esac
-    mkdir -p "$(dirname "$dir")"
     local resume=()
     [[ $status == resume ]] && resume=(--resume)
     echo "== $dir: ${status/new/starting}"
@@ -82,6 +93,7 @@ EOF
         echo "!! $dir failed; going on with the plan" >&2
         failed+=("$dir")
     fi
+    exec {lock}>&-
 }
 
 for name in "${PLAN[@]}"; do
