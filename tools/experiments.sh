@@ -60,7 +60,7 @@ train() {
         return
     fi
     if [[ -f $dir/config.json ]]; then
-        status=$(python3 - "$dir" <<'EOF'
+        status=$(python3 - "$dir" <<'EOF' || echo error
 import json, os, sys
 d = sys.argv[1]
 cfg = json.load(open(d + "/config.json"))
@@ -82,9 +82,18 @@ EOF
     case $status in
         finished) echo "== $dir: finished"; exec {lock}>&-; return ;;
         lost)
-            echo "== $dir: its checkpoint is missing; starting it again"
-            rm -rf "$dir"
+            # The partial metrics stay in git history and in runs-lost/.
+            local aside
+            aside=runs-lost/${dir#runs/}-$(date +%Y%m%d%H%M%S)
+            echo "== $dir: its checkpoint is missing; moved to $aside, starting again"
+            mkdir -p "$(dirname "$aside")"
+            mv "$dir" "$aside"
             status=new ;;
+        error)
+            echo "!! $dir: cannot read its config.json / state.json; skipped" >&2
+            failed+=("$dir")
+            exec {lock}>&-
+            return ;;
     esac
     local resume=()
     [[ $status == resume ]] && resume=(--resume)

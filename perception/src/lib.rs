@@ -175,6 +175,11 @@ impl GrayCrop {
 }
 
 /// Classifies face crops with one of the paper's networks.
+///
+/// ARCH-1 runs on [`models::infer::Arch1Engine`], whose buffers sit behind a
+/// mutex: calls on one `Classifier` from several threads take turns (a batch
+/// still uses every rayon thread). Give each thread its own clone to run them
+/// side by side; clones get their own buffers.
 #[derive(Debug)]
 pub struct Classifier {
     net: EmotionNet,

@@ -69,11 +69,17 @@ impl Run {
 
     /// Whether every configured epoch ran (or early stopping ended it).
     pub fn complete(&self) -> bool {
-        self.metrics.len() >= self.config.epochs
-            || (self.config.early_stopping.is_some() && !self.metrics.is_empty() && {
+        let last = self.epochs_done();
+        last >= self.config.epochs
+            || self.config.early_stopping.is_some_and(|patience| {
                 let best = self.best().map_or(0, |m| m.epoch);
-                self.metrics.len() - best >= self.config.early_stopping.unwrap_or(usize::MAX)
+                last > 0 && last.saturating_sub(best) >= patience
             })
+    }
+
+    /// The last finished epoch (by number, not by counting lines).
+    pub fn epochs_done(&self) -> usize {
+        self.metrics.iter().map(|m| m.epoch).max().unwrap_or(0)
     }
 
     /// The epoch with the best validation accuracy (the first of ties).
@@ -120,11 +126,16 @@ pub fn dataset_name(cfg: &TrainConfig) -> String {
     }
 }
 
-fn slug(s: &str) -> String {
-    s.to_ascii_lowercase()
-        .replace('+', "plus")
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
+/// A file name made of `name`'s letters, digits, `_` and `-`.
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -150,6 +161,17 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
         )
         .with_context(|| format!("{} is not a training config", config_path.display()))?;
         let metrics = read_lines::<EpochMetrics>(&metrics_path)?;
+        if let Some(m) = metrics.iter().find(|m| {
+            m.val_confusion
+                .as_ref()
+                .is_some_and(|c| c.counts.len() != c.classes.len() * c.classes.len())
+        }) {
+            bail!(
+                "{}: epoch {} has a confusion matrix of the wrong size",
+                metrics_path.display(),
+                m.epoch
+            );
+        }
         let machine_path = dir.join("machine.jsonl");
         let machines = if machine_path.is_file() {
             read_lines::<MachineRecord>(&machine_path)?
@@ -286,6 +308,8 @@ pub struct Group<'a> {
     pub arch: Arch,
     /// The dataset's display name.
     pub dataset: String,
+    /// The experiment's folder under the runs folder.
+    pub name: String,
     /// Its runs, by fold.
     pub runs: Vec<&'a Run>,
 }
@@ -362,7 +386,10 @@ impl Group<'_> {
         }
         let mut sum: Option<Confusion> = None;
         for r in self.complete_runs() {
-            let c = r.metrics.last().and_then(|m| m.val_confusion.clone())?;
+            // Folds trained before matrices were recorded are left out.
+            let Some(c) = r.metrics.last().and_then(|m| m.val_confusion.clone()) else {
+                continue;
+            };
             match &mut sum {
                 None => sum = Some(c),
                 Some(s) if s.classes == c.classes => {
@@ -393,22 +420,47 @@ fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
 
 /// Groups runs by (architecture, dataset), in the order ARCH-1..4 and
 /// FER2013, CK+, FER+, then others by name.
-pub fn group(runs: &[Run]) -> Vec<Group<'_>> {
-    let mut map: BTreeMap<(Arch, usize, String), Vec<&Run>> = BTreeMap::new();
+pub fn group(runs: &[Run]) -> Result<Vec<Group<'_>>> {
+    let mut map: BTreeMap<(Arch, usize, String, String), Vec<&Run>> = BTreeMap::new();
     for r in runs {
         let d = r.dataset();
-        map.entry((r.config.model.arch(), dataset_rank(&d), d))
+        // The folds of one cross-validation share their parent folder; any
+        // other run is an experiment of its own.
+        let experiment = if crate::spec::is_csv(&r.config.data.data) {
+            r.name.clone()
+        } else {
+            r.name
+                .rsplit_once('/')
+                .map_or(r.name.as_str(), |(parent, _)| parent)
+                .to_owned()
+        };
+        map.entry((r.config.model.arch(), dataset_rank(&d), d, experiment))
             .or_default()
             .push(r);
     }
     map.into_iter()
-        .map(|((arch, _, dataset), mut runs)| {
+        .map(|((arch, _, dataset, name), mut runs)| {
             runs.sort_by_key(|r| (r.config.data.fold, r.name.clone()));
-            Group {
+            let g = Group {
                 arch,
                 dataset,
+                name,
                 runs,
+            };
+            if g.cross_validated()
+                && let Some(w) = g
+                    .runs
+                    .windows(2)
+                    .find(|w| w[0].config.data.fold == w[1].config.data.fold)
+            {
+                bail!(
+                    "`{}` and `{}` are both fold {} of one cross-validation: move one away",
+                    w[0].name,
+                    w[1].name,
+                    w[0].config.data.fold
+                );
             }
+            Ok(g)
         })
         .collect()
 }
@@ -512,7 +564,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let bench = read_bench(&opts.runs)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
-    let groups = group(&runs);
+    let groups = group(&runs)?;
     let mut written = Vec::new();
     let mut md = String::new();
     let rel = |p: &Path| {
@@ -524,9 +576,10 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
 
     md.push_str("# Reproducing Chowanda 2021: four architectures, three datasets\n\n");
     md.push_str(
-        "Generated by `training report` from the committed `config.json`, \
-         `metrics.jsonl` and `machine.jsonl` of every run and the `bench/*.json` \
-         benchmark files; do not edit by hand. Regenerate with\n\n",
+        "Generated by `training report` from the `config.json`, `metrics.jsonl`, \
+         `machine.jsonl` (and `evaluate.json` where present) of every run under the \
+         runs folder, its `bench/*.json` benchmark files and, for the feature maps, \
+         the weights and image named there; do not edit by hand. Regenerate with\n\n",
     );
     let _ = writeln!(
         md,
@@ -555,7 +608,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
                 g.folds_planned()
             )
         } else {
-            format!("{}/{}", first.metrics.len(), first.config.epochs)
+            format!("{}/{}", first.epochs_done(), first.config.epochs)
         };
         let hours: f64 = g.runs.iter().map(|r| r.seconds()).sum::<f64>() / 3600.0;
         let n = done.len();
@@ -580,7 +633,11 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
             "| {} | {}{status} | {params} | {} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
             arch_label(g.arch),
             g.dataset,
-            preset_name(first.config.preset),
+            format!(
+                "{}, batch {}",
+                preset_name(first.config.preset),
+                first.config.batch_size
+            ),
             if first.val_steers() {
                 " (val. steered training)"
             } else {
@@ -624,7 +681,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         let path = opts
             .out
             .join("curves")
-            .join(format!("{}_{}.png", g.arch, slug(&g.dataset)));
+            .join(format!("{}.png", file_stem(&g.name)));
         curves_chart(g, &path)?;
         let _ = writeln!(
             md,
@@ -651,8 +708,13 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         };
         let path = opts
             .out
-            .join(format!("confusion_arch1_{}.png", slug(&g.dataset)));
-        confusion_chart(&c, &format!("ARCH-1 on {}", g.dataset), &path)?;
+            .join(format!("confusion_{}.png", file_stem(&g.name)));
+        let title = if g.cross_validated() {
+            format!("ARCH-1 on {}, pooled over finished folds", g.dataset)
+        } else {
+            format!("ARCH-1 on {}", g.dataset)
+        };
+        confusion_chart(&c, &title, &path)?;
         let _ = writeln!(md, "![ARCH-1 confusion on {}]({})\n", g.dataset, rel(&path));
         written.push(path);
         any_confusion = true;
@@ -770,7 +832,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
             } else {
                 r.config.data.fold.to_string()
             },
-            r.metrics.len(),
+            r.epochs_done(),
             r.config.epochs,
             r.best().map_or("–".into(), |m| format!(
                 "{} ({})",
@@ -809,7 +871,13 @@ fn findings(groups: &[Group<'_>]) -> String {
                 let (m, s) = g.headline()?;
                 Some((g.arch, m, s, g.complete_runs().len()))
             })
-            .collect();
+            .fold(Vec::new(), |mut v: Vec<(Arch, f64, f64, usize)>, r| {
+                // The first experiment of each architecture.
+                if !v.iter().any(|x| x.0 == r.0) {
+                    v.push(r);
+                }
+                v
+            });
         if ranked.len() < 2 {
             continue;
         }
@@ -866,11 +934,15 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
         }
     }
     let archs = [Arch::Arch1, Arch::Arch2, Arch::Arch3, Arch::Arch4];
-    let mut bars = Vec::new();
+    let mut bars: Vec<Bar> = Vec::new();
     for g in groups {
         let Some((m, s)) = g.headline() else { continue };
         let gi = datasets.iter().position(|d| *d == g.dataset).unwrap_or(0);
         let si = archs.iter().position(|a| *a == g.arch).unwrap_or(0);
+        // One bar per cell: the first experiment (by folder name) of it.
+        if bars.iter().any(|b| b.group == gi && b.series == si) {
+            continue;
+        }
         let cv = g.cross_validated() && g.complete_runs().len() > 1;
         bars.push(Bar {
             group: gi,
@@ -907,7 +979,7 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
 
 fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
     // Mean over the runs that reached each epoch.
-    let max_epoch = g.runs.iter().map(|r| r.metrics.len()).max().unwrap_or(0);
+    let max_epoch = g.runs.iter().map(|r| r.epochs_done()).max().unwrap_or(0);
     let mean = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
         (1..=max_epoch)
             .filter_map(|e| {
@@ -949,7 +1021,7 @@ fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
         },
     ];
     let folds = if g.cross_validated() {
-        format!(", mean of {} folds", g.runs.len())
+        format!(", mean of up to {} folds", g.runs.len())
     } else {
         String::new()
     };
@@ -1105,8 +1177,7 @@ mod tests {
 
     #[test]
     fn slugs_and_names() {
-        assert_eq!(slug("CK+"), "ckplus");
-        assert_eq!(slug("FER+"), "ferplus");
+        assert_eq!(file_stem("arch1_ck+/x"), "arch1_ck__x");
         assert_eq!(arch_label(Arch::Arch3), "ARCH-3");
         assert_eq!(paper_cell(Arch::Arch2, "CK+"), "figure only");
         assert!(paper_cell(Arch::Arch1, "CK+").starts_with("99.4%"));

@@ -307,10 +307,12 @@ pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean training loss.
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f64,
     /// Training accuracy (on augmented samples, in train mode).
     pub train_accuracy: f64,
     /// Validation loss.
+    #[serde(deserialize_with = "null_as_nan")]
     pub val_loss: f64,
     /// Validation accuracy.
     pub val_accuracy: f64,
@@ -324,6 +326,12 @@ pub struct EpochMetrics {
     /// before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_confusion: Option<Confusion>,
+}
+
+/// JSON has no NaN: `serde_json` writes a non-finite number as `null`, which
+/// reads back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Where one part of a run (a start or a `--resume`) ran: one line of
@@ -577,6 +585,10 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         );
     } else if opts.resume {
         tracing::info!("no checkpoint yet; starting from epoch 1");
+        // Lines of an epoch that finished without its state being saved.
+        if metrics_path.exists() {
+            models::weights::write_atomic(&metrics_path, b"")?;
+        }
     }
     if state.epochs_done < cfg.epochs {
         let record = serde_json::to_string(&MachineRecord::here(state.epochs_done + 1))?;
@@ -741,13 +753,15 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         if improved {
             models::weights::save_varmap(&varmap, &meta, dir.join("best.safetensors"))?;
         }
-        write_json(&state_path, &state)?;
+        // The metrics line first, then the state that points past it: a crash
+        // in between leaves a line that `--resume` drops, never a gap.
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&metrics_path)?;
         writeln!(f, "{}", serde_json::to_string(&m)?)?;
         f.sync_all()?;
+        write_json(&state_path, &state)?;
         // Older checkpoints are no longer needed once the state points past them.
         let (old_w, old_a) = ckpt_paths(dir, epoch);
         let _ = fs::remove_file(old_w);

@@ -107,14 +107,14 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
         &[0.2, 0.4, 0.45],
     );
     write_run(
-        &runs.join("arch3_ck/fold0"),
+        &runs.join("arch3_ckplus/fold0"),
         Arch::Arch3,
         "ckplus48",
         0,
         &[0.4, 0.5],
     );
     write_run(
-        &runs.join("arch3_ck/fold1"),
+        &runs.join("arch3_ckplus/fold1"),
         Arch::Arch3,
         "ckplus48",
         1,
@@ -122,7 +122,7 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     );
     // A cross-validation whose second fold is still running.
     write_run(
-        &runs.join("arch1_ck/fold0"),
+        &runs.join("arch1_ckplus/fold0"),
         Arch::Arch1,
         "ckplus48",
         0,
@@ -148,11 +148,13 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     // Table 5 rows: fixed split with its best epoch; CV with mean ± std of the
     // last epochs (0.5 and 0.7) beside the best epochs (0.5 and 0.8).
     assert!(
-        md.contains("| ARCH-1 | FER2013 | 293951 | default | 3/3 | 0.08 h | 60.0% (2) | 50.0% |"),
+        md.contains(
+            "| ARCH-1 | FER2013 | 293951 | default, batch 64 | 3/3 | 0.08 h | 60.0% (2) | 50.0% |"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| ARCH-3 | CK+ | 306831 | default | 2 x 2/2 folds | 0.11 h | 65.0 ± 21.2% | 60.0 ± 14.1% |"),
+        md.contains("| ARCH-3 | CK+ | 306831 | default, batch 64 | 2 x 2/2 folds | 0.11 h | 65.0 ± 21.2% | 60.0 ± 14.1% |"),
         "{md}"
     );
     assert!(md.contains("| ARCH-1 | CK+ (in progress) |"), "{md}");
@@ -252,7 +254,7 @@ fn committed_report_matches_committed_runs() {
     );
     assert!(
         want == got,
-        "report/REPORT.md is stale: run `cargo run --release -p training -- report` and commit report/"
+        "report/REPORT.md is not what runs/ gives: regenerate it with `cargo run --release -p training -- report` (while training runs, tools/snapshot_runs.sh commits runs and report together)"
     );
     let mut figures = vec![];
     for dir in [out.clone(), out.join("curves")] {
@@ -277,4 +279,31 @@ fn committed_report_matches_committed_runs() {
             f.display()
         );
     }
+}
+
+#[test]
+fn two_runs_of_one_fold_are_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(
+        &runs.join("arch1_ckplus/fold0"),
+        Arch::Arch1,
+        "ckplus48",
+        0,
+        &[0.5],
+    );
+    write_run(
+        &runs.join("arch1_ckplus/fold0_again"),
+        Arch::Arch1,
+        "ckplus48",
+        0,
+        &[0.6],
+    );
+    let run = report(&runs, &tmp.path().join("out"));
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("`arch1_ckplus/fold0` and `arch1_ckplus/fold0_again` are both fold 0"),
+        "{err}"
+    );
 }
