@@ -112,12 +112,22 @@ pub struct Series<'a> {
     pub dashed: bool,
 }
 
+/// Where a line chart's legend goes (away from where its lines usually are).
+#[derive(Debug, Clone, Copy)]
+pub enum Legend {
+    /// Top right: for falling curves (losses).
+    UpperRight,
+    /// Bottom right: for rising curves (accuracies).
+    LowerRight,
+}
+
 /// A line chart with a legend in `area`.
 pub fn line_chart(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     title: &str,
     (x_label, y_label): (&str, &str),
     series: &[Series<'_>],
+    legend: Legend,
 ) -> Result<()> {
     let all = series.iter().flat_map(|s| s.points.iter());
     let (mut x_max, mut y_min, mut y_max) = (1f64, f64::INFINITY, f64::NEG_INFINITY);
@@ -184,7 +194,10 @@ pub fn line_chart(
         .label_font(text(13))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(match legend {
+            Legend::UpperRight => SeriesLabelPosition::UpperRight,
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+        })
         .draw()
         .map_err(err)?;
     Ok(())
@@ -440,6 +453,7 @@ mod tests {
                         color: 0,
                         dashed: false,
                     }],
+                    Legend::LowerRight,
                 )
             })
             .unwrap();

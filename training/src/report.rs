@@ -1033,12 +1033,14 @@ fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
             &format!("{title}: accuracy"),
             ("epoch", "accuracy, %"),
             &acc,
+            plot::Legend::LowerRight,
         )?;
         plot::line_chart(
             &right,
             &format!("{title}: loss"),
             ("epoch", "cross-entropy"),
             &loss,
+            plot::Legend::UpperRight,
         )
     })
 }
