@@ -630,14 +630,11 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         let status = if g.finished() { "" } else { " (in progress)" };
         let _ = writeln!(
             md,
-            "| {} | {}{status} | {params} | {} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
+            "| {} | {}{status} | {params} | {}, batch {} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
             arch_label(g.arch),
             g.dataset,
-            format!(
-                "{}, batch {}",
-                preset_name(first.config.preset),
-                first.config.batch_size
-            ),
+            preset_name(first.config.preset),
+            first.config.batch_size,
             if first.val_steers() {
                 " (val. steered training)"
             } else {
