@@ -8,6 +8,7 @@
 //! (tested below).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -120,6 +121,7 @@ pub struct Arch1Engine {
     classes: usize,
     scratch: Vec<Scratch>,
     logits: Vec<f32>,
+    two_lanes: bool,
 }
 
 fn get(t: &HashMap<String, Tensor>, name: &str) -> Result<Vec<f32>, WeightsError> {
@@ -302,6 +304,7 @@ impl Arch1Engine {
             classes,
             scratch: Vec::new(),
             logits: Vec::new(),
+            two_lanes: false,
         })
     }
 
@@ -322,6 +325,16 @@ impl Arch1Engine {
             });
         }
         Self::new(&w.tensors, cfg.bn, cfg.num_classes)
+    }
+
+    /// Whether a single image may use two threads (when the rayon pool has
+    /// two or more): each layer's work is split in halves between the calling
+    /// thread and a helper thread started for the call, which meet at a
+    /// spinning barrier after each step. Off by default: the gain is modest
+    /// (about 1.2x at batch 1 on an idle 2-core machine, `docs/PERFORMANCE.md`)
+    /// and the spinning helper competes with a game for the second core.
+    pub fn set_two_lanes(&mut self, on: bool) {
+        self.two_lanes = on;
     }
 
     /// Number of outputs per image.
@@ -402,7 +415,9 @@ impl Arch1Engine {
         let mut logits = std::mem::take(&mut self.logits);
         logits.resize(n * k, 0.0);
         let mut scratch = std::mem::take(&mut self.scratch);
-        if parts == 1 {
+        if n == 1 && threads >= 2 && self.two_lanes {
+            self.image_two_lanes(&mut scratch[0], faces, &mut logits[..k]);
+        } else if parts == 1 {
             for i in 0..n {
                 self.image(
                     &mut scratch[0],
@@ -427,6 +442,280 @@ impl Arch1Engine {
         self.scratch = scratch;
         self.logits = logits;
         Ok(&self.logits)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One image on two threads
+
+/// A scratch buffer both lanes use, each phase writing disjoint ranges.
+#[derive(Clone, Copy)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Shared` is only a pointer and a length; the lanes' phase protocol
+// (see `Lanes`) is what makes the accesses through it race-free.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(v: &mut [f32]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+
+    /// The whole buffer, read-only.
+    ///
+    /// # Safety
+    /// No lane may write to the buffer until the next barrier.
+    unsafe fn all(&self) -> &[f32] {
+        // SAFETY: `ptr..ptr + len` is one live allocation borrowed for the
+        // whole two-lane call; the caller guarantees no concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Elements `lo..hi`, writable.
+    ///
+    /// # Safety
+    /// Until the next barrier, no other lane touches `lo..hi` and this lane
+    /// reads nothing of the buffer through another view.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, lo: usize, hi: usize) -> &mut [f32] {
+        assert!(lo <= hi && hi <= self.len, "lane range out of bounds");
+        // SAFETY: in bounds (asserted); exclusive for this phase (caller).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(lo), hi - lo) }
+    }
+}
+
+/// A two-party spinning barrier with a poison flag, so that a panic in one
+/// lane ends the other instead of leaving it spinning.
+#[derive(Default)]
+struct SpinBarrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) == 1 {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            assert!(
+                !self.poisoned.load(Ordering::Relaxed),
+                "the other inference lane panicked"
+            );
+            spins += 1;
+            if spins < 20_000 {
+                std::hint::spin_loop();
+            } else {
+                // The other lane has been descheduled: give it the core.
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Marks the barrier poisoned if its lane unwinds.
+struct PoisonOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The buffers of one image and the barrier, shared by its two lanes.
+///
+/// Phase protocol: between two `bar.wait()` calls, each lane writes only its
+/// half (`half(n, lane)`) of one output buffer and reads only buffers no lane
+/// writes in that phase. Every step below states its reads and writes.
+struct Lanes {
+    a: Shared,
+    b: Shared,
+    trunk: Shared,
+    res: Shared,
+    col: Shared,
+    bar: SpinBarrier,
+}
+
+/// Lane `lane`'s share `lo..hi` of `n` items.
+fn half(n: usize, lane: usize) -> (usize, usize) {
+    if lane == 0 { (0, n / 2) } else { (n / 2, n) }
+}
+
+impl FoldedConv {
+    /// This lane's half of the convolution `x (C, h, w) -> y (O, ho, wo)`:
+    /// half of the im2col rows (by input channel), a barrier, half of the
+    /// output channels, a barrier.
+    fn run_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
+        let g = self.geom(h, w);
+        let hw = g.ho() * g.wo();
+        let kk = g.col_rows();
+        if !g.is_pointwise() {
+            let (c0, c1) = half(self.c, lane);
+            if c1 > c0 {
+                let sub = ConvGeom { c: c1 - c0, ..g };
+                let per = self.k * self.k * hw;
+                // SAFETY: this lane writes col rows of channels c0..c1 only;
+                // nothing reads col in this phase.
+                let dst = unsafe { l.col.range(c0 * per, c1 * per) };
+                kernels::im2col(&x[c0 * h * w..c1 * h * w], &sub, dst);
+            }
+            l.bar.wait();
+        }
+        let src: &[f32] = if g.is_pointwise() {
+            &x[..kk * hw]
+        } else {
+            // SAFETY: col was completed before the barrier above and nobody
+            // writes it until the barrier below.
+            unsafe { &l.col.all()[..kk * hw] }
+        };
+        let (o0, o1) = half(self.o, lane);
+        if o1 > o0 {
+            // SAFETY: output channels o0..o1 are this lane's alone; `y` is a
+            // different buffer from `x` and col.
+            let yr = unsafe { y.range(o0 * hw, o1 * hw) };
+            for (row, &b) in yr.chunks_exact_mut(hw).zip(&self.b[o0..o1]) {
+                row.fill(b);
+            }
+            let wm = Mat::row_major(&self.w[o0 * kk..o1 * kk], o1 - o0, kk);
+            kernels::matmul(yr, wm, Mat::row_major(src, kk, hw), true, 1);
+            if self.relu {
+                for v in yr.iter_mut() {
+                    *v = v.max(0.0);
+                }
+            }
+        }
+        l.bar.wait();
+    }
+}
+
+impl Arch1Engine {
+    /// One lane of [`Arch1Engine::image`]: the same steps, each split in
+    /// halves between lane 0 and lane 1, with a barrier after each.
+    fn image_lane(&self, lane: usize, x: &[f32], l: &Lanes, logits: Option<&mut [f32]>) {
+        let _guard = PoisonOnPanic(&l.bar);
+        // Reads of a buffer written in an earlier phase (all are complete
+        // after that phase's barrier, and not written in the current one).
+        // SAFETY (for every `r(..)` below): the buffer's last writers passed
+        // a barrier since, and the current phase writes another buffer.
+        fn r(s: &Shared) -> &[f32] {
+            // SAFETY: see above.
+            unsafe { s.all() }
+        }
+        // Per-channel steps: this lane's channels of `planes`.
+        let chans = |planes: usize| half(planes, lane);
+
+        self.stem[0].run_lane(lane, x, 48, 48, l.a, l);
+        self.stem[1].run_lane(lane, r(&l.a), 48, 48, l.b, l);
+        self.stem[2].run_lane(lane, r(&l.b), 48, 48, l.a, l);
+        self.stem[3].run_lane(lane, r(&l.a), 48, 48, l.b, l);
+        let (c0, c1) = chans(16);
+        // SAFETY: channels c0..c1 of trunk are this lane's.
+        let t = unsafe { l.trunk.range(c0 * 576, c1 * 576) };
+        kernels::maxpool2(&r(&l.b)[c0 * 2304..], c1 - c0, 48, 48, t);
+        l.bar.wait();
+        // SAFETY: channels c0..c1 of a are this lane's.
+        let y = unsafe { l.a.range(c0 * 576, c1 * 576) };
+        kernels::depthwise3x3(
+            &r(&l.trunk)[c0 * 576..],
+            &self.dw1[c0 * 9..],
+            c1 - c0,
+            24,
+            24,
+            y,
+        );
+        l.bar.wait();
+        self.pw1.run_lane(lane, r(&l.a), 24, 24, l.b, l);
+        let (c0, c1) = chans(32);
+        // SAFETY: channels c0..c1 of a are this lane's.
+        let y = unsafe { l.a.range(c0 * 576, c1 * 576) };
+        kernels::depthwise3x3(
+            &r(&l.b)[c0 * 576..],
+            &self.dw2[c0 * 9..],
+            c1 - c0,
+            24,
+            24,
+            y,
+        );
+        l.bar.wait();
+        self.pw2.run_lane(lane, r(&l.a), 24, 24, l.b, l);
+        // SAFETY: channels c0..c1 of a are this lane's.
+        let y = unsafe { l.a.range(c0 * 144, c1 * 144) };
+        kernels::maxpool2(&r(&l.b)[c0 * 576..], c1 - c0, 24, 24, y);
+        // Residual input: the trunk at stride-2 positions, into col.
+        let (r0, r1) = chans(16);
+        // SAFETY: col rows r0..r1 (144 each) are this lane's; col is not
+        // read in this phase.
+        let sub = unsafe { l.col.range(r0 * 144, r1 * 144) };
+        let trunk = r(&l.trunk);
+        for (i, c) in (r0..r1).enumerate() {
+            for yy in 0..12 {
+                for xx in 0..12 {
+                    sub[i * 144 + yy * 12 + xx] = trunk[c * 576 + 2 * yy * 24 + 2 * xx];
+                }
+            }
+        }
+        l.bar.wait();
+        // SAFETY: col was completed before the barrier; `run_lane` on a
+        // pointwise convolution does not write col.
+        let gathered = unsafe { &l.col.all()[..16 * 144] };
+        self.res.run_lane(lane, gathered, 12, 12, l.res, l);
+        // SAFETY: channels c0..c1 of a are this lane's.
+        let m = unsafe { l.a.range(c0 * 144, c1 * 144) };
+        for (v, rv) in m.iter_mut().zip(&r(&l.res)[c0 * 144..c1 * 144]) {
+            *v = (*v + rv).max(0.0);
+        }
+        l.bar.wait();
+        self.tail[0].run_lane(lane, r(&l.a), 12, 12, l.b, l);
+        self.tail[1].run_lane(lane, r(&l.b), 12, 12, l.a, l);
+        let (c0, c1) = chans(64);
+        // SAFETY: channels c0..c1 of b are this lane's.
+        let y = unsafe { l.b.range(c0 * 36, c1 * 36) };
+        kernels::maxpool2(&r(&l.a)[c0 * 144..], c1 - c0, 12, 12, y);
+        l.bar.wait();
+        self.tail[2].run_lane(lane, r(&l.b), 6, 6, l.a, l);
+        self.tail[3].run_lane(lane, r(&l.a), 6, 6, l.b, l);
+        self.head.run_lane(lane, r(&l.b), 6, 6, l.a, l);
+        if let Some(logits) = logits {
+            let a = r(&l.a);
+            for (k, v) in logits.iter_mut().enumerate() {
+                *v = a[k * 36..(k + 1) * 36].iter().sum::<f32>() / 36.0;
+            }
+        }
+    }
+
+    /// One image on the calling thread and one helper thread.
+    fn image_two_lanes(&self, s: &mut Scratch, x: &[f32], logits: &mut [f32]) {
+        let lanes = Lanes {
+            a: Shared::new(&mut s.a),
+            b: Shared::new(&mut s.b),
+            trunk: Shared::new(&mut s.trunk),
+            res: Shared::new(&mut s.res),
+            col: Shared::new(&mut s.col),
+            bar: SpinBarrier::default(),
+        };
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(|| self.image_lane(1, x, &lanes, None));
+            self.image_lane(0, x, &lanes, Some(logits));
+            // A panic in the helper is re-raised here.
+            if let Err(e) = helper.join() {
+                std::panic::resume_unwind(e);
+            }
+        });
     }
 }
 
@@ -473,5 +762,40 @@ mod tests {
             }
         }
         assert!(engine.run(&[0.0; 10], 1).is_err());
+    }
+
+    #[test]
+    fn two_lanes_match_one_lane() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let net = EmotionNet::new(
+            &ModelConfig::preset(Arch::Arch1),
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let x = Tensor::rand(0f32, 1f32, (8, 1, 48, 48), &dev).unwrap();
+            net.forward_t(&x, true).unwrap();
+        }
+        let tensors = crate::weights::varmap_tensors(&varmap).unwrap();
+        let engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
+        let mut s1 = Scratch::default();
+        s1.reserve();
+        let mut s2 = Scratch::default();
+        s2.reserve();
+        for seed in 0..4 {
+            let x: Vec<f32> = (0..2304)
+                .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0)
+                .collect();
+            let (mut one, mut two) = ([0f32; 7], [0f32; 7]);
+            engine.image(&mut s1, &x, &mut one, 1);
+            engine.image_two_lanes(&mut s2, &x, &mut two);
+            for (a, b) in one.iter().zip(&two) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "{one:?} vs {two:?}"
+                );
+            }
+        }
     }
 }

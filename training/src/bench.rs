@@ -264,7 +264,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let mut engine = models::infer::Arch1Engine::new(&tensors, models::BnConfig::default(), 7)?;
         let one: Vec<f32> = Tensor::rand(0f32, 1f32, 48 * 48, &dev)?.to_vec1()?;
         let many: Vec<f32> = Tensor::rand(0f32, 1f32, 64 * 48 * 48, &dev)?.to_vec1()?;
-        let mut time = |x: &[f32], n: usize, warmup: usize, runs: usize| -> Result<Vec<Duration>> {
+        let time = |engine: &mut models::infer::Arch1Engine,
+                    x: &[f32],
+                    n: usize,
+                    warmup: usize,
+                    runs: usize|
+         -> Result<Vec<Duration>> {
             for _ in 0..warmup {
                 engine.run(x, n)?;
             }
@@ -276,8 +281,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 })
                 .collect()
         };
-        let b64 = time(&many, 64, 2, args.batch_runs)?;
-        let b1 = time(&one, 1, args.warmup, args.runs)?;
+        let b64 = time(&mut engine, &many, 64, 2, args.batch_runs)?;
+        let b1 = time(&mut engine, &one, 1, args.warmup, args.runs)?;
         let mut sorted = b1.clone();
         sorted.sort();
         let f = Figures {
@@ -287,6 +292,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             b64_img_s: 64.0 / median(&b64).as_secs_f64(),
         };
         report(args.arch, "engine", &f, &mut figures);
+        if args.threads >= 2 {
+            // The same engine with one image split over two threads.
+            engine.set_two_lanes(true);
+            let b1 = time(&mut engine, &one, 1, args.warmup, args.runs)?;
+            engine.set_two_lanes(false);
+            let mut sorted = b1.clone();
+            sorted.sort();
+            let split = Figures {
+                b1_median: median(&b1),
+                b1_p10: sorted[sorted.len() / 10],
+                b1_p90: sorted[sorted.len() * 9 / 10],
+                b64_img_s: f.b64_img_s,
+            };
+            report(args.arch, "engine-2lane", &split, &mut figures);
+        }
         if args.train {
             train_bench(&net, &varmap, args)?;
         }
