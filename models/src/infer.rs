@@ -726,8 +726,9 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::{ModuleT, VarBuilder, VarMap};
 
-    #[test]
-    fn engine_matches_the_candle_graph() {
+    /// An ARCH-1 graph with non-trivial BatchNorm statistics (a few
+    /// train-mode passes move them) and the engine compiled from it.
+    fn graph_and_engine() -> (EmotionNet, Arch1Engine) {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let net = EmotionNet::new(
@@ -735,13 +736,19 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &dev),
         )
         .unwrap();
-        // Non-trivial BatchNorm statistics: a few train-mode passes move them.
         for _ in 0..3 {
             let x = Tensor::rand(0f32, 1f32, (8, 1, 48, 48), &dev).unwrap();
             net.forward_t(&x, true).unwrap();
         }
         let tensors = crate::weights::varmap_tensors(&varmap).unwrap();
-        let mut engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
+        let engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
+        (net, engine)
+    }
+
+    #[test]
+    fn engine_matches_the_candle_graph() {
+        let dev = Device::Cpu;
+        let (net, mut engine) = graph_and_engine();
         for n in [1usize, 3, 5] {
             let x = Tensor::rand(0f32, 1f32, (n, 1, 48, 48), &dev).unwrap();
             let want = net
@@ -766,19 +773,7 @@ mod tests {
 
     #[test]
     fn two_lanes_match_one_lane() {
-        let dev = Device::Cpu;
-        let varmap = VarMap::new();
-        let net = EmotionNet::new(
-            &ModelConfig::preset(Arch::Arch1),
-            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-        )
-        .unwrap();
-        for _ in 0..2 {
-            let x = Tensor::rand(0f32, 1f32, (8, 1, 48, 48), &dev).unwrap();
-            net.forward_t(&x, true).unwrap();
-        }
-        let tensors = crate::weights::varmap_tensors(&varmap).unwrap();
-        let engine = Arch1Engine::new(&tensors, BnConfig::default(), 7).unwrap();
+        let (_, engine) = graph_and_engine();
         let mut s1 = Scratch::default();
         s1.reserve();
         let mut s2 = Scratch::default();
