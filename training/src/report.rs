@@ -483,7 +483,7 @@ pub const PAPER_ACCURACY: [(Arch, &str, f64, &str); 3] = [
         70.3,
         "test, early-stopped at epoch 102",
     ),
-    (Arch::Arch1, "CK+", 99.4, "test, not subject-independent"),
+    (Arch::Arch1, "CK+", 99.4, "test; no subject split stated"),
     (Arch::Arch4, "FER2013", 62.3, "test"),
 ];
 
