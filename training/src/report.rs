@@ -713,6 +713,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         };
         confusion_chart(&c, &title, &path)?;
         let _ = writeln!(md, "![ARCH-1 confusion on {}]({})\n", g.dataset, rel(&path));
+        md.push_str(&class_table(&c));
         written.push(path);
         any_confusion = true;
     }
@@ -849,6 +850,25 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("writing {}", md_path.display()))?;
     written.insert(0, md_path);
     Ok(written)
+}
+
+/// Per-class precision, recall, F1 and support of a confusion matrix, as a
+/// Markdown table (classes without samples are left out).
+fn class_table(c: &Confusion) -> String {
+    let mut out =
+        String::from("| class | precision | recall | F1 | samples |\n|---|---|---|---|---|\n");
+    for (name, sc) in c.classes.iter().zip(c.per_class()) {
+        if sc.support == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {name} | {:.3} | {:.3} | {:.3} | {} |",
+            sc.precision, sc.recall, sc.f1, sc.support
+        );
+    }
+    out.push('\n');
+    out
 }
 
 /// What the finished runs say about the paper's main claim (ARCH-1 is the

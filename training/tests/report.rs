@@ -164,6 +164,9 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
         "{md}"
     );
     assert!(md.contains("Test CPU (2 threads)"), "{md}");
+    // Per-class scores under the ARCH-1 FER2013 matrix (best epoch: 6 of 10
+    // right per class, the rest predicted as the next class).
+    assert!(md.contains("| c0 | 0.600 | 0.600 | 0.600 | 10 |"), "{md}");
     assert!(md.contains("Not run yet: ARCH-1 on FER+"), "{md}");
     assert!(
         md.contains("| ARCH-1 | 293951 | 292863 | 1.50 / – / 9.00 | 500 |"),
