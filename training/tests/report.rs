@@ -233,10 +233,24 @@ fn missing_runs_folder_is_a_clear_error() {
 #[test]
 fn committed_report_matches_committed_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let committed = root.join("report");
     let tmp = tempfile::tempdir().unwrap();
+    // The committed pair: `runs/` and `report/` as of HEAD when this is a git
+    // checkout (training runs may be changing the working tree), else the
+    // files as they are.
+    let snapshot = tmp.path().join("head");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let archived = Command::new("sh")
+        .arg("-c")
+        .arg("git archive HEAD runs report | tar -x -C \"$0\"")
+        .arg(&snapshot)
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success())
+        && snapshot.join("runs").is_dir();
+    let base = if archived { snapshot } else { root.clone() };
+    let committed = base.join("report");
     let out = tmp.path().join("report");
-    let run = report(&root.join("runs"), &out);
+    let run = report(&base.join("runs"), &out);
     assert!(
         run.status.success(),
         "{}",
