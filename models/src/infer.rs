@@ -42,6 +42,30 @@ impl FoldedConv {
         }
     }
 
+    /// Output channels `o` of the convolution from its input columns `src`
+    /// (`(C * k * k, hw)`, or the input itself for a pointwise convolution)
+    /// into `y` (those channels' planes): bias, product, ReLU.
+    fn rows(
+        &self,
+        o: std::ops::Range<usize>,
+        src: &[f32],
+        hw: usize,
+        y: &mut [f32],
+        threads: usize,
+    ) {
+        let kk = src.len() / hw;
+        for (row, &b) in y.chunks_exact_mut(hw).zip(&self.b[o.clone()]) {
+            row.fill(b);
+        }
+        let wm = Mat::row_major(&self.w[o.start * kk..o.end * kk], o.len(), kk);
+        kernels::matmul(y, wm, Mat::row_major(src, kk, hw), true, threads);
+        if self.relu {
+            for v in y.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
+    }
+
     /// Runs on one image `x` `(C, h, w)` into `y` `(O, ho, wo)`; returns `(ho, wo)`.
     fn run(
         &self,
@@ -56,31 +80,16 @@ impl FoldedConv {
         let (ho, wo) = (g.ho(), g.wo());
         let hw = ho * wo;
         let kk = g.col_rows();
-        let y = &mut y[..self.o * hw];
-        for (row, &b) in y.chunks_exact_mut(hw).zip(&self.b) {
-            row.fill(b);
-        }
-        let wm = Mat::row_major(&self.w, self.o, kk);
-        if g.is_pointwise() {
-            kernels::matmul(y, wm, Mat::row_major(&x[..kk * hw], kk, hw), true, threads);
+        let src: &[f32] = if g.is_pointwise() {
+            &x[..kk * hw]
         } else {
             if col.len() < kk * hw {
                 col.resize(kk * hw, 0.0);
             }
             kernels::im2col(x, &g, col);
-            kernels::matmul(
-                y,
-                wm,
-                Mat::row_major(&col[..kk * hw], kk, hw),
-                true,
-                threads,
-            );
-        }
-        if self.relu {
-            for v in y.iter_mut() {
-                *v = v.max(0.0);
-            }
-        }
+            &col[..kk * hw]
+        };
+        self.rows(0..self.o, src, hw, &mut y[..self.o * hw], threads);
         (ho, wo)
     }
 }
@@ -588,16 +597,7 @@ impl FoldedConv {
             // SAFETY: output channels o0..o1 are this lane's alone; `y` is a
             // different buffer from `x` and col.
             let yr = unsafe { y.range(o0 * hw, o1 * hw) };
-            for (row, &b) in yr.chunks_exact_mut(hw).zip(&self.b[o0..o1]) {
-                row.fill(b);
-            }
-            let wm = Mat::row_major(&self.w[o0 * kk..o1 * kk], o1 - o0, kk);
-            kernels::matmul(yr, wm, Mat::row_major(src, kk, hw), true, 1);
-            if self.relu {
-                for v in yr.iter_mut() {
-                    *v = v.max(0.0);
-                }
-            }
+            self.rows(o0..o1, src, hw, yr, 1);
         }
         l.bar.wait();
     }

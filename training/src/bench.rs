@@ -86,6 +86,20 @@ struct Figures {
     b64_img_s: f64,
 }
 
+impl Figures {
+    /// From the batch-1 run times and the batch-64 throughput.
+    fn new(b1: &[Duration], b64_img_s: f64) -> Self {
+        let mut sorted = b1.to_vec();
+        sorted.sort();
+        Self {
+            b1_median: median(b1),
+            b1_p10: sorted[sorted.len() / 10],
+            b1_p90: sorted[sorted.len() * 9 / 10],
+            b64_img_s,
+        }
+    }
+}
+
 fn measure(net: &EmotionNet, args: &BenchArgs, fast: bool) -> Result<Figures> {
     models::ops::set_fast_ops(fast);
     let dev = Device::Cpu;
@@ -94,14 +108,7 @@ fn measure(net: &EmotionNet, args: &BenchArgs, fast: bool) -> Result<Figures> {
     let batch = Tensor::rand(0f32, 1f32, (64, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
     let b64 = time_runs(net, &batch, 2, args.batch_runs)?;
     let b1 = time_runs(net, &one, args.warmup, args.runs)?;
-    let mut sorted = b1.clone();
-    sorted.sort();
-    Ok(Figures {
-        b1_median: median(&b1),
-        b1_p10: sorted[sorted.len() / 10],
-        b1_p90: sorted[sorted.len() * 9 / 10],
-        b64_img_s: 64.0 / median(&b64).as_secs_f64(),
-    })
+    Ok(Figures::new(&b1, 64.0 / median(&b64).as_secs_f64()))
 }
 
 fn report(arch: Arch, which: &str, f: &Figures, json: &mut serde_json::Map<String, Value>) {
@@ -231,7 +238,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "{} params: {params} threads: {}",
         args.arch, args.threads
     ));
-    let machine = training::train::MachineRecord::here(0);
     let mut figures = serde_json::Map::new();
 
     let stock = match args.implementation {
@@ -283,34 +289,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         let b64 = time(&mut engine, &many, 64, 2, args.batch_runs)?;
         let b1 = time(&mut engine, &one, 1, args.warmup, args.runs)?;
-        let mut sorted = b1.clone();
-        sorted.sort();
-        let f = Figures {
-            b1_median: median(&b1),
-            b1_p10: sorted[sorted.len() / 10],
-            b1_p90: sorted[sorted.len() * 9 / 10],
-            b64_img_s: 64.0 / median(&b64).as_secs_f64(),
-        };
+        let f = Figures::new(&b1, 64.0 / median(&b64).as_secs_f64());
         report(args.arch, "engine", &f, &mut figures);
         if args.threads >= 2 {
             // The same engine with one image split over two threads.
             engine.set_two_lanes(true);
             let b1 = time(&mut engine, &one, 1, args.warmup, args.runs)?;
             engine.set_two_lanes(false);
-            let mut sorted = b1.clone();
-            sorted.sort();
-            let split = Figures {
-                b1_median: median(&b1),
-                b1_p10: sorted[sorted.len() / 10],
-                b1_p90: sorted[sorted.len() * 9 / 10],
-                b64_img_s: f.b64_img_s,
-            };
+            let split = Figures::new(&b1, f.b64_img_s);
             report(args.arch, "engine-2lane", &split, &mut figures);
         }
         if args.train {
             train_bench(&net, &varmap, args)?;
         }
-        write_json(args, params, &machine, figures)?;
+        write_json(args, params, figures)?;
         line(format!(
             "{} b1 median_ms: {:.3}",
             args.arch,
@@ -321,7 +313,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.train {
         train_bench(&net, &varmap, args)?;
     }
-    write_json(args, params, &machine, figures)?;
+    write_json(args, params, figures)?;
     let last = fast.as_ref().or(stock.as_ref()).map(|f| f.b1_median);
     if let Some(d) = last {
         line(format!(
@@ -338,12 +330,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn write_json(
     args: &BenchArgs,
     params: usize,
-    machine: &training::train::MachineRecord,
     figures: serde_json::Map<String, Value>,
 ) -> Result<()> {
     let Some(path) = &args.json else {
         return Ok(());
     };
+    let machine = training::train::MachineRecord::here(0);
     let value = json!({
         "arch": args.arch.to_string(),
         "params": params,

@@ -99,6 +99,31 @@ pub fn feature_maps(weights: &LoadedWeights, face: &GrayCrop, layer: &str) -> Re
     })
 }
 
+/// Loads `model`, finds the face in `image` (with the MTCNN weights
+/// `detector`), computes `layer`'s maps and draws them to `out`, titled with
+/// the layer, architecture and file names. Returns the maps and architecture.
+pub fn draw(
+    model: &Path,
+    image: &Path,
+    detector: &Path,
+    layer: &str,
+    out: &Path,
+) -> Result<(FeatureMaps, models::Arch)> {
+    let weights = LoadedWeights::from_file(model, &Device::Cpu)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let face = face_of(image, detector)?;
+    let maps = feature_maps(&weights, &face, layer)?;
+    let file = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let arch = weights.meta.arch();
+    let title = format!("{layer} of {arch} ({}) for {}", file(model), file(image));
+    render(&maps, &face, &title, out)?;
+    Ok((maps, arch))
+}
+
 /// Draws the input face and every map (each scaled to its own min..max,
 /// viridis) in a grid, with a title, and writes a PNG.
 pub fn render(maps: &FeatureMaps, face: &GrayCrop, title: &str, out: &Path) -> Result<()> {

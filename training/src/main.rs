@@ -15,7 +15,7 @@ mod cli;
 mod faces;
 mod output;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use models::{Arch, ModelConfig, Summary};
 
@@ -180,21 +180,8 @@ fn main() -> Result<()> {
         }
         Command::Features(args) => {
             let (model, image, detector) = args.maps.paths();
-            let weights = models::LoadedWeights::from_file(&model, &candle_core::Device::Cpu)
-                .with_context(|| format!("loading {}", model.display()))?;
-            let face = training::features::face_of(&image, &detector)?;
-            let maps = training::features::feature_maps(&weights, &face, &args.layer)?;
-            training::features::render(
-                &maps,
-                &face,
-                &format!(
-                    "{} of {} for {}",
-                    args.layer,
-                    weights.meta.arch(),
-                    image.display()
-                ),
-                &args.out,
-            )?;
+            let (maps, _) =
+                training::features::draw(&model, &image, &detector, &args.layer, &args.out)?;
             output::line(format!(
                 "{}: {} maps of {}x{} written to {}",
                 args.layer,

@@ -171,23 +171,15 @@ pub fn line_chart(
         let color = PALETTE[s.color % PALETTE.len()];
         let style = color.stroke_width(2);
         let points = s.points.iter().copied().filter(|(_, y)| y.is_finite());
-        if s.dashed {
-            chart
-                .draw_series(DashedLineSeries::new(points, 6, 4, style))
-                .map_err(err)?
-                .label(s.label)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 4, style))
         } else {
-            chart
-                .draw_series(LineSeries::new(points, style))
-                .map_err(err)?
-                .label(s.label)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-        }
+            chart.draw_series(LineSeries::new(points, style))
+        };
+        drawn
+            .map_err(err)?
+            .label(s.label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use models::{Arch, LoadedWeights, ModelConfig, Summary};
+use models::{Arch, ModelConfig, Summary};
 use serde::Deserialize;
 
 use crate::features;
@@ -724,27 +724,18 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     // Figure 4.
     md.push_str("\n## Feature maps (the paper's Figure 4)\n\n");
     let maps_path = opts.out.join(format!("feature_maps_{}.png", opts.layer));
-    let weights = LoadedWeights::from_file(&opts.model, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading {}", opts.model.display()))?;
-    let face = features::face_of(&opts.image, &opts.detector)?;
-    let maps = features::feature_maps(&weights, &face, &opts.layer)?;
+    let (maps, arch) = features::draw(
+        &opts.model,
+        &opts.image,
+        &opts.detector,
+        &opts.layer,
+        &maps_path,
+    )?;
     let file = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    features::render(
-        &maps,
-        &face,
-        &format!(
-            "{} of {} ({}) for {}",
-            opts.layer,
-            weights.meta.arch(),
-            file(&opts.model),
-            file(&opts.image)
-        ),
-        &maps_path,
-    )?;
     let _ = writeln!(
         md,
         "The {} maps ({}x{}) of `{}`{} of `{}` for the face MTCNN finds in `{}`, aligned to \
@@ -754,7 +745,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         maps.height,
         maps.width,
         opts.layer,
-        if opts.layer == "conv2d_4" && weights.meta.arch() == Arch::Arch1 {
+        if opts.layer == "conv2d_4" && arch == Arch::Arch1 {
             " (Table 1 naming: the residual branch's first 1x1 convolution, the layer of the paper's Figure 4)"
         } else {
             ""
