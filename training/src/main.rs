@@ -25,6 +25,25 @@ use models::{Arch, ModelConfig, Summary};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tells mimalloc never to return freed memory to the OS ("purge"), unless the
+/// user set `MIMALLOC_PURGE_DELAY` themselves. By default it purges memory
+/// that stayed free for about a second, and a training step takes longer than
+/// that, so every step faulted its activations back in and the kernel zeroed
+/// them (as transparent huge pages): 14% of a step in `perf`, 10-20% more
+/// images per second without it (docs/PERFORMANCE.md). The process's memory
+/// stays at its peak, which a training run reaches in its first step anyway.
+fn keep_freed_memory() {
+    // `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike); libmimalloc-sys
+    // 0.1.49 does not name it.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: `mi_option_set` only stores an integer in mimalloc's option
+        // table; it is called before any other thread exists, and the option
+        // is valid for the mimalloc version the `mimalloc` crate links.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 /// Train, inspect and benchmark the facial-expression networks of Chowanda 2021
 /// (ARCH-1..4: separable or plain CNNs with global-average-pooling or dense heads,
 /// 48x48 gray faces in, seven FER2013 expressions out).
@@ -143,6 +162,7 @@ struct FeaturesArgs {
 }
 
 fn main() -> Result<()> {
+    keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

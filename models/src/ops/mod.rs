@@ -182,19 +182,25 @@ impl Conv2dOp {
         Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))))
     }
 
-    /// Input and kernel gradients.
-    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Input and kernel gradients. The input gradient is skipped when nothing
+    /// upstream of `x` needs it (the first layer, whose input is the data):
+    /// candle asks every op for all its inputs' gradients.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let (_, c, h, wd) = x.dims4()?;
-        let dx = grad.apply_op2_no_bwd(
-            w,
-            &ConvBwdData {
-                stride: self.stride,
-                pad: self.pad,
-                c,
-                h,
-                w: wd,
-            },
-        )?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &ConvBwdData {
+                    stride: self.stride,
+                    pad: self.pad,
+                    c,
+                    h,
+                    w: wd,
+                },
+            )?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(
             grad,
             &ConvBwdFilter {
@@ -230,7 +236,7 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.backward(x, w, &grad.contiguous()?)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -263,7 +269,7 @@ impl CustomOp3 for Conv2dOp {
         let grad = grad.contiguous()?;
         let (dx, dw) = self.backward(x, w, &grad)?;
         let db = grad.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

@@ -142,6 +142,35 @@ fn conv2d_matches_stock() {
 }
 
 #[test]
+fn conv2d_on_data_gives_kernel_gradients_only() {
+    // The first layer's input is data, not a variable: its gradient is
+    // skipped, the kernel and bias gradients still match candle's.
+    let mut rng = Lcg(9);
+    let x = rng.tensor(&[2, 1, 9, 7]);
+    let w = Var::from_tensor(&rng.tensor(&[4, 1, 3, 3])).unwrap();
+    let b = Var::from_tensor(&rng.tensor(&[4])).unwrap();
+    let r = rng.tensor(&[2, 4, 9, 7]);
+    let fast = conv2d_bias(&x, &w, &b, 1, 1).unwrap();
+    let stock = x
+        .conv2d(&w, 1, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+        .unwrap();
+    let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (&stock * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(gf.get(&x).is_none(), "no gradient for the data");
+    for t in [w.as_tensor(), b.as_tensor()] {
+        let (a, want) = (gf.get(t).unwrap(), gs.get(t).unwrap());
+        assert!(max_diff(a, want) <= 2e-4 * scale(want));
+    }
+}
+
+#[test]
 fn conv2d_bias_matches_stock() {
     let mut rng = Lcg(5);
     for (n, c, h, w, o) in [(1, 32, 12, 12, 64), (3, 5, 7, 6, 4), (2, 128, 6, 6, 7)] {
