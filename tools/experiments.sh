@@ -32,15 +32,24 @@ export RAYON_NUM_THREADS=$THREADS
 FER=$DATA/fer2013/fer2013.csv.gz
 PLUS=$DATA/ferplus/fer2013new.csv.gz
 CK=$DATA/ckplus48
-for f in "$FER" "$PLUS" "$CK/folds.csv"; do
-    [[ -e $f ]] || { echo "missing $f (set DATA)" >&2; exit 1; }
-done
-
 # Largest first: the FER2013-sized runs, then CK+.
 PLAN=(arch1_fer2013 arch2_fer2013 arch3_fer2013 arch4_fer2013
       arch1_ferplus arch2_ferplus arch3_ferplus arch4_ferplus
       arch1_ckplus arch2_ckplus arch3_ckplus arch4_ckplus)
 if (( $# > 0 )); then PLAN=("$@"); fi
+
+# Only the data the planned experiments read has to be there.
+for name in "${PLAN[@]}"; do
+    case $name in
+        *_fer2013) need=("$FER") ;;
+        *_ferplus) need=("$FER" "$PLUS") ;;
+        *_ckplus) need=("$CK/folds.csv") ;;
+        *) echo "unknown experiment $name" >&2; exit 1 ;;
+    esac
+    for f in "${need[@]}"; do
+        [[ -e $f ]] || { echo "missing $f for $name (set DATA)" >&2; exit 1; }
+    done
+done
 
 # train DIR ARGS...: start, resume or skip the run in DIR. A run whose
 # checkpoint is gone (a fresh clone keeps only its committed metrics) starts

@@ -304,6 +304,34 @@ pub fn expected_shapes(cfg: &ModelConfig) -> Result<BTreeMap<String, Vec<usize>>
 }
 
 impl LoadedWeights {
+    /// Freshly initialised, untrained weights of `arch` (its preset
+    /// configuration), noted as `untrained`: for tests, benchmarks and trying
+    /// the pipeline before training.
+    pub fn untrained(arch: Arch, device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let config = ModelConfig::preset(arch);
+        EmotionNet::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+        )?;
+        let meta = WeightsMeta::new(
+            config,
+            Provenance {
+                notes: "untrained".into(),
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            meta,
+            tensors: varmap_tensors(&varmap)?,
+        })
+    }
+
+    /// The weights as a safetensors file's bytes, metadata included.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        to_bytes(&self.tensors, &self.meta)
+    }
+
     /// Reads and parses a weights file.
     pub fn from_file(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_bytes(&read_file(path.as_ref())?, device)

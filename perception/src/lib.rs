@@ -28,12 +28,9 @@
 //!
 //! ```
 //! use perception::{Classifier, GrayCrop};
-//! # let varmap = candle_nn::VarMap::new();
-//! # let cfg = models::ModelConfig::preset(models::Arch::Arch1);
-//! # models::EmotionNet::new(&cfg, candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu))?;
-//! # let meta = models::WeightsMeta::new(cfg, Default::default());
+//! # let w = models::LoadedWeights::untrained(models::Arch::Arch1, &candle_core::Device::Cpu)?;
 //! # let path = std::env::temp_dir().join("perception-doc.safetensors");
-//! # models::weights::save_varmap(&varmap, &meta, &path)?;
+//! # std::fs::write(&path, w.to_bytes()?)?;
 //! let classifier = Classifier::from_file(&path)?;
 //! let face = GrayCrop::new(vec![128; 48 * 48])?;
 //! let probs = classifier.classify(&[face])?;
@@ -220,13 +217,7 @@ impl Classifier {
     /// benchmarks and tests that need a network of the right shape, never for
     /// predictions.
     pub fn untrained(arch: models::Arch) -> Result<Self, PerceptionError> {
-        let varmap = candle_nn::VarMap::new();
-        let cfg = models::ModelConfig::preset(arch);
-        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
-        EmotionNet::new(&cfg, vb)?;
-        let meta = WeightsMeta::new(cfg, Default::default());
-        let tensors = models::weights::varmap_tensors(&varmap)?;
-        Self::from_bytes(&models::weights::to_bytes(&tensors, &meta)?)
+        Self::from_weights(LoadedWeights::untrained(arch, &Device::Cpu)?)
     }
 
     fn from_weights(w: LoadedWeights) -> Result<Self, PerceptionError> {

@@ -12,6 +12,8 @@ use perception::{
 };
 use serde_json::{Map, Value, json};
 
+use training::features::frame_gray48;
+
 use crate::annotate;
 use crate::output::line;
 
@@ -219,21 +221,11 @@ fn probs_map(classes: &[String], probs: &[f32]) -> Value {
 /// A whole image taken as one face: 48x48 crops are aligned (landmarks found on
 /// an upscaled copy), anything else is squared and resized.
 fn crop_of(detector: &Detector, frame: &Frame) -> Result<GrayCrop> {
-    let gray = gray48(frame)?;
+    let gray = frame_gray48(frame)?;
     if frame.width() == 48 && frame.height() == 48 {
         return Ok(align_crop(detector, &gray)?.0);
     }
     Ok(gray)
-}
-
-fn gray48(frame: &Frame) -> Result<GrayCrop> {
-    let img =
-        image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
-            .context("image buffer")?;
-    Ok(GrayCrop::new(training::data::to_gray48(
-        &image::DynamicImage::ImageRgb8(img),
-        training::data::ResizeMode::CenterCrop,
-    ))?)
 }
 
 /// Options of `training preprocess`.
@@ -315,7 +307,7 @@ pub fn preprocess(args: &PreprocessArgs) -> Result<()> {
             }
         };
         let crop = if frame.width() == 48 && frame.height() == 48 {
-            let (crop, aligned) = align_crop(&detector, &gray48(&frame)?)?;
+            let (crop, aligned) = align_crop(&detector, &frame_gray48(&frame)?)?;
             if !aligned {
                 none.push(path.display().to_string());
             }

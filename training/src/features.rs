@@ -36,16 +36,7 @@ pub fn face_of(image: &Path, detector: &Path) -> Result<GrayCrop> {
     let detector = Detector::from_file(detector, DetectorConfig::default())
         .with_context(|| format!("loading the face detector {}", detector.display()))?;
     if frame.width() == INPUT_SIZE && frame.height() == INPUT_SIZE {
-        let rgb = frame.to_rgb8();
-        let gray: Vec<u8> = rgb
-            .chunks_exact(3)
-            .map(|p| {
-                perception::frame::luma([f32::from(p[0]), f32::from(p[1]), f32::from(p[2])])
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            })
-            .collect();
-        return Ok(align_crop(&detector, &GrayCrop::new(gray)?)?.0);
+        return Ok(align_crop(&detector, &frame_gray48(&frame)?)?.0);
     }
     let faces = detector.detect(&frame)?;
     let Some(face) = faces.first() else {
@@ -55,6 +46,19 @@ pub fn face_of(image: &Path, detector: &Path) -> Result<GrayCrop> {
         );
     };
     Ok(align(&frame, &face.landmarks)?)
+}
+
+/// A whole frame as one 48x48 gray face: gray as the training data is made
+/// ([`crate::data::to_gray48`]: BT.601 weights, centre square, Catmull-Rom
+/// resize unless it is already 48x48).
+pub fn frame_gray48(frame: &Frame) -> Result<GrayCrop> {
+    let img =
+        image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
+            .context("image buffer")?;
+    Ok(GrayCrop::new(crate::data::to_gray48(
+        &image::DynamicImage::ImageRgb8(img),
+        crate::data::ResizeMode::CenterCrop,
+    ))?)
 }
 
 /// The output of `layer` when the network of `weights` classifies `face`.
@@ -195,14 +199,7 @@ mod tests {
     use super::*;
 
     fn untrained(arch: models::Arch) -> LoadedWeights {
-        let varmap = candle_nn::VarMap::new();
-        let cfg = models::ModelConfig::preset(arch);
-        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
-        models::EmotionNet::new(&cfg, vb).unwrap();
-        let meta = models::WeightsMeta::new(cfg, Default::default());
-        let tensors = models::weights::varmap_tensors(&varmap).unwrap();
-        let bytes = models::weights::to_bytes(&tensors, &meta).unwrap();
-        LoadedWeights::from_bytes(&bytes, &Device::Cpu).unwrap()
+        LoadedWeights::untrained(arch, &Device::Cpu).unwrap()
     }
 
     #[test]

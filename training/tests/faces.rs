@@ -5,25 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use models::{Arch, EmotionNet, ModelConfig, WeightsMeta};
+use candle_core::Device;
+use models::{Arch, LoadedWeights};
 
 fn shared(relative: &str) -> PathBuf {
     training::data::shared_data(relative).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn untrained_weights(dir: &Path) -> PathBuf {
-    let varmap = VarMap::new();
-    let cfg = ModelConfig::preset(Arch::Arch1);
-    EmotionNet::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
-    let path = dir.join("arch1.safetensors");
-    models::weights::save_varmap(&varmap, &WeightsMeta::new(cfg, Default::default()), &path)
+    let bytes = LoadedWeights::untrained(Arch::Arch1, &Device::Cpu)
+        .unwrap()
+        .to_bytes()
         .unwrap();
+    let path = dir.join("arch1.safetensors");
+    std::fs::write(&path, bytes).unwrap();
     path
 }
 
