@@ -872,20 +872,24 @@ fn findings(groups: &[Group<'_>]) -> String {
     datasets.sort_by_key(|d| (dataset_rank(d), *d));
     datasets.dedup();
     for d in datasets {
-        let mut ranked: Vec<(Arch, f64, f64, usize)> = groups
+        let mut ranked: Vec<(Arch, f64, f64, usize, usize)> = groups
             .iter()
             .filter(|g| g.dataset == d && g.finished())
             .filter_map(|g| {
                 let (m, s) = g.headline()?;
-                Some((g.arch, m, s, g.complete_runs().len()))
+                let epochs = g.runs.first().map_or(0, |r| r.config.epochs);
+                Some((g.arch, m, s, g.complete_runs().len(), epochs))
             })
-            .fold(Vec::new(), |mut v: Vec<(Arch, f64, f64, usize)>, r| {
-                // The first experiment of each architecture.
-                if !v.iter().any(|x| x.0 == r.0) {
-                    v.push(r);
-                }
-                v
-            });
+            .fold(
+                Vec::new(),
+                |mut v: Vec<(Arch, f64, f64, usize, usize)>, r| {
+                    // The first experiment of each architecture.
+                    if !v.iter().any(|x| x.0 == r.0) {
+                        v.push(r);
+                    }
+                    v
+                },
+            );
         if ranked.len() < 2 {
             continue;
         }
@@ -893,8 +897,22 @@ fn findings(groups: &[Group<'_>]) -> String {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let order: Vec<String> = ranked
             .iter()
-            .map(|(a, m, s, n)| format!("{} {}", arch_label(*a), pct_std((*m, *s), *n)))
+            .map(|(a, m, s, n, _)| format!("{} {}", arch_label(*a), pct_std((*m, *s), *n)))
             .collect();
+        // Unequal training budgets make the order less telling: say so.
+        let budgets: Vec<usize> = ranked.iter().map(|r| r.4).collect();
+        let budget_note = if budgets.iter().all(|&e| e == budgets[0]) {
+            String::new()
+        } else {
+            let each: Vec<String> = ranked
+                .iter()
+                .map(|r| format!("{} {}", arch_label(r.0), r.4))
+                .collect();
+            format!(
+                " The training budgets differ (epochs: {}), so this is not a like-for-like comparison.",
+                each.join(", ")
+            )
+        };
         let claim = match ranked.iter().position(|r| r.0 == Arch::Arch1) {
             Some(0) => "ARCH-1 is the most accurate here, as the paper reports",
             Some(_) => "ARCH-1 is not the most accurate here, unlike the paper's report",
@@ -902,7 +920,7 @@ fn findings(groups: &[Group<'_>]) -> String {
         };
         let _ = writeln!(
             out,
-            "- {d}: {} ({} of 4 architectures finished). {claim}.",
+            "- {d}: {} ({} of 4 architectures finished). {claim}.{budget_note}",
             order.join(" > "),
             ranked.len()
         );

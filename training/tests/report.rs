@@ -160,7 +160,7 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     assert!(md.contains("| ARCH-1 | CK+ (in progress) |"), "{md}");
     assert!(md.contains("70.3% (test"), "{md}");
     assert!(
-        md.contains("- FER2013: ARCH-1 60.0% > ARCH-2 45.0% (2 of 4 architectures finished). ARCH-1 is the most accurate here, as the paper reports."),
+        md.contains("- FER2013: ARCH-1 60.0% > ARCH-2 45.0% (2 of 4 architectures finished). ARCH-1 is the most accurate here, as the paper reports.\n"),
         "{md}"
     );
     assert!(md.contains("Test CPU (2 threads)"), "{md}");
@@ -200,6 +200,38 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     for (f, old) in std::iter::once("REPORT.md").chain(figures).zip(before) {
         assert_eq!(std::fs::read(out.join(f)).unwrap(), old, "{f} changed");
     }
+}
+
+#[test]
+fn findings_say_when_training_budgets_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(
+        &runs.join("arch1_fer2013"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.5, 0.6, 0.7],
+    );
+    write_run(
+        &runs.join("arch3_fer2013"),
+        Arch::Arch3,
+        "fer2013.csv",
+        0,
+        &[0.6, 0.8],
+    );
+    let out = tmp.path().join("out");
+    let run = report(&runs, &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    assert!(
+        md.contains("- FER2013: ARCH-3 80.0% > ARCH-1 70.0% (2 of 4 architectures finished). ARCH-1 is not the most accurate here, unlike the paper's report. The training budgets differ (epochs: ARCH-3 2, ARCH-1 3), so this is not a like-for-like comparison.\n"),
+        "{md}"
+    );
 }
 
 #[test]
