@@ -321,10 +321,13 @@ impl LoadedWeights {
                 ..Default::default()
             },
         );
-        Ok(Self {
-            meta,
-            tensors: varmap_tensors(&varmap)?,
-        })
+        // Plain tensors, not the variables themselves, so that forward passes
+        // on them record no backprop graph (as for weights read from a file).
+        let tensors = varmap_tensors(&varmap)?
+            .into_iter()
+            .map(|(name, t)| (name, t.detach()))
+            .collect();
+        Ok(Self { meta, tensors })
     }
 
     /// The weights as a safetensors file's bytes, metadata included.
@@ -559,6 +562,17 @@ mod tests {
         let mut tensors: BTreeMap<String, Tensor> = w.tensors.into_iter().collect();
         edit(&mut tensors);
         to_bytes(&tensors, &w.meta).unwrap()
+    }
+
+    #[test]
+    fn untrained_weights_are_plain_tensors_that_build() {
+        let w = LoadedWeights::untrained(Arch::Arch2, &Device::Cpu).unwrap();
+        assert_eq!(w.meta.provenance.notes, "untrained");
+        assert!(w.tensors.values().all(|t| !t.track_op()), "no variables");
+        w.build(&Device::Cpu).unwrap();
+        let back = LoadedWeights::from_bytes(&w.to_bytes().unwrap(), &Device::Cpu).unwrap();
+        assert_eq!(back.meta.arch(), Arch::Arch2);
+        assert_eq!(back.tensors.len(), w.tensors.len());
     }
 
     #[test]

@@ -19,27 +19,37 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use models::{Arch, ModelConfig, Summary};
 
-// mimalloc keeps freed pages mapped: the training loop allocates and frees
-// multi-megabyte activations every step, which with the system allocator costs
-// page faults and zeroing on every call.
+// mimalloc as the allocator: the training loop allocates and frees
+// multi-megabyte activations every step, which glibc's malloc maps and unmaps
+// each time (page faults and zeroing on every call); mimalloc reuses them,
+// more so with `keep_freed_memory`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike); libmimalloc-sys
+/// 0.1.49 does not name it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Tells mimalloc never to return freed memory to the OS ("purge"), unless the
-/// user set `MIMALLOC_PURGE_DELAY` themselves. By default it purges memory
-/// that stayed free for about a second, and a training step takes longer than
-/// that, so every step faulted its activations back in and the kernel zeroed
-/// them (as transparent huge pages): 14% of a step in `perf`, 10-20% more
-/// images per second without it (docs/PERFORMANCE.md). The process's memory
-/// stays at its peak, which a training run reaches in its first step anyway.
+/// user set the delay themselves (`MIMALLOC_PURGE_DELAY` or its older name
+/// `MIMALLOC_RESET_DELAY`, any case, as mimalloc reads them). By default it
+/// purges memory that stayed free for about a second, and a training step
+/// takes longer than that, so every step faulted its activations back in and
+/// the kernel zeroed them (as transparent huge pages): 14% of a step in
+/// `perf`, 10-20% more images per second without it (docs/PERFORMANCE.md).
+/// The process's memory stays at its peak, which a training run reaches in
+/// its first step anyway.
 fn keep_freed_memory() {
-    // `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike); libmimalloc-sys
-    // 0.1.49 does not name it.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let user_set = std::env::vars_os().any(|(k, _)| {
+        k.to_str().is_some_and(|k| {
+            k.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
+                || k.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    });
+    if !user_set {
         // SAFETY: `mi_option_set` only stores an integer in mimalloc's option
-        // table; it is called before any other thread exists, and the option
-        // is valid for the mimalloc version the `mimalloc` crate links.
+        // table (which it reads at every purge); the option index is valid for
+        // the mimalloc the `mimalloc` crate links (v3; checked by a test).
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
@@ -232,6 +242,25 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn purge_delay_option_is_the_one_we_set() {
+        // Option 15 has mimalloc's documented purge-delay default (1000 ms)
+        // before `keep_freed_memory` and -1 (never) after it. Only this test
+        // touches the option, and only when the user did not set it.
+        if std::env::vars_os().any(|(k, _)| {
+            k.to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("MIMALLOC_")
+        }) {
+            return;
+        }
+        // SAFETY: reading an option of the linked mimalloc.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(get(), 1000);
+        keep_freed_memory();
+        assert_eq!(get(), -1);
     }
 
     #[test]
