@@ -75,6 +75,17 @@ fn report(runs: &Path, out: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `training report`, which must succeed, and returns its `REPORT.md`.
+fn report_md(runs: &Path, out: &Path) -> String {
+    let run = report(runs, out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::read_to_string(out.join("REPORT.md")).unwrap()
+}
+
 fn assert_figure(path: &Path) {
     let img = image::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -138,13 +149,7 @@ fn report_on_fake_runs_writes_table_and_figures_reproducibly() {
     .unwrap();
 
     let out = tmp.path().join("report");
-    let run = report(&runs, &out);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let md = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    let md = report_md(&runs, &out);
     // Table 5 rows: fixed split with its best epoch; CV with mean ± std of the
     // last epochs (0.5 and 0.7) beside the best epochs (0.5 and 0.8).
     assert!(
@@ -220,14 +225,7 @@ fn findings_say_when_training_budgets_differ() {
         0,
         &[0.6, 0.8],
     );
-    let out = tmp.path().join("out");
-    let run = report(&runs, &out);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let md = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    let md = report_md(&runs, &tmp.path().join("out"));
     assert!(
         md.contains("- FER2013: ARCH-3 80.0% > ARCH-1 70.0% (2 of 4 architectures finished). ARCH-1 is not the most accurate here, unlike the paper's report. The training budgets differ (epochs: ARCH-3 2, ARCH-1 3), so this is not a like-for-like comparison.\n"),
         "{md}"
