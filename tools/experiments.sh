@@ -4,6 +4,7 @@
 #
 #   tools/experiments.sh                 # every experiment, largest first
 #   tools/experiments.sh arch1_ckplus    # only the named ones
+#   tools/experiments.sh arch1_fer2013_e30   # _e<N>: N epochs (own run folder)
 #   THREADS=1 tools/experiments.sh & THREADS=1 tools/experiments.sh &
 #                                        # two at once, sharing the plan
 #
@@ -33,14 +34,20 @@ FER=$DATA/fer2013/fer2013.csv.gz
 PLUS=$DATA/ferplus/fer2013new.csv.gz
 CK=$DATA/ckplus48
 # Largest first: the FER2013-sized runs, then CK+.
+# arch1_fer2013 is the shipped 60-epoch run; arch1_fer2013_e30 gives the
+# report a like-for-like ARCH-1 beside the other architectures' 30 epochs.
 PLAN=(arch1_fer2013 arch2_fer2013 arch3_fer2013 arch4_fer2013
-      arch1_ferplus arch2_ferplus arch3_ferplus arch4_ferplus
+      arch1_ferplus arch2_ferplus arch3_ferplus arch4_ferplus arch1_fer2013_e30
       arch1_ckplus arch2_ckplus arch3_ckplus arch4_ckplus)
 if (( $# > 0 )); then PLAN=("$@"); fi
 
+# A name may end in _e<N> to train for N epochs instead of the default
+# (arch1_fer2013_e30: ARCH-1 on FER2013 for 30 epochs, in runs/arch1_fer2013_e30).
+base_of() { [[ $1 =~ ^(.*)_e([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}" || echo "$1"; }
+
 # Only the data the planned experiments read has to be there.
 for name in "${PLAN[@]}"; do
-    case $name in
+    case $(base_of "$name") in
         *_fer2013) need=("$FER") ;;
         *_ferplus) need=("$FER" "$PLUS") ;;
         *_ckplus) need=("$CK/folds.csv") ;;
@@ -116,13 +123,17 @@ EOF
 
 for name in "${PLAN[@]}"; do
     arch=${name%%_*}
-    case $name in
-        *_fer2013) train "runs/$name" --arch "$arch" --data "$FER" --epochs "$EPOCHS" ;;
-        *_ferplus) train "runs/$name" --arch "$arch" --data "$FER" --ferplus "$PLUS" --epochs "$EPOCHS" ;;
+    epochs=$EPOCHS ck_epochs=$CK_EPOCHS
+    if [[ $name =~ _e([0-9]+)$ ]]; then
+        epochs=${BASH_REMATCH[1]} ck_epochs=${BASH_REMATCH[1]}
+    fi
+    case $(base_of "$name") in
+        *_fer2013) train "runs/$name" --arch "$arch" --data "$FER" --epochs "$epochs" ;;
+        *_ferplus) train "runs/$name" --arch "$arch" --data "$FER" --ferplus "$PLUS" --epochs "$epochs" ;;
         *_ckplus)
             for fold in 0 1 2 3 4 5 6 7 8 9; do
                 train "runs/$name/fold$fold" --arch "$arch" --data "$CK" --fold "$fold" \
-                    --epochs "$CK_EPOCHS" --batch-size "$CK_BATCH"
+                    --epochs "$ck_epochs" --batch-size "$CK_BATCH"
             done ;;
         *) echo "unknown experiment $name" >&2; exit 1 ;;
     esac

@@ -880,16 +880,29 @@ fn findings(groups: &[Group<'_>]) -> String {
                 let epochs = g.runs.first().map_or(0, |r| r.config.epochs);
                 Some((g.arch, m, s, g.complete_runs().len(), epochs))
             })
-            .fold(
-                Vec::new(),
-                |mut v: Vec<(Arch, f64, f64, usize, usize)>, r| {
-                    // The first experiment of each architecture.
-                    if !v.iter().any(|x| x.0 == r.0) {
-                        v.push(r);
-                    }
-                    v
-                },
-            );
+            .collect();
+        // One experiment per architecture: the first (by folder name) of those
+        // trained for the most common budget here, so that a like-for-like
+        // run (e.g. ARCH-1 for 30 epochs beside its 60-epoch shipped run) is
+        // preferred when there is one.
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        for r in &ranked {
+            match counts.iter_mut().find(|(e, _)| *e == r.4) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((r.4, 1)),
+            }
+        }
+        let common = counts
+            .iter()
+            .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+            .map_or(0, |c| c.0);
+        let mut chosen: Vec<(Arch, f64, f64, usize, usize)> = Vec::new();
+        for r in ranked.iter().filter(|r| r.4 == common).chain(&ranked) {
+            if !chosen.iter().any(|x| x.0 == r.0) {
+                chosen.push(*r);
+            }
+        }
+        ranked = chosen;
         if ranked.len() < 2 {
             continue;
         }

@@ -230,6 +230,20 @@ fn findings_say_when_training_budgets_differ() {
         md.contains("- FER2013: ARCH-3 80.0% > ARCH-1 70.0% (2 of 4 architectures finished). ARCH-1 is not the most accurate here, unlike the paper's report. The training budgets differ (epochs: ARCH-3 2, ARCH-1 3), so this is not a like-for-like comparison.\n"),
         "{md}"
     );
+    // A like-for-like ARCH-1 run (2 epochs, as ARCH-3's) is preferred to the
+    // longer one, and then there is nothing to flag.
+    write_run(
+        &runs.join("arch1_fer2013_e2"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.5, 0.9],
+    );
+    let md = report_md(&runs, &tmp.path().join("out2"));
+    assert!(
+        md.contains("- FER2013: ARCH-1 90.0% > ARCH-3 80.0% (2 of 4 architectures finished). ARCH-1 is the most accurate here, as the paper reports.\n"),
+        "{md}"
+    );
 }
 
 #[test]
