@@ -40,18 +40,22 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The process's memory stays at its peak, which a training run reaches in
 /// its first step anyway.
 fn keep_freed_memory() {
-    let user_set = std::env::vars_os().any(|(k, _)| {
-        k.to_str().is_some_and(|k| {
-            k.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
-                || k.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
-        })
-    });
-    if !user_set {
+    if !user_set_purge_delay() {
         // SAFETY: `mi_option_set` only stores an integer in mimalloc's option
         // table (which it reads at every purge); the option index is valid for
         // the mimalloc the `mimalloc` crate links (v3; checked by a test).
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
+}
+
+/// Whether the environment sets mimalloc's purge delay (either name, any case).
+fn user_set_purge_delay() -> bool {
+    std::env::vars_os().any(|(k, _)| {
+        k.to_str().is_some_and(|k| {
+            k.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
+                || k.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    })
 }
 
 /// Train, inspect and benchmark the facial-expression networks of Chowanda 2021
@@ -249,11 +253,7 @@ mod tests {
         // Option 15 has mimalloc's documented purge-delay default (1000 ms)
         // before `keep_freed_memory` and -1 (never) after it. Only this test
         // touches the option, and only when the user did not set it.
-        if std::env::vars_os().any(|(k, _)| {
-            k.to_string_lossy()
-                .to_ascii_uppercase()
-                .starts_with("MIMALLOC_")
-        }) {
+        if user_set_purge_delay() {
             return;
         }
         // SAFETY: reading an option of the linked mimalloc.

@@ -913,8 +913,7 @@ fn findings(groups: &[Group<'_>]) -> String {
             .map(|(a, m, s, n, _)| format!("{} {}", arch_label(*a), pct_std((*m, *s), *n)))
             .collect();
         // Unequal training budgets make the order less telling: say so.
-        let budgets: Vec<usize> = ranked.iter().map(|r| r.4).collect();
-        let budget_note = if budgets.iter().all(|&e| e == budgets[0]) {
+        let budget_note = if ranked.iter().all(|r| r.4 == ranked[0].4) {
             String::new()
         } else {
             let each: Vec<String> = ranked

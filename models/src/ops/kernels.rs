@@ -503,11 +503,7 @@ pub fn bn_backward_sums(
         // SAFETY: `bn_sums_avx2` needs AVX2 and FMA, which this CPU has.
         return unsafe { bn_sums_avx2(x, y, dy, m, s, relu) };
     }
-    if relu {
-        bn_sums::<true>(x, y, dy, m, s)
-    } else {
-        bn_sums::<false>(x, y, dy, m, s)
-    }
+    bn_sums_portable(x, y, dy, m, s, relu)
 }
 
 /// [`bn_backward_sums`] with AVX2 intrinsics: LLVM did not vectorise the
@@ -547,12 +543,10 @@ fn bn_sums_avx2(x: &[f32], y: &[f32], dy: &[f32], m: f32, s: f32, relu: bool) ->
         _mm256_storeu_ps(lg.as_mut_ptr(), sg);
         _mm256_storeu_ps(lgx.as_mut_ptr(), sgx);
     }
-    let (mut a, mut b) = (lg.iter().sum::<f32>(), lgx.iter().sum::<f32>());
-    for k in full..n {
-        let g = if relu { relu_mask(dy[k], y[k]) } else { dy[k] };
-        a += g;
-        b += g * (x[k] - m);
-    }
+    // The last `n % 8` values, with the portable loop (scale applied below).
+    let (ta, tb) = bn_sums_portable(&x[full..n], &y[full..n], &dy[full..n], m, 1.0, relu);
+    let a = lg.iter().sum::<f32>() + ta;
+    let b = lgx.iter().sum::<f32>() + tb;
     (a, b * s)
 }
 
@@ -563,8 +557,16 @@ fn relu_mask(g: f32, y: f32) -> f32 {
     f32::from_bits(g.to_bits() & u32::from(y > 0.0).wrapping_neg())
 }
 
-/// [`bn_backward_sums`] specialised on the mask (the path for CPUs without
-/// AVX2).
+/// [`bn_backward_sums`] without AVX2.
+fn bn_sums_portable(x: &[f32], y: &[f32], dy: &[f32], m: f32, s: f32, relu: bool) -> (f32, f32) {
+    if relu {
+        bn_sums::<true>(x, y, dy, m, s)
+    } else {
+        bn_sums::<false>(x, y, dy, m, s)
+    }
+}
+
+/// [`bn_sums_portable`] specialised on the mask.
 fn bn_sums<const RELU: bool>(x: &[f32], y: &[f32], dy: &[f32], m: f32, s: f32) -> (f32, f32) {
     let mut sg = [0f32; 8];
     let mut sgx = [0f32; 8];
@@ -640,11 +642,7 @@ mod tests {
             let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.91).cos()).collect();
             let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.13).sin() * 2.0).collect();
             for relu in [false, true] {
-                let want = if relu {
-                    bn_sums::<true>(&x, &y, &g, 0.1, 1.7)
-                } else {
-                    bn_sums::<false>(&x, &y, &g, 0.1, 1.7)
-                };
+                let want = bn_sums_portable(&x, &y, &g, 0.1, 1.7, relu);
                 #[cfg(target_arch = "x86_64")]
                 let got = if has_avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA (checked).
