@@ -14,6 +14,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::layers::BnConfig;
+use crate::ops::direct::{self, Dst, Padded};
 use crate::ops::kernels::{self, ConvGeom, Mat};
 use crate::weights::WeightsError;
 
@@ -28,6 +29,19 @@ struct FoldedConv {
     k: usize,
     stride: usize,
     relu: bool,
+    /// `w` packed for [`direct::conv`] (3x3, stride 1, on CPUs where it is
+    /// the faster path), else empty.
+    packed: Vec<f32>,
+}
+
+/// The packed weights of a folded convolution that runs on the direct 3x3
+/// kernel, or nothing (im2col + GEMM).
+fn pack_direct(w: &[f32], o: usize, c: usize, k: usize, stride: usize) -> Vec<f32> {
+    if k == 3 && stride == 1 && direct::fast() {
+        direct::pack(w, o, c)
+    } else {
+        Vec::new()
+    }
 }
 
 impl FoldedConv {
@@ -78,6 +92,32 @@ impl FoldedConv {
     ) -> (usize, usize) {
         let g = self.geom(h, w);
         let (ho, wo) = (g.ho(), g.wo());
+        if !self.packed.is_empty() {
+            let pg = Padded { h, w };
+            let (plane, len) = (pg.plane(), pg.out_len());
+            if col.len() < self.c * plane + self.o * len {
+                col.resize(self.c * plane + self.o * len, 0.0);
+            }
+            let (xp, flat) = col.split_at_mut(self.c * plane);
+            pg.pad(x, self.c, xp);
+            let dst = Dst {
+                data: flat,
+                stride: len,
+                offset: 0,
+            };
+            direct::conv(
+                xp,
+                &self.packed,
+                Some(&self.b),
+                self.o,
+                self.c,
+                pg,
+                self.relu,
+                dst,
+            );
+            pg.unpad(flat, len, self.o, y);
+            return (ho, wo);
+        }
         let hw = ho * wo;
         let kk = g.col_rows();
         let src: &[f32] = if g.is_pointwise() {
@@ -195,6 +235,7 @@ fn fold(
     }
     let b = (0..o).map(|oi| bias[oi] * scale[oi] + shift[oi]).collect();
     Ok(FoldedConv {
+        packed: pack_direct(&w, o, c, k, stride),
         w,
         b,
         o,
@@ -269,6 +310,7 @@ impl Arch1Engine {
             .map(|o| r5.b[o] + (0..16).map(|i| r5.w[o * 16 + i] * r4.b[i]).sum::<f32>())
             .collect();
         let res = FoldedConv {
+            packed: Vec::new(),
             w,
             b,
             o: 32,
@@ -293,6 +335,7 @@ impl Arch1Engine {
             });
         }
         let head = FoldedConv {
+            packed: pack_direct(&head_w, classes, 128, 3, 1),
             w: head_w,
             b: head_b,
             o: classes,
@@ -488,6 +531,16 @@ impl Shared {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
+    /// Elements `lo..hi`, read-only.
+    ///
+    /// # Safety
+    /// No lane may write to `lo..hi` until the next barrier.
+    unsafe fn part(&self, lo: usize, hi: usize) -> &[f32] {
+        assert!(lo <= hi && hi <= self.len, "lane range out of bounds");
+        // SAFETY: in bounds (asserted); not written concurrently (caller).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(lo), hi - lo) }
+    }
+
     /// Elements `lo..hi`, writable.
     ///
     /// # Safety
@@ -570,6 +623,10 @@ impl FoldedConv {
     /// half of the im2col rows (by input channel), a barrier, half of the
     /// output channels, a barrier.
     fn run_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
+        if !self.packed.is_empty() {
+            self.direct_lane(lane, x, h, w, y, l);
+            return;
+        }
         let g = self.geom(h, w);
         let hw = g.ho() * g.wo();
         let kk = g.col_rows();
@@ -598,6 +655,63 @@ impl FoldedConv {
             // different buffer from `x` and col.
             let yr = unsafe { y.range(o0 * hw, o1 * hw) };
             self.rows(o0..o1, src, hw, yr, 1);
+        }
+        l.bar.wait();
+    }
+}
+
+impl FoldedConv {
+    /// [`FoldedConv::run_lane`] on the direct kernel: this lane pads half of
+    /// the input channels into col, a barrier, then convolves its half of
+    /// the output channels (whole blocks of [`direct::ROWS`]) into its part
+    /// of col's flat region and copies them into `y`, a barrier.
+    fn direct_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
+        let pg = Padded { h, w };
+        let (plane, len, hw) = (pg.plane(), pg.out_len(), h * w);
+        let (c0, c1) = half(self.c, lane);
+        if c1 > c0 {
+            // SAFETY: this lane writes the padded planes of channels c0..c1
+            // only; nothing reads col in this phase.
+            let dst = unsafe { l.col.range(c0 * plane, c1 * plane) };
+            pg.pad(&x[c0 * hw..c1 * hw], c1 - c0, dst);
+        }
+        l.bar.wait();
+        let blocks = self.o.div_ceil(direct::ROWS);
+        let (b0, b1) = half(blocks, lane);
+        let (o0, o1) = (b0 * direct::ROWS, (b1 * direct::ROWS).min(self.o));
+        if o1 > o0 {
+            let flat0 = self.c * plane;
+            // SAFETY: the padded planes were completed before the barrier and
+            // no lane writes them in this phase; this lane alone writes the
+            // flat rows of channels o0..o1, after the planes.
+            let (xp, flat) = unsafe {
+                (
+                    l.col.part(0, flat0),
+                    l.col.range(flat0 + o0 * len, flat0 + o1 * len),
+                )
+            };
+            let dst = Dst {
+                data: flat,
+                stride: len,
+                offset: 0,
+            };
+            let wp = &self.packed[direct::packed_len(o0, self.c)..];
+            direct::conv(
+                xp,
+                wp,
+                Some(&self.b[o0..]),
+                o1 - o0,
+                self.c,
+                pg,
+                self.relu,
+                dst,
+            );
+            // SAFETY: output channels o0..o1 are this lane's; `y` is a
+            // different buffer from `x` and col.
+            let yr = unsafe { y.range(o0 * hw, o1 * hw) };
+            // SAFETY: as above, these flat rows are this lane's own.
+            let flat = unsafe { l.col.part(flat0 + o0 * len, flat0 + o1 * len) };
+            pg.unpad(flat, len, o1 - o0, yr);
         }
         l.bar.wait();
     }

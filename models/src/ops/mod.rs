@@ -3,7 +3,7 @@
 //!
 //! | op | replaces | why |
 //! | --- | --- | --- |
-//! | [`conv2d`] | `Tensor::conv2d` | batched im2col + `gemm` forward; backward by GEMM + col2im instead of a direct-loop transposed convolution |
+//! | [`conv2d`] | `Tensor::conv2d` | 3x3 stride 1: the direct kernel of [`direct`] for the output and the input gradient (no im2col, no GEMM packing); other shapes: im2col + `gemm` forward, GEMM + col2im backward instead of a direct-loop transposed convolution |
 //! | [`depthwise3x3`] | `conv2d` with `groups = C` | one direct kernel instead of C separate convolutions |
 //! | [`max_pool2`] | `Tensor::max_pool2d(2)` | one pass, backward routes to the window's maximum |
 //! | [`batch_norm_train`] | composed mean/var/normalise ops | one fused pass per statistic, fused ReLU, fused backward |
@@ -12,6 +12,7 @@
 //! and for non-`f32` tensors. Each is tested against the stock op (values and
 //! gradients) in this module's tests.
 
+pub mod direct;
 pub mod kernels;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,6 +155,27 @@ impl Conv2dOp {
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
         let mut out = vec![0f32; n * o * hw];
+        if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
+            let packed = direct::pack(w, o, g.c);
+            let pg = direct::Padded { h: g.h, w: g.w };
+            out.par_chunks_mut(o * hw).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(xp, flat), (i, y)| {
+                    direct_image(
+                        &x[i * in_size..(i + 1) * in_size],
+                        &packed,
+                        bias,
+                        o,
+                        g.c,
+                        pg,
+                        xp,
+                        flat,
+                        y,
+                    );
+                },
+            );
+            return Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))));
+        }
         let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
             if let Some(b) = bias {
                 for (row, &bv) in y.chunks_exact_mut(hw).zip(b) {
@@ -273,6 +295,33 @@ impl CustomOp3 for Conv2dOp {
     }
 }
 
+/// One image through [`direct::conv`]: pads `x` (`c` planes) into `xp`,
+/// convolves into the flat buffer `flat` and copies the `o` output planes into
+/// `y`. The buffers are per-thread scratch, grown on first use.
+#[allow(clippy::too_many_arguments)]
+fn direct_image(
+    x: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    o: usize,
+    c: usize,
+    g: direct::Padded,
+    xp: &mut Vec<f32>,
+    flat: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    xp.resize(c * g.plane(), 0.0);
+    flat.resize(o * g.out_len(), 0.0);
+    g.pad(x, c, xp);
+    let dst = direct::Dst {
+        data: flat,
+        stride: g.out_len(),
+        offset: 0,
+    };
+    direct::conv(xp, packed, bias, o, c, g, false, dst);
+    g.unpad(flat, g.out_len(), o, y);
+}
+
 /// Per-channel sum of an `(N, C, H, W)` tensor: `(C,)` (a bias gradient).
 struct ChannelSum;
 
@@ -324,6 +373,23 @@ impl CustomOp2 for ConvBwdData {
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
         let mut dx = vec![0f32; n * in_size];
+        if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
+            // The input gradient is the convolution of the output gradient with
+            // the kernel transposed and flipped.
+            let packed = direct::pack_flipped(w, o, g.c);
+            let pg = direct::Padded { h: g.h, w: g.w };
+            dx.par_chunks_mut(in_size).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(dyp, flat), (i, dxi)| {
+                    let dyi = &dy[i * o * hw..(i + 1) * o * hw];
+                    direct_image(dyi, &packed, None, g.c, o, pg, dyp, flat, dxi);
+                },
+            );
+            return Ok((
+                CpuStorage::F32(dx),
+                Shape::from((n, self.c, self.h, self.w)),
+            ));
+        }
         let wt = Mat::transposed(w, kk, o);
         dx.par_chunks_mut(in_size).enumerate().for_each_init(
             Vec::new,
