@@ -110,6 +110,28 @@ impl Padded {
         }
     }
 
+    /// Copies `o` planes `(h, w)` (an output gradient) into the flat layout of
+    /// [`conv`]'s output, `o * out_len()` values, with zeros at the discarded
+    /// positions: the input of [`conv_grad_kernel`].
+    pub fn flatten(&self, dy: &[f32], o: usize, dyf: &mut [f32]) {
+        let (h, w, row, len) = (self.h, self.w, self.row(), self.out_len());
+        assert!(
+            dy.len() >= o * h * w && dyf.len() >= o * len,
+            "flatten: slices too short"
+        );
+        for (src, d) in dy
+            .chunks_exact(h * w)
+            .zip(dyf.chunks_exact_mut(len))
+            .take(o)
+        {
+            for (y, s) in src.chunks_exact(w).enumerate() {
+                d[y * row..y * row + w].copy_from_slice(s);
+                d[y * row + w..(y + 1) * row].fill(0.0);
+            }
+            d[h * row..].fill(0.0);
+        }
+    }
+
     /// Copies the valid outputs of `o` channels from [`conv`]'s flat layout
     /// (`flat`, channel stride `stride`, no offset) into compact `(o, h, w)` planes.
     pub fn unpad(&self, flat: &[f32], stride: usize, o: usize, y: &mut [f32]) {
@@ -316,6 +338,85 @@ fn conv_avx2(
     }
 }
 
+/// Adds one image's kernel gradient to `dw` (`(o, c, 3, 3)`):
+/// `dw[oi][ci][t] += sum over j of dyf[oi][j] * xp[ci][j + tap offset t]`, with
+/// the input `xp` as padded planes ([`Padded::pad`]) and the output gradient
+/// `dyf` in the flat layout ([`Padded::flatten`]). Each `(oi, ci)` pair ends
+/// in nine horizontal sums, so this pays off on large planes only (callers use
+/// it from about 30x30 up).
+///
+/// # Panics
+/// If a slice is too short for the shapes (a bug in the caller).
+pub fn conv_grad_kernel(xp: &[f32], dyf: &[f32], o: usize, c: usize, g: Padded, dw: &mut [f32]) {
+    assert!(
+        xp.len() >= c * g.plane(),
+        "conv_grad_kernel: input too short"
+    );
+    assert!(
+        dyf.len() >= o * g.out_len(),
+        "conv_grad_kernel: gradient too short"
+    );
+    assert!(
+        dw.len() >= o * c * 9,
+        "conv_grad_kernel: kernel gradient too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked); the slice lengths were
+        // checked above, which is all `grad_kernel_avx2` relies on.
+        unsafe { grad_kernel_avx2(xp, dyf, o, c, g, dw) };
+        return;
+    }
+    grad_kernel_portable(xp, dyf, o, c, g, dw);
+}
+
+/// [`conv_grad_kernel`] without SIMD.
+fn grad_kernel_portable(xp: &[f32], dyf: &[f32], o: usize, c: usize, g: Padded, dw: &mut [f32]) {
+    let (plane, len, offs) = (g.plane(), g.out_len(), taps(g.row()));
+    for oi in 0..o {
+        let d = &dyf[oi * len..(oi + 1) * len];
+        for ci in 0..c {
+            let xc = &xp[ci * plane..(ci + 1) * plane];
+            for (t, off) in offs.iter().enumerate() {
+                let s: f32 = d.iter().zip(&xc[*off..]).map(|(a, b)| a * b).sum();
+                dw[(oi * c + ci) * 9 + t] += s;
+            }
+        }
+    }
+}
+
+/// [`conv_grad_kernel`] with AVX2: the nine taps of one `(oi, ci)` pair
+/// accumulate in nine registers over the plane, 8 positions at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn grad_kernel_avx2(xp: &[f32], dyf: &[f32], o: usize, c: usize, g: Padded, dw: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (plane, len, offs) = (g.plane(), g.out_len(), taps(g.row()));
+    for oi in 0..o {
+        let d = &dyf[oi * len..(oi + 1) * len];
+        for ci in 0..c {
+            let xc = &xp[ci * plane..(ci + 1) * plane];
+            let mut acc = [_mm256_setzero_ps(); 9];
+            for j in (0..len).step_by(8) {
+                // SAFETY: `len` is a multiple of 8, so `j + 8 <= len = d.len()`;
+                // `j + off + 8 <= len + 2 * row + 2 = plane = xc.len()`.
+                let dv = unsafe { _mm256_loadu_ps(d.as_ptr().add(j)) };
+                for (a, &off) in acc.iter_mut().zip(&offs) {
+                    // SAFETY: as above.
+                    let xv = unsafe { _mm256_loadu_ps(xc.as_ptr().add(j + off)) };
+                    *a = _mm256_fmadd_ps(dv, xv, *a);
+                }
+            }
+            for (t, a) in acc.iter().enumerate() {
+                let mut lanes = [0f32; 8];
+                // SAFETY: writes 8 floats into an 8-float array.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+                dw[(oi * c + ci) * 9 + t] += lanes.iter().sum::<f32>();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +545,55 @@ mod tests {
             (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
             "{lhs} vs {rhs}"
         );
+    }
+
+    #[test]
+    fn kernel_gradient_matches_the_definition() {
+        type GradFn = fn(&[f32], &[f32], usize, usize, Padded, &mut [f32]);
+        for (o, c, h, w) in [(8, 1, 48, 48), (5, 3, 7, 6), (3, 2, 1, 1), (4, 4, 12, 12)] {
+            let g = Padded { h, w };
+            let x = values(c * h * w, 10.0);
+            let dy = values(o * h * w, 11.0);
+            let mut want = vec![0f32; o * c * 9];
+            for oi in 0..o {
+                for ci in 0..c {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut s = 0.0;
+                            for yy in 0..h {
+                                for xx in 0..w {
+                                    let (iy, ix) = (yy + ky, xx + kx);
+                                    if iy >= 1 && iy <= h && ix >= 1 && ix <= w {
+                                        s += dy[(oi * h + yy) * w + xx]
+                                            * x[(ci * h + iy - 1) * w + ix - 1];
+                                    }
+                                }
+                            }
+                            want[((oi * c + ci) * 3 + ky) * 3 + kx] = s;
+                        }
+                    }
+                }
+            }
+            let mut xp = vec![f32::NAN; c * g.plane()];
+            g.pad(&x, c, &mut xp);
+            let mut dyf = vec![f32::NAN; o * g.out_len()];
+            g.flatten(&dy, o, &mut dyf);
+            let tol = 1e-4 * ((h * w) as f32).sqrt();
+            for (name, which) in [
+                ("dispatch", conv_grad_kernel as GradFn),
+                ("portable", grad_kernel_portable as GradFn),
+            ] {
+                // Accumulates onto what is there.
+                let mut got = vec![1f32; o * c * 9];
+                which(&xp, &dyf, o, c, g, &mut got);
+                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - 1.0 - e).abs() <= tol,
+                        "{name} o{o} c{c} {h}x{w} at {i}: {a} - 1 vs {e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -411,6 +411,10 @@ impl CustomOp2 for ConvBwdData {
     }
 }
 
+/// Flat positions per plane from which [`ConvBwdFilter`] uses the direct
+/// kernel gradient (about a 30x30 image; ARCH-1's 48x48 stem).
+const DIRECT_GRAD_MIN_POSITIONS: usize = 1000;
+
 /// Kernel gradient of a convolution: `(x (N, C, H, W), grad) -> (O, C, k, k)`.
 struct ConvBwdFilter {
     stride: usize,
@@ -437,7 +441,26 @@ impl CustomOp2 for ConvBwdFilter {
         let n = xd.0;
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
+        let pg = direct::Padded { h: g.h, w: g.w };
+        // The direct kernel ends each (output, input) channel pair in nine
+        // horizontal sums: worth it on large planes only.
+        let use_direct = g.k == 3
+            && g.stride == 1
+            && g.pad == 1
+            && pg.out_len() >= DIRECT_GRAD_MIN_POSITIONS
+            && direct::fast();
         let partial = |r: std::ops::Range<usize>| {
+            if use_direct {
+                let mut acc = vec![0f32; o * kk];
+                let (mut xp, mut dyf) =
+                    (vec![0f32; g.c * pg.plane()], vec![0f32; o * pg.out_len()]);
+                for i in r {
+                    pg.pad(&x[i * in_size..(i + 1) * in_size], g.c, &mut xp);
+                    pg.flatten(&dy[i * o * hw..(i + 1) * o * hw], o, &mut dyf);
+                    direct::conv_grad_kernel(&xp, &dyf, o, g.c, pg, &mut acc);
+                }
+                return acc;
+            }
             let mut acc = vec![0f32; o * kk];
             let mut col = Vec::new();
             for i in r {

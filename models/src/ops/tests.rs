@@ -102,6 +102,8 @@ fn conv2d_matches_stock() {
     let mut rng = Lcg(1);
     let mut cases = vec![
         (1, 1, 48, 48, 8, 3, 1, 1),
+        // Odd sizes large enough for the direct kernel gradient.
+        (2, 3, 31, 33, 5, 3, 1, 1),
         (1, 16, 24, 24, 16, 1, 1, 0),
         (3, 16, 24, 24, 32, 1, 2, 0),
     ];
