@@ -29,21 +29,24 @@ out = pathlib.Path(sys.argv[1])
 def grab(path, pattern):
     m = re.search(pattern, path.read_text())
     return float(m.group(1)) if m else float("nan")
-print("\n| threads | metric | candle stock | ours (graph) | ours (engine) | PyTorch eager | TorchScript | onnxruntime | engine vs ort | engine vs eager |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("\n| threads | metric | candle stock | ours (graph) | ours (engine) | ours (engine, 2 lanes) | PyTorch eager | TorchScript | onnxruntime | best engine vs ort | best engine vs eager |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for t in (1, 2):
     o, r = out / f"ours-{t}.txt", out / f"ref-{t}.txt"
     stock = grab(o, r"stock b1 median_ms: ([\d.]+)")
     fast = grab(o, r"fast b1 median_ms: ([\d.]+)")
     eng = grab(o, r"engine b1 median_ms: ([\d.]+)")
+    lanes = grab(o, r"engine-2lane b1 median_ms: ([\d.]+)")
+    best = min(eng, lanes) if lanes == lanes else eng
     eager = grab(r, rf"torch_eager b1_ms t{t}: ([\d.]+)")
     ts = grab(r, rf"torchscript b1_ms t{t}: ([\d.]+)")
     ort = grab(r, rf"onnxruntime b1_ms t{t}: ([\d.]+)")
-    print(f"| {t} | b1 latency ms | {stock} | {fast} | {eng} | {eager} | {ts} | {ort} | {eng/ort:.2f} | {eng/eager:.2f} |")
+    lanes_cell = lanes if lanes == lanes else ""
+    print(f"| {t} | b1 latency ms | {stock} | {fast} | {eng} | {lanes_cell} | {eager} | {ts} | {ort} | {best/ort:.2f} | {best/eager:.2f} |")
     for b in (64, 256):
         ours = grab(o, rf"fast train b{b} img_s: ([\d.]+)")
         st = grab(o, rf"stock train b{b} img_s: ([\d.]+)")
         pt = grab(r, rf"torch_train b{b}_img_s t{t}: ([\d.]+)")
         pta = grab(r, rf"torch_train b{b}_aug_img_s t{t}: ([\d.]+)")
-        print(f"| {t} | train b{b} img/s | {st} | {ours} | | {pt} (aug {pta}) | | | | ours/torch {ours/pt:.2f} |")
+        print(f"| {t} | train b{b} img/s | {st} | {ours} | | | {pt} (aug {pta}) | | | | ours/torch {ours/pt:.2f} |")
 PY

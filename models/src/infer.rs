@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use crate::helper::Helper;
 use crate::layers::BnConfig;
 use crate::ops::direct::{self, Dst, Padded};
 use crate::ops::kernels::{self, ConvGeom, Mat};
@@ -171,6 +172,8 @@ pub struct Arch1Engine {
     scratch: Vec<Scratch>,
     logits: Vec<f32>,
     two_lanes: bool,
+    /// The second lane's thread, started on the first two-lane call.
+    helper: Helper,
 }
 
 fn get(t: &HashMap<String, Tensor>, name: &str) -> Result<Vec<f32>, WeightsError> {
@@ -357,6 +360,7 @@ impl Arch1Engine {
             scratch: Vec::new(),
             logits: Vec::new(),
             two_lanes: false,
+            helper: Helper::default(),
         })
     }
 
@@ -468,7 +472,9 @@ impl Arch1Engine {
         logits.resize(n * k, 0.0);
         let mut scratch = std::mem::take(&mut self.scratch);
         if n == 1 && threads >= 2 && self.two_lanes {
-            self.image_two_lanes(&mut scratch[0], faces, &mut logits[..k]);
+            let mut helper = std::mem::take(&mut self.helper);
+            self.image_two_lanes(&mut helper, &mut scratch[0], faces, &mut logits[..k]);
+            self.helper = helper;
         } else if parts == 1 {
             for i in 0..n {
                 self.image(
@@ -812,8 +818,8 @@ impl Arch1Engine {
         }
     }
 
-    /// One image on the calling thread and one helper thread.
-    fn image_two_lanes(&self, s: &mut Scratch, x: &[f32], logits: &mut [f32]) {
+    /// One image on the calling thread and the helper thread.
+    fn image_two_lanes(&self, helper: &mut Helper, s: &mut Scratch, x: &[f32], logits: &mut [f32]) {
         let lanes = Lanes {
             a: Shared::new(&mut s.a),
             b: Shared::new(&mut s.b),
@@ -822,14 +828,11 @@ impl Arch1Engine {
             col: Shared::new(&mut s.col),
             bar: SpinBarrier::default(),
         };
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(|| self.image_lane(1, x, &lanes, None));
-            self.image_lane(0, x, &lanes, Some(logits));
-            // A panic in the helper is re-raised here.
-            if let Err(e) = helper.join() {
-                std::panic::resume_unwind(e);
-            }
-        });
+        // A panic in either lane is re-raised here.
+        helper.join(
+            || self.image_lane(0, x, &lanes, Some(logits)),
+            || self.image_lane(1, x, &lanes, None),
+        );
     }
 }
 
@@ -892,13 +895,14 @@ mod tests {
         s1.reserve();
         let mut s2 = Scratch::default();
         s2.reserve();
+        let mut helper = Helper::default();
         for seed in 0..4 {
             let x: Vec<f32> = (0..2304)
                 .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0)
                 .collect();
             let (mut one, mut two) = ([0f32; 7], [0f32; 7]);
             engine.image(&mut s1, &x, &mut one, 1);
-            engine.image_two_lanes(&mut s2, &x, &mut two);
+            engine.image_two_lanes(&mut helper, &mut s2, &x, &mut two);
             for (a, b) in one.iter().zip(&two) {
                 assert!(
                     (a - b).abs() <= 1e-5 * a.abs().max(1.0),

@@ -21,6 +21,7 @@
 //! metadata says ([`Normalization`]); outputs are logits over [`FER2013_CLASSES`].
 
 pub mod blocks;
+mod helper;
 pub mod infer;
 pub mod layers;
 pub mod mtcnn;
