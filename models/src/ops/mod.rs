@@ -76,6 +76,44 @@ fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// An op's output of `n` chunks of `size` values plus `extra` zeros, the
+/// chunks filled in parallel by `fill(state, i, chunk)` (with one `init()`
+/// state per rayon job, for scratch buffers). Each chunk is zeroed by the
+/// thread that fills it, just before `fill`: `vec![0.0; len]` zeroes the whole
+/// output serially on the thread that runs the op (mimalloc reuses freed
+/// memory, so the zeroing is a real `memset`), which the second thread spent
+/// waiting for.
+fn par_output<S>(
+    n: usize,
+    size: usize,
+    extra: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let len = n * size;
+    let mut out: Vec<f32> = Vec::with_capacity(len + extra);
+    if size > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(size)
+            .enumerate()
+            .for_each_init(init, |state, (i, chunk)| {
+                for v in chunk.iter_mut() {
+                    v.write(0.0);
+                }
+                // SAFETY: every element of `chunk` was initialised just above,
+                // and `MaybeUninit<f32>` has the layout of `f32`.
+                let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
+                fill(state, i, chunk);
+            });
+        // SAFETY: the chunks of `size` values cover `0..len` exactly (`len` is
+        // a multiple of `size`) and the loop above initialised every one; a
+        // panic in `fill` propagates before this line, leaving the length 0.
+        unsafe { out.set_len(len) };
+    }
+    out.resize(len + extra, 0.0);
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Convolution
 
@@ -154,13 +192,15 @@ impl Conv2dOp {
         }
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
-        let mut out = vec![0f32; n * o * hw];
         if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
             let packed = direct::pack(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
-            out.par_chunks_mut(o * hw).enumerate().for_each_init(
+            let out = par_output(
+                n,
+                o * hw,
+                0,
                 || (Vec::new(), Vec::new()),
-                |(xp, flat), (i, y)| {
+                |(xp, flat), i, y| {
                     direct_image(
                         &x[i * in_size..(i + 1) * in_size],
                         &packed,
@@ -193,14 +233,8 @@ impl Conv2dOp {
                 kernels::matmul(y, wm, Mat::row_major(col, kk, hw), acc, gemm_threads);
             }
         };
-        if n == 1 {
-            // One image: its matrices are too small to split across threads.
-            run(&mut Vec::new(), 0, &mut out, 1);
-        } else {
-            out.par_chunks_mut(o * hw)
-                .enumerate()
-                .for_each_init(Vec::new, |col, (i, y)| run(col, i, y, 1));
-        }
+        // Images in parallel; one image's matrices are too small to split.
+        let out = par_output(n, o * hw, 0, Vec::new, |col, i, y| run(col, i, y, 1));
         Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))))
     }
 
@@ -372,15 +406,17 @@ impl CustomOp2 for ConvBwdData {
         let g = conv_geom((n, self.c, self.h, self.w), wdims, self.stride, self.pad)?;
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
-        let mut dx = vec![0f32; n * in_size];
         if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
             // The input gradient is the convolution of the output gradient with
             // the kernel transposed and flipped.
             let packed = direct::pack_flipped(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
-            dx.par_chunks_mut(in_size).enumerate().for_each_init(
+            let dx = par_output(
+                n,
+                in_size,
+                0,
                 || (Vec::new(), Vec::new()),
-                |(dyp, flat), (i, dxi)| {
+                |(dyp, flat), i, dxi| {
                     let dyi = &dy[i * o * hw..(i + 1) * o * hw];
                     direct_image(dyi, &packed, None, g.c, o, pg, dyp, flat, dxi);
                 },
@@ -391,19 +427,16 @@ impl CustomOp2 for ConvBwdData {
             ));
         }
         let wt = Mat::transposed(w, kk, o);
-        dx.par_chunks_mut(in_size).enumerate().for_each_init(
-            Vec::new,
-            |col: &mut Vec<f32>, (i, dxi)| {
-                let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
-                if g.is_pointwise() {
-                    kernels::matmul(dxi, wt, dyi, false, 1);
-                } else {
-                    col.resize(kk * hw, 0.0);
-                    kernels::matmul(col, wt, dyi, false, 1);
-                    kernels::col2im(col, &g, dxi);
-                }
-            },
-        );
+        let dx = par_output(n, in_size, 0, Vec::new, |col: &mut Vec<f32>, i, dxi| {
+            let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
+            if g.is_pointwise() {
+                kernels::matmul(dxi, wt, dyi, false, 1);
+            } else {
+                col.resize(kk * hw, 0.0);
+                kernels::matmul(col, wt, dyi, false, 1);
+                kernels::col2im(col, &g, dxi);
+            }
+        });
         Ok((
             CpuStorage::F32(dx),
             Shape::from((n, self.c, self.h, self.w)),
@@ -533,10 +566,15 @@ impl CustomOp2 for DepthwiseOp {
         check_depthwise(xd, l2)?;
         let (n, c, h, wd) = xd;
         let size = c * h * wd;
-        let mut y = vec![0f32; n * size];
-        y.par_chunks_mut(size).enumerate().for_each(|(i, yi)| {
-            kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi);
-        });
+        let y = par_output(
+            n,
+            size,
+            0,
+            || (),
+            |_, i, yi| {
+                kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi);
+            },
+        );
         Ok((CpuStorage::F32(y), Shape::from(xd)))
     }
 
@@ -644,18 +682,20 @@ impl CustomOp1 for MaxPool2Op {
         let x = slice(s, l)?;
         let (n, c, h, w) = dims4(l, "max_pool2 input")?;
         let (ho, wo) = (h / 2, w / 2);
-        let mut y = vec![0f32; n * c * ho * wo];
-        let chunk = c * ho * wo;
-        if chunk > 0 {
-            y.par_chunks_mut(chunk).enumerate().for_each(|(i, yi)| {
+        let y = par_output(
+            n,
+            c * ho * wo,
+            0,
+            || (),
+            |_, i, yi| {
                 kernels::maxpool2(&x[i * c * h * w..(i + 1) * c * h * w], c, h, w, yi);
                 if self.relu {
                     for v in yi.iter_mut() {
                         *v = v.max(0.0);
                     }
                 }
-            });
-        }
+            },
+        );
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
 
@@ -688,11 +728,16 @@ impl CustomOp3 for MaxPool2Bwd {
         let (x, y, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (n, c, h, w) = dims4(l1, "max_pool2 input")?;
         let (ho, wo) = (h / 2, w / 2);
-        let mut dx = vec![0f32; n * c * h * w];
         let size = c * h * w;
         let osize = c * ho * wo;
-        if size > 0 {
-            dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
+        // Each chunk arrives zeroed: the backward kernel writes only the
+        // window maxima.
+        let dx = par_output(
+            n,
+            size,
+            0,
+            || (),
+            |_, i, dxi| {
                 let dyi = &dy[i * osize..(i + 1) * osize];
                 let masked;
                 let g = if self.relu {
@@ -707,8 +752,8 @@ impl CustomOp3 for MaxPool2Bwd {
                     dyi
                 };
                 kernels::maxpool2_backward(&x[i * size..(i + 1) * size], g, c, h, w, dxi);
-            });
-        }
+            },
+        );
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
@@ -823,10 +868,13 @@ impl CustomOp3 for BnTrainOp {
             .map(|i| gamma[i] / (f64::from(var[i]) + self.eps).sqrt() as f32)
             .collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-        let mut y = vec![0f32; x.len()];
         let size = c * hw;
-        if size > 0 {
-            y.par_chunks_mut(size).enumerate().for_each(|(i, yi)| {
+        let y = par_output(
+            x.len() / size.max(1),
+            size,
+            0,
+            || (),
+            |_, i, yi| {
                 kernels::affine_channels(
                     &x[i * size..(i + 1) * size],
                     &scale,
@@ -837,8 +885,8 @@ impl CustomOp3 for BnTrainOp {
                     self.relu,
                     yi,
                 );
-            });
-        }
+            },
+        );
         let mut st = self
             .stats
             .lock()
@@ -924,11 +972,13 @@ impl CustomOp3 for BnTrainBwd {
                 })
             })
             .collect();
-        let mut out = vec![0f32; n * c * hw + 2 * c];
-        let (dx, tail) = out.split_at_mut(n * c * hw);
         let size = c * hw;
-        if size > 0 {
-            dx.par_chunks_mut(size).enumerate().for_each(|(i, dxi)| {
+        let mut out = par_output(
+            n,
+            size,
+            2 * c,
+            || (),
+            |_, i, dxi| {
                 for ch in 0..c {
                     let (sg, sgx) = sums[ch];
                     let s = self.inv_std[ch];
@@ -949,8 +999,9 @@ impl CustomOp3 for BnTrainBwd {
                         &mut dxi[ch * hw..(ch + 1) * hw],
                     );
                 }
-            });
-        }
+            },
+        );
+        let tail = &mut out[n * size..];
         for ch in 0..c {
             tail[ch] = sums[ch].1 as f32;
             tail[c + ch] = sums[ch].0 as f32;

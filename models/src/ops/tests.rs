@@ -345,3 +345,30 @@ fn batch_norm_train_matches_composed_ops() {
         }
     }
 }
+
+#[test]
+fn par_output_fills_zeroed_chunks_and_extra_zeros() {
+    // Each chunk arrives zeroed (here `fill` writes only every other value).
+    let out = par_output(
+        5,
+        3,
+        2,
+        || (),
+        |_, i, chunk| {
+            assert!(chunk.iter().all(|v| *v == 0.0));
+            chunk[0] = i as f32 + 1.0;
+            chunk[2] = -(i as f32);
+        },
+    );
+    assert_eq!(out.len(), 17);
+    for i in 0..5 {
+        assert_eq!(&out[i * 3..i * 3 + 3], &[i as f32 + 1.0, 0.0, -(i as f32)]);
+    }
+    assert_eq!(&out[15..], &[0.0, 0.0]);
+    // Empty chunks or no chunks: just the extra zeros.
+    assert_eq!(par_output(4, 0, 3, || (), |_, _, _| {}), vec![0.0; 3]);
+    assert!(par_output(0, 7, 0, || (), |_, _, _| {}).is_empty());
+    // A panic in `fill` reaches the caller (and frees the buffer).
+    let r = std::panic::catch_unwind(|| par_output(8, 4, 0, || (), |_, i, _| assert!(i != 5)));
+    assert!(r.is_err());
+}
