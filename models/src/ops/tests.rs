@@ -175,7 +175,13 @@ fn conv2d_on_data_gives_kernel_gradients_only() {
 #[test]
 fn conv2d_bias_matches_stock() {
     let mut rng = Lcg(5);
-    for (n, c, h, w, o) in [(1, 32, 12, 12, 64), (3, 5, 7, 6, 4), (2, 128, 6, 6, 7)] {
+    // Odd sizes and more channels than the direct kernel's blocks of 4.
+    for (n, c, h, w, o) in [
+        (1, 32, 12, 12, 64),
+        (2, 128, 6, 6, 7),
+        (3, 5, 11, 9, 6),
+        (2, 16, 24, 24, 9),
+    ] {
         let x = rng.tensor(&[n, c, h, w]);
         let wt = rng.tensor(&[o, c, 3, 3]);
         let b = rng.tensor(&[o]);
