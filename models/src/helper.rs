@@ -182,6 +182,8 @@ mod tests {
                 n.fetch_add(1, Ordering::SeqCst);
             },
             || {
+                // Still the persistent worker, not the scoped fallback.
+                assert_eq!(thread::current().name(), Some("inference-lane"));
                 n.fetch_add(1, Ordering::SeqCst);
             },
         );

@@ -385,10 +385,11 @@ impl Arch1Engine {
 
     /// Whether a single image may use two threads (when the rayon pool has
     /// two or more): each layer's work is split in halves between the calling
-    /// thread and a helper thread started for the call, which meet at a
-    /// spinning barrier after each step. Off by default: the gain is modest
-    /// (about 1.2x at batch 1 on an idle 2-core machine, `docs/PERFORMANCE.md`)
-    /// and the spinning helper competes with a game for the second core.
+    /// thread and a persistent helper thread (started on the first such call,
+    /// asleep between calls), which meet at a spinning barrier after each
+    /// step. Off by default: the gain is about 1.3-1.5x at batch 1 on an idle
+    /// 2-core machine (`docs/PERFORMANCE.md`), and during a call the helper
+    /// takes the second core from the game.
     pub fn set_two_lanes(&mut self, on: bool) {
         self.two_lanes = on;
     }

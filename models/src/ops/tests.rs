@@ -355,6 +355,8 @@ fn batch_norm_train_matches_composed_ops() {
 #[test]
 fn par_output_fills_zeroed_chunks_and_extra_zeros() {
     // Each chunk arrives zeroed (here `fill` writes only every other value).
+    // Uninitialised memory may happen to read as zero, so without the zeroing
+    // this could still pass; Miri would flag the read.
     let out = par_output(
         5,
         3,
