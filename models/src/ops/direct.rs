@@ -93,24 +93,28 @@ impl Padded {
     /// Copies `c` planes `(h, w)` from `x` into padded planes in `xp`
     /// (`c * plane()` values), zeroing the border and the slack.
     pub fn pad(&self, x: &[f32], c: usize, xp: &mut [f32]) {
-        let (h, w, row, plane) = (self.h, self.w, self.row(), self.plane());
+        self.spread(x, c, xp, self.plane(), self.origin());
+    }
+
+    /// Copies `n` planes `(h, w)` from `src` into `n` planes of `stride`
+    /// values in `dst`, in the padded row layout: row `y` at
+    /// `first + y * row()`, each followed by two zeros, zeros before `first`
+    /// and after the last row.
+    fn spread(&self, src: &[f32], n: usize, dst: &mut [f32], stride: usize, first: usize) {
+        let (h, w, row) = (self.h, self.w, self.row());
         assert!(
-            x.len() >= c * h * w && xp.len() >= c * plane,
-            "pad: slices too short"
+            src.len() >= size(n, h * w) && dst.len() >= size(n, stride),
+            "direct: slices too short for the planes"
         );
-        for (src, p) in x
-            .chunks_exact(h * w)
-            .zip(xp.chunks_exact_mut(plane))
-            .take(c)
-        {
-            p[..row + 1].fill(0.0);
-            for (y, s) in src.chunks_exact(w).enumerate() {
-                let start = (y + 1) * row + 1;
-                p[start..start + w].copy_from_slice(s);
-                // This row's right border and the next row's left border.
-                p[start + w..start + w + 2].fill(0.0);
+        assert!(first + h * row <= stride, "direct: plane too short");
+        for (i, p) in dst.chunks_exact_mut(stride.max(1)).take(n).enumerate() {
+            p[..first].fill(0.0);
+            for y in 0..h {
+                let start = first + y * row;
+                p[start..start + w].copy_from_slice(&src[(i * h + y) * w..][..w]);
+                p[start + w..start + row].fill(0.0);
             }
-            p[(h + 1) * row + 1..].fill(0.0);
+            p[first + h * row..].fill(0.0);
         }
     }
 
@@ -134,22 +138,7 @@ impl Padded {
     /// [`conv`]'s output, `o * out_len()` values, with zeros at the discarded
     /// positions: the input of [`conv_grad_kernel`].
     pub fn flatten(&self, dy: &[f32], o: usize, dyf: &mut [f32]) {
-        let (h, w, row, len) = (self.h, self.w, self.row(), self.out_len());
-        assert!(
-            dy.len() >= o * h * w && dyf.len() >= o * len,
-            "flatten: slices too short"
-        );
-        for (src, d) in dy
-            .chunks_exact(h * w)
-            .zip(dyf.chunks_exact_mut(len))
-            .take(o)
-        {
-            for (y, s) in src.chunks_exact(w).enumerate() {
-                d[y * row..y * row + w].copy_from_slice(s);
-                d[y * row + w..(y + 1) * row].fill(0.0);
-            }
-            d[h * row..].fill(0.0);
-        }
+        self.spread(dy, o, dyf, self.out_len(), 0);
     }
 
     /// Copies the valid outputs of `o` channels from [`conv`]'s flat layout
