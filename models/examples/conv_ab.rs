@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use models::ops::direct::{self, Dst, Padded};
+use models::ops::direct::{self, Padded};
 use models::ops::kernels::{self, ConvGeom, Mat};
 
 /// `(outputs, inputs, side)` of ARCH-1's 3x3 convolutions (Table 1).
@@ -60,17 +60,9 @@ fn main() {
             });
             let pg = Padded { h: s, w: s };
             let wp = direct::pack(&w, o, c);
-            let mut xp = vec![0f32; c * pg.plane()];
-            let mut flat = vec![0f32; o * pg.out_len()];
+            let mut scratch = Vec::new();
             let dir = seconds_per_call(reps, || {
-                pg.pad(&x, c, &mut xp);
-                let dst = Dst {
-                    data: &mut flat,
-                    stride: pg.out_len(),
-                    offset: 0,
-                };
-                direct::conv(&xp, &wp, None, o, c, pg, false, dst);
-                pg.unpad(&flat, pg.out_len(), o, &mut y);
+                direct::conv_image(&x, &wp, None, o, c, pg, false, &mut scratch, &mut y);
             });
             if round == 2 {
                 let rate = |t: f64| macs as f64 / t / 1e9;

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::helper::Helper;
 use crate::layers::BnConfig;
-use crate::ops::direct::{self, Dst, Padded};
+use crate::ops::direct::{self, Padded};
 use crate::ops::kernels::{self, ConvGeom, Mat};
 use crate::weights::WeightsError;
 
@@ -38,7 +38,7 @@ struct FoldedConv {
 /// The packed weights of a folded convolution that runs on the direct 3x3
 /// kernel, or nothing (im2col + GEMM).
 fn pack_direct(w: &[f32], o: usize, c: usize, k: usize, stride: usize) -> Vec<f32> {
-    if k == 3 && stride == 1 && direct::fast() {
+    if direct::handles(k, stride, k / 2) {
         direct::pack(w, o, c)
     } else {
         Vec::new()
@@ -94,29 +94,9 @@ impl FoldedConv {
         let g = self.geom(h, w);
         let (ho, wo) = (g.ho(), g.wo());
         if !self.packed.is_empty() {
-            let pg = Padded { h, w };
-            let (plane, len) = (pg.plane(), pg.out_len());
-            if col.len() < self.c * plane + self.o * len {
-                col.resize(self.c * plane + self.o * len, 0.0);
-            }
-            let (xp, flat) = col.split_at_mut(self.c * plane);
-            pg.pad(x, self.c, xp);
-            let dst = Dst {
-                data: flat,
-                stride: len,
-                offset: 0,
-            };
-            direct::conv(
-                xp,
-                &self.packed,
-                Some(&self.b),
-                self.o,
-                self.c,
-                pg,
-                self.relu,
-                dst,
-            );
-            pg.unpad(flat, len, self.o, y);
+            let (b, pg) = (Some(&self.b[..]), Padded { h, w });
+            let y = &mut y[..self.o * h * w];
+            direct::conv_image(x, &self.packed, b, self.o, self.c, pg, self.relu, col, y);
             return (ho, wo);
         }
         let hw = ho * wo;
@@ -697,11 +677,6 @@ impl FoldedConv {
                     l.col.range(flat0 + o0 * len, flat0 + o1 * len),
                 )
             };
-            let dst = Dst {
-                data: flat,
-                stride: len,
-                offset: 0,
-            };
             let wp = &self.packed[direct::packed_len(o0, self.c)..];
             direct::conv(
                 xp,
@@ -711,14 +686,14 @@ impl FoldedConv {
                 self.c,
                 pg,
                 self.relu,
-                dst,
+                flat,
             );
             // SAFETY: output channels o0..o1 are this lane's; `y` is a
             // different buffer from `x` and col.
             let yr = unsafe { y.range(o0 * hw, o1 * hw) };
             // SAFETY: as above, these flat rows are this lane's own.
             let flat = unsafe { l.col.part(flat0 + o0 * len, flat0 + o1 * len) };
-            pg.unpad(flat, len, o1 - o0, yr);
+            pg.unpad(flat, o1 - o0, yr);
         }
         l.bar.wait();
     }

@@ -38,6 +38,13 @@ pub fn fast() -> bool {
     }
 }
 
+/// Whether a convolution with kernel side `k`, `stride` and padding `pad`
+/// runs on this module's kernels: 3x3, stride 1, padding 1, on a CPU where
+/// they are the faster path ([`fast`]).
+pub fn handles(k: usize, stride: usize, pad: usize) -> bool {
+    k == 3 && stride == 1 && pad == 1 && fast()
+}
+
 const OVERFLOW: &str = "direct convolution: image size overflows usize";
 
 /// `a * b`, or `usize::MAX` if it overflows, for length checks: a slice is
@@ -84,16 +91,11 @@ impl Padded {
             .expect(OVERFLOW)
     }
 
-    /// Offset of input `(0, 0)` in its padded plane. [`conv`] writing at this
-    /// offset produces the next layer's padded planes (see [`Padded::clear_border`]).
-    pub fn origin(&self) -> usize {
-        self.row() + 1
-    }
-
     /// Copies `c` planes `(h, w)` from `x` into padded planes in `xp`
     /// (`c * plane()` values), zeroing the border and the slack.
     pub fn pad(&self, x: &[f32], c: usize, xp: &mut [f32]) {
-        self.spread(x, c, xp, self.plane(), self.origin());
+        // Input (0, 0) sits after the top border row and one left border.
+        self.spread(x, c, xp, self.plane(), self.row() + 1);
     }
 
     /// Copies `n` planes `(h, w)` from `src` into `n` planes of `stride`
@@ -118,22 +120,6 @@ impl Padded {
         }
     }
 
-    /// Zeroes the border and slack of `c` padded planes whose interior [`conv`]
-    /// wrote at offset [`Padded::origin`] (its tiles also write the two border
-    /// columns of each row and past the last row).
-    pub fn clear_border(&self, xp: &mut [f32], c: usize) {
-        let (h, w, row, plane) = (self.h, self.w, self.row(), self.plane());
-        assert!(xp.len() >= c * plane, "clear_border: slice too short");
-        for p in xp.chunks_exact_mut(plane).take(c) {
-            p[..row + 1].fill(0.0);
-            for y in 1..=h {
-                p[y * row + w + 1] = 0.0;
-                p[(y + 1) * row] = 0.0;
-            }
-            p[(h + 1) * row + 1..].fill(0.0);
-        }
-    }
-
     /// Copies `o` planes `(h, w)` (an output gradient) into the flat layout of
     /// [`conv`]'s output, `o * out_len()` values, with zeros at the discarded
     /// positions: the input of [`conv_grad_kernel`].
@@ -142,11 +128,11 @@ impl Padded {
     }
 
     /// Copies the valid outputs of `o` channels from [`conv`]'s flat layout
-    /// (`flat`, channel stride `stride`, no offset) into compact `(o, h, w)` planes.
-    pub fn unpad(&self, flat: &[f32], stride: usize, o: usize, y: &mut [f32]) {
-        let (h, w, row) = (self.h, self.w, self.row());
+    /// (`flat`, channel `i` at `i * out_len()`) into compact `(o, h, w)` planes.
+    pub fn unpad(&self, flat: &[f32], o: usize, y: &mut [f32]) {
+        let (h, w, row, stride) = (self.h, self.w, self.row(), self.out_len());
         assert!(
-            o == 0 || (flat.len() >= (o - 1) * stride + h * row && y.len() >= o * h * w),
+            flat.len() >= size(o, stride) && y.len() >= size(o, h * w),
             "unpad: slices too short"
         );
         for (oi, dst) in y.chunks_exact_mut(h * w).take(o).enumerate() {
@@ -199,22 +185,11 @@ fn pack_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec
     p
 }
 
-/// The destination of [`conv`]: output channel `i`'s flat positions go to
-/// `data[i * stride + offset..][..out_len]`.
-pub struct Dst<'a> {
-    /// Backing storage.
-    pub data: &'a mut [f32],
-    /// Distance between output channels.
-    pub stride: usize,
-    /// Offset of position 0 (0 for a flat buffer, [`Padded::origin`] to write
-    /// the next layer's padded planes).
-    pub offset: usize,
-}
-
 /// The 3x3 convolution (stride 1, padding 1) of `c` padded planes `xp` with
 /// weights packed by [`pack`] or [`pack_flipped`] for `o` outputs, plus `bias`,
 /// then ReLU if `relu`. Writes [`Padded::out_len`] positions per output channel
-/// into `dst`, including the discarded `x >= w` ones.
+/// into `out` (channel `i` at `i * out_len()`), including the discarded
+/// `x >= w` ones.
 ///
 /// # Panics
 /// If a slice is too short for the shapes (a bug in the caller: all sizes come
@@ -228,7 +203,7 @@ pub fn conv(
     c: usize,
     g: Padded,
     relu: bool,
-    dst: Dst,
+    out: &mut [f32],
 ) {
     assert!(xp.len() >= size(c, g.plane()), "conv: input too short");
     assert!(
@@ -236,21 +211,42 @@ pub fn conv(
         "conv: packed weights too short"
     );
     assert!(bias.is_none_or(|b| b.len() >= o), "conv: bias too short");
-    let last = size(o.saturating_sub(1), dst.stride)
-        .checked_add(dst.offset)
-        .and_then(|n| n.checked_add(g.out_len()));
-    assert!(
-        o == 0 || last.is_some_and(|n| dst.data.len() >= n),
-        "conv: destination too short"
-    );
+    assert!(out.len() >= size(o, g.out_len()), "conv: output too short");
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked); the slice lengths were
         // checked above, which is all `conv_avx2` relies on.
-        unsafe { conv_avx2(xp, wp, bias, o, c, g, relu, dst) };
+        unsafe { conv_avx2(xp, wp, bias, o, c, g, relu, out) };
         return;
     }
-    conv_portable(xp, wp, bias, o, c, g, relu, dst);
+    conv_portable(xp, wp, bias, o, c, g, relu, out);
+}
+
+/// One image from and to compact planes: pads `x` (`c` planes `(h, w)`),
+/// convolves as [`conv`] does, and copies the `o` output planes `(h, w)` into
+/// `y`. `scratch` holds the padded input and the flat output; it grows on
+/// first use and is meant to be reused across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image(
+    x: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    o: usize,
+    c: usize,
+    g: Padded,
+    relu: bool,
+    scratch: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    let (planes, len) = (size(c, g.plane()), size(o, g.out_len()));
+    let need = planes.checked_add(len).expect(OVERFLOW);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (xp, flat) = scratch.split_at_mut(planes);
+    g.pad(x, c, xp);
+    conv(xp, wp, bias, o, c, g, relu, flat);
+    g.unpad(flat, o, y);
 }
 
 fn taps(row: usize) -> [usize; 9] {
@@ -278,13 +274,13 @@ fn conv_portable(
     c: usize,
     g: Padded,
     relu: bool,
-    dst: Dst,
+    out: &mut [f32],
 ) {
     let (plane, offs) = (g.plane(), taps(g.row()));
     for oi in 0..o {
         let blk = &wp[(oi / ROWS) * ROWS * c * 9..];
-        let out = &mut dst.data[oi * dst.stride + dst.offset..][..g.out_len()];
-        for (j, v) in out.iter_mut().enumerate() {
+        let len = g.out_len();
+        for (j, v) in out[oi * len..(oi + 1) * len].iter_mut().enumerate() {
             let mut s = bias.map_or(0.0, |b| b[oi]);
             for ci in 0..c {
                 for (t, off) in offs.iter().enumerate() {
@@ -309,7 +305,7 @@ fn conv_avx2(
     c: usize,
     g: Padded,
     relu: bool,
-    dst: Dst,
+    out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let (plane, len, offs) = (g.plane(), g.out_len(), taps(g.row()));
@@ -340,14 +336,14 @@ fn conv_avx2(
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let oi = ob * ROWS + r;
                 let b = _mm256_set1_ps(bias.map_or(0.0, |b| b[oi]));
-                let out = &mut dst.data[oi * dst.stride + dst.offset + j0..][..TILE];
+                let dst = &mut out[oi * len + j0..][..TILE];
                 for (k, &ak) in a.iter().enumerate() {
                     let mut v = _mm256_add_ps(ak, b);
                     if relu {
                         v = _mm256_max_ps(v, zero);
                     }
-                    // SAFETY: `out` holds TILE = 8 * VECS floats; this writes 8 at 8k.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), v) };
+                    // SAFETY: `dst` holds TILE = 8 * VECS floats; this writes 8 at 8k.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * k), v) };
                 }
             }
         }
@@ -474,7 +470,7 @@ mod tests {
         (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
     }
 
-    type ConvFn = fn(&[f32], &[f32], Option<&[f32]>, usize, usize, Padded, bool, Dst);
+    type ConvFn = fn(&[f32], &[f32], Option<&[f32]>, usize, usize, Padded, bool, &mut [f32]);
 
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -490,14 +486,9 @@ mod tests {
         let mut xp = vec![f32::NAN; c * g.plane()];
         g.pad(x, c, &mut xp);
         let mut flat = vec![f32::NAN; o * g.out_len()];
-        let dst = Dst {
-            data: &mut flat,
-            stride: g.out_len(),
-            offset: 0,
-        };
-        which(&xp, wp, Some(b), o, c, g, relu, dst);
+        which(&xp, wp, Some(b), o, c, g, relu, &mut flat);
         let mut y = vec![f32::NAN; o * g.h * g.w];
-        g.unpad(&flat, g.out_len(), o, &mut y);
+        g.unpad(&flat, o, &mut y);
         y
     }
 
@@ -545,11 +536,6 @@ mod tests {
         assert!(pack_flipped(&[], 0, 3).is_empty());
         let g = Padded { h: 2, w: 3 };
         let mut flat = vec![f32::NAN; 2 * g.out_len()];
-        let dst = Dst {
-            data: &mut flat,
-            stride: g.out_len(),
-            offset: 0,
-        };
         conv(
             &[],
             &pack(&[], 2, 0),
@@ -558,7 +544,7 @@ mod tests {
             0,
             g,
             true,
-            dst,
+            &mut flat,
         );
         assert!(flat[..g.out_len()].iter().all(|v| *v == 0.5));
         assert!(flat[g.out_len()..].iter().all(|v| *v == 0.0));
@@ -641,33 +627,39 @@ mod tests {
     }
 
     #[test]
-    fn writing_padded_planes_then_clearing_the_border_chains_layers() {
+    fn conv_image_chains_layers_through_one_scratch() {
         let (c, o, h, w) = (2, 4, 5, 7);
         let g = Padded { h, w };
         let x = values(c * h * w, 7.0);
         let (w1, w2) = (values(o * c * 9, 8.0), values(o * o * 9, 9.0));
         let zeros = vec![0.0; o];
-        // Layer 1 straight into padded planes, layer 2 from them.
-        let mut xp = vec![0f32; c * g.plane()];
-        g.pad(&x, c, &mut xp);
-        let mut mid = vec![f32::NAN; o * g.plane()];
-        let dst = Dst {
-            data: &mut mid,
-            stride: g.plane(),
-            offset: g.origin(),
-        };
-        conv(&xp, &pack(&w1, o, c), None, o, c, g, true, dst);
-        g.clear_border(&mut mid, o);
-        let mut flat = vec![0f32; o * g.out_len()];
-        let dst = Dst {
-            data: &mut flat,
-            stride: g.out_len(),
-            offset: 0,
-        };
-        conv(&mid, &pack(&w2, o, o), None, o, o, g, false, dst);
-        let mut got = vec![0f32; o * h * w];
-        g.unpad(&flat, g.out_len(), o, &mut got);
-        // The same through compact planes and the definition.
+        // Two layers of different widths, the scratch reused (and grown).
+        let mut scratch = Vec::new();
+        let mut mid = vec![f32::NAN; o * h * w];
+        conv_image(
+            &x,
+            &pack(&w1, o, c),
+            None,
+            o,
+            c,
+            g,
+            true,
+            &mut scratch,
+            &mut mid,
+        );
+        let mut got = vec![f32::NAN; o * h * w];
+        conv_image(
+            &mid,
+            &pack(&w2, o, o),
+            None,
+            o,
+            o,
+            g,
+            false,
+            &mut scratch,
+            &mut got,
+        );
+        // The same through the definition.
         let y1: Vec<f32> = reference(&x, &w1, &zeros, o, c, h, w)
             .iter()
             .map(|v| v.max(0.0))

@@ -192,28 +192,13 @@ impl Conv2dOp {
         }
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
-        if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
+        if direct::handles(g.k, g.stride, g.pad) {
             let packed = direct::pack(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
-            let out = par_output(
-                n,
-                o * hw,
-                0,
-                || (Vec::new(), Vec::new()),
-                |(xp, flat), i, y| {
-                    direct_image(
-                        &x[i * in_size..(i + 1) * in_size],
-                        &packed,
-                        bias,
-                        o,
-                        g.c,
-                        pg,
-                        xp,
-                        flat,
-                        y,
-                    );
-                },
-            );
+            let out = par_output(n, o * hw, 0, Vec::new, |scratch, i, y| {
+                let xi = &x[i * in_size..(i + 1) * in_size];
+                direct::conv_image(xi, &packed, bias, o, g.c, pg, false, scratch, y);
+            });
             return Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))));
         }
         let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
@@ -329,33 +314,6 @@ impl CustomOp3 for Conv2dOp {
     }
 }
 
-/// One image through [`direct::conv`]: pads `x` (`c` planes) into `xp`,
-/// convolves into the flat buffer `flat` and copies the `o` output planes into
-/// `y`. The buffers are per-thread scratch, grown on first use.
-#[allow(clippy::too_many_arguments)]
-fn direct_image(
-    x: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    o: usize,
-    c: usize,
-    g: direct::Padded,
-    xp: &mut Vec<f32>,
-    flat: &mut Vec<f32>,
-    y: &mut [f32],
-) {
-    xp.resize(c * g.plane(), 0.0);
-    flat.resize(o * g.out_len(), 0.0);
-    g.pad(x, c, xp);
-    let dst = direct::Dst {
-        data: flat,
-        stride: g.out_len(),
-        offset: 0,
-    };
-    direct::conv(xp, packed, bias, o, c, g, false, dst);
-    g.unpad(flat, g.out_len(), o, y);
-}
-
 /// Per-channel sum of an `(N, C, H, W)` tensor: `(C,)` (a bias gradient).
 struct ChannelSum;
 
@@ -406,21 +364,15 @@ impl CustomOp2 for ConvBwdData {
         let g = conv_geom((n, self.c, self.h, self.w), wdims, self.stride, self.pad)?;
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
-        if g.k == 3 && g.stride == 1 && g.pad == 1 && direct::fast() {
+        if direct::handles(g.k, g.stride, g.pad) {
             // The input gradient is the convolution of the output gradient with
             // the kernel transposed and flipped.
             let packed = direct::pack_flipped(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
-            let dx = par_output(
-                n,
-                in_size,
-                0,
-                || (Vec::new(), Vec::new()),
-                |(dyp, flat), i, dxi| {
-                    let dyi = &dy[i * o * hw..(i + 1) * o * hw];
-                    direct_image(dyi, &packed, None, g.c, o, pg, dyp, flat, dxi);
-                },
-            );
+            let dx = par_output(n, in_size, 0, Vec::new, |scratch, i, dxi| {
+                let dyi = &dy[i * o * hw..(i + 1) * o * hw];
+                direct::conv_image(dyi, &packed, None, g.c, o, pg, false, scratch, dxi);
+            });
             return Ok((
                 CpuStorage::F32(dx),
                 Shape::from((n, self.c, self.h, self.w)),
@@ -477,14 +429,11 @@ impl CustomOp2 for ConvBwdFilter {
         let pg = direct::Padded { h: g.h, w: g.w };
         // The direct kernel ends each (output, input) channel pair in nine
         // horizontal sums: worth it on large planes only.
-        let use_direct = g.k == 3
-            && g.stride == 1
-            && g.pad == 1
-            && pg.out_len() >= DIRECT_GRAD_MIN_POSITIONS
-            && direct::fast();
+        let use_direct =
+            direct::handles(g.k, g.stride, g.pad) && pg.out_len() >= DIRECT_GRAD_MIN_POSITIONS;
         let partial = |r: std::ops::Range<usize>| {
+            let mut acc = vec![0f32; o * kk];
             if use_direct {
-                let mut acc = vec![0f32; o * kk];
                 let (mut xp, mut dyf) =
                     (vec![0f32; g.c * pg.plane()], vec![0f32; o * pg.out_len()]);
                 for i in r {
@@ -494,7 +443,6 @@ impl CustomOp2 for ConvBwdFilter {
                 }
                 return acc;
             }
-            let mut acc = vec![0f32; o * kk];
             let mut col = Vec::new();
             for i in r {
                 let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
@@ -870,7 +818,7 @@ impl CustomOp3 for BnTrainOp {
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
         let size = c * hw;
         let y = par_output(
-            x.len() / size.max(1),
+            n,
             size,
             0,
             || (),
