@@ -5,11 +5,40 @@
 //! batch-1 ARCH-1 inference. [`Helper`] starts its thread once and hands it
 //! work through a channel; between calls the thread sleeps in the channel's
 //! receive, so it costs nothing while the game runs.
+//!
+//! Both ends first poll their channel for up to [`SPIN`] before they block in
+//! it. Waking a thread that sleeps in a futex takes tens of microseconds, and
+//! the scheduler tends to wake it on the waker's core, where the two lanes
+//! then share one core until it is migrated. Back-to-back calls (several
+//! faces, a benchmark) find the helper still polling on its own core; a
+//! single call per frame costs the helper at most `SPIN` of polling after it.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError, sync_channel};
 use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a lane polls its channel before it sleeps in it.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// `rx.recv()`, polling for up to `spin` before blocking.
+fn recv_spinning<T>(rx: &Receiver<T>, spin: Duration) -> Result<T, RecvError> {
+    let start = Instant::now();
+    for i in 0u32.. {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            Err(TryRecvError::Empty) => {}
+        }
+        // Reading the clock costs more than a poll: every 64 polls.
+        if i % 64 == 63 && start.elapsed() >= spin {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    rx.recv()
+}
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -58,7 +87,7 @@ impl WaitForJob<'_> {
         self.received = true;
         // An error means the helper thread is gone, so it cannot be running
         // the job any more.
-        self.done.recv().unwrap_or(Ok(()))
+        recv_spinning(self.done, SPIN).unwrap_or(Ok(()))
     }
 }
 
@@ -78,7 +107,7 @@ impl Helper {
         thread::Builder::new()
             .name("inference-lane".into())
             .spawn(move || {
-                while let Ok(job) = incoming.recv() {
+                while let Ok(job) = recv_spinning(&incoming, SPIN) {
                     let r = panic::catch_unwind(AssertUnwindSafe(job));
                     if report.send(r).is_err() {
                         break;
@@ -191,6 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn polling_receive_gets_values_sent_before_and_after_it_blocks() {
+        let (tx, rx) = sync_channel::<u32>(1);
+        tx.send(1).unwrap();
+        assert_eq!(recv_spinning(&rx, Duration::ZERO), Ok(1));
+        // Sent long after the polling gave up: the blocking receive gets it.
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.send(2).unwrap();
+        });
+        assert_eq!(recv_spinning(&rx, Duration::from_micros(50)), Ok(2));
+        sender.join().unwrap();
+        // And a closed channel ends it.
+        assert_eq!(recv_spinning(&rx, Duration::from_millis(1)), Err(RecvError));
+    }
+
+    #[test]
     fn a_panic_here_still_waits_for_the_helper() {
         let mut h = Helper::default();
         let finished = AtomicUsize::new(0);
@@ -198,7 +243,7 @@ mod tests {
             h.join(
                 || panic!("caller failed"),
                 || {
-                    thread::sleep(std::time::Duration::from_millis(50));
+                    thread::sleep(Duration::from_millis(50));
                     finished.store(1, Ordering::SeqCst);
                 },
             );

@@ -330,6 +330,11 @@ multiversion! {
 multiversion! {
     /// Gradients of [`depthwise3x3`] for one image: accumulates the input gradient
     /// into `dx` (zeroed by the caller) and the kernel gradient into `dw` `(c, 9)`.
+    ///
+    /// Each tap's kernel gradient is summed into a row-wide accumulator, one
+    /// multiply-add per position in the same pass as the input gradient, and
+    /// reduced once per tap: a per-row float `sum()` is a serial chain that
+    /// does not vectorise.
     pub fn depthwise3x3_backward(
         x: &[f32],
         wt: &[f32],
@@ -343,6 +348,7 @@ multiversion! {
         let hw = h * w;
         assert!(x.len() >= c * hw && dy.len() >= c * hw && dx.len() >= c * hw);
         assert!(wt.len() >= c * 9 && dw.len() >= c * 9);
+        let mut acc = vec![0f32; w];
         for ch in 0..c {
             let xp = &x[ch * hw..(ch + 1) * hw];
             let gp = &dy[ch * hw..(ch + 1) * hw];
@@ -357,18 +363,19 @@ multiversion! {
                     if ox0 >= ox1 {
                         continue;
                     }
-                    let mut acc = 0.0f32;
+                    let acc = &mut acc[..ox1 - ox0];
+                    acc.fill(0.0);
                     for oy in oy0..oy1 {
-                        let iy = oy + ky - 1;
-                        let xs = &xp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
+                        let i0 = (oy + ky - 1) * w + ox0 + kx - 1;
+                        let xs = &xp[i0..i0 + acc.len()];
+                        let ds = &mut dxp[i0..i0 + acc.len()];
                         let gs = &gp[oy * w + ox0..oy * w + ox1];
-                        acc += xs.iter().zip(gs).map(|(a, b)| a * b).sum::<f32>();
-                        let ds = &mut dxp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
-                        for (d, g) in ds.iter_mut().zip(gs) {
+                        for (((d, a), &xv), &g) in ds.iter_mut().zip(acc.iter_mut()).zip(xs).zip(gs) {
                             *d += wv * g;
+                            *a += xv * g;
                         }
                     }
-                    dw[ch * 9 + ky * 3 + kx] += acc;
+                    dw[ch * 9 + ky * 3 + kx] += sum(acc);
                 }
             }
         }
@@ -397,30 +404,69 @@ multiversion! {
     }
 }
 
+/// `v` if `on`, else `+0.0`, with a bit mask instead of a branch (LLVM turns
+/// `if on { v } else { 0.0 }` into a jump, which mispredicts on pooling's
+/// data-dependent choices).
+#[inline(always)]
+fn keep(v: f32, on: bool) -> f32 {
+    f32::from_bits(v.to_bits() & 0u32.wrapping_sub(u32::from(on)))
+}
+
 multiversion! {
     /// Gradient of [`maxpool2`]: each output gradient goes to the first input of its
-    /// window equal to the window's maximum; `dx` is overwritten.
-    pub fn maxpool2_backward(x: &[f32], dy: &[f32], planes: usize, h: usize, w: usize, dx: &mut [f32]) {
+    /// window equal to the window's maximum (for inputs without NaN, the one a
+    /// strict `>` scan picks);
+    /// `dx` is overwritten, the rows and columns that pooling dropped with
+    /// zeros. With `y` (the pooled output of [`maxpool2`] followed by ReLU),
+    /// windows whose output is not positive pass no gradient.
+    ///
+    /// Branch-free: the window's maximum and its first position are found
+    /// with `max` and bit masks and all four inputs are written, where a
+    /// compare-and-jump scan with a scattered add mispredicted on about every
+    /// other window.
+    pub fn maxpool2_backward(
+        x: &[f32],
+        dy: &[f32],
+        y: Option<&[f32]>,
+        planes: usize,
+        h: usize,
+        w: usize,
+        dx: &mut [f32],
+    ) {
         let (ho, wo) = (h / 2, w / 2);
-        assert!(
-            x.len() >= planes * h * w && dx.len() >= planes * h * w && dy.len() >= planes * ho * wo
-        );
-        dx[..planes * h * w].fill(0.0);
+        let (size, osize) = (h * w, ho * wo);
+        assert!(x.len() >= planes * size && dx.len() >= planes * size && dy.len() >= planes * osize);
+        assert!(y.is_none_or(|y| y.len() >= planes * osize));
         for p in 0..planes {
-            let base = p * h * w;
+            let xp = &x[p * size..(p + 1) * size];
+            let dxp = &mut dx[p * size..(p + 1) * size];
             for oy in 0..ho {
-                for ox in 0..wo {
-                    let i00 = base + 2 * oy * w + 2 * ox;
-                    let cands = [i00, i00 + 1, i00 + w, i00 + w + 1];
-                    let mut best = cands[0];
-                    for &i in &cands[1..] {
-                        if x[i] > x[best] {
-                            best = i;
-                        }
-                    }
-                    dx[best] += dy[p * ho * wo + oy * wo + ox];
+                let o = p * osize + oy * wo;
+                let g = &dy[o..o + wo];
+                let yr = y.map(|y| &y[o..o + wo]);
+                let (r0, r1) = xp[2 * oy * w..(2 * oy + 2) * w].split_at(w);
+                let (d0, d1) = dxp[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+                let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+                let outs = d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2));
+                for (ox, ((a, b), (da, db))) in pairs.zip(outs).enumerate() {
+                    let gv = yr.map_or(g[ox], |yr| keep(g[ox], yr[ox] > 0.0));
+                    // Masks of the first maximum, in scan order.
+                    let m = a[0].max(a[1]).max(b[0].max(b[1]));
+                    let e0 = a[0] == m;
+                    let e1 = (a[1] == m) & !e0;
+                    let e2 = (b[0] == m) & !(e0 | e1);
+                    let e3 = !(e0 | e1 | e2);
+                    da[0] = keep(gv, e0);
+                    da[1] = keep(gv, e1);
+                    db[0] = keep(gv, e2);
+                    db[1] = keep(gv, e3);
+                }
+                if w % 2 == 1 {
+                    d0[w - 1] = 0.0;
+                    d1[w - 1] = 0.0;
                 }
             }
+            dxp[2 * ho * w..].fill(0.0);
         }
     }
 }
@@ -631,6 +677,76 @@ fn bn_dx<const RELU: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maxpool2_backward_picks_the_first_maximum_and_zeroes_the_rest() {
+        // Few distinct values, so most windows have ties; odd sizes leave a
+        // dropped row and column, which must come out zero even when `dx`
+        // starts as garbage.
+        for (planes, h, w) in [(2usize, 5usize, 7usize), (1, 4, 4), (3, 1, 3), (1, 6, 9)] {
+            let x: Vec<f32> = (0..planes * h * w).map(|i| ((i * 7) % 3) as f32).collect();
+            let (ho, wo) = (h / 2, w / 2);
+            let dy: Vec<f32> = (0..planes * ho * wo).map(|i| i as f32 + 1.0).collect();
+            let y: Vec<f32> = (0..planes * ho * wo)
+                .map(|i| (i % 3) as f32 - 1.0)
+                .collect();
+            for relu in [false, true] {
+                let mut want = vec![0f32; planes * h * w];
+                for p in 0..planes {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let i00 = p * h * w + 2 * oy * w + 2 * ox;
+                            let mut best = i00;
+                            for i in [i00 + 1, i00 + w, i00 + w + 1] {
+                                if x[i] > x[best] {
+                                    best = i;
+                                }
+                            }
+                            let o = p * ho * wo + oy * wo + ox;
+                            if !relu || y[o] > 0.0 {
+                                want[best] += dy[o];
+                            }
+                        }
+                    }
+                }
+                let mut got = vec![f32::NAN; planes * h * w];
+                let mask = relu.then_some(&y[..]);
+                maxpool2_backward(&x, &dy, mask, planes, h, w, &mut got);
+                assert_eq!(got, want, "{planes}x{h}x{w} relu {relu}");
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise3x3_backward_matches_the_definition() {
+        for (c, h, w) in [(2usize, 5usize, 7usize), (1, 1, 1), (3, 2, 9), (2, 24, 24)] {
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
+            let dy: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.53).cos()).collect();
+            let wt: Vec<f32> = (0..c * 9).map(|i| (i as f32 * 0.71).sin()).collect();
+            let (mut want_dx, mut want_dw) = (vec![0f32; c * h * w], vec![0f32; c * 9]);
+            for ch in 0..c {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let g = dy[ch * h * w + oy * w + ox];
+                        for k in 0..9 {
+                            let (iy, ix) =
+                                ((oy + k / 3).wrapping_sub(1), (ox + k % 3).wrapping_sub(1));
+                            if iy < h && ix < w {
+                                let i = ch * h * w + iy * w + ix;
+                                want_dx[i] += wt[ch * 9 + k] * g;
+                                want_dw[ch * 9 + k] += x[i] * g;
+                            }
+                        }
+                    }
+                }
+            }
+            let (mut dx, mut dw) = (vec![0f32; c * h * w], vec![0f32; c * 9]);
+            depthwise3x3_backward(&x, &wt, &dy, c, h, w, &mut dx, &mut dw);
+            for (a, b) in dx.iter().zip(&want_dx).chain(dw.iter().zip(&want_dw)) {
+                assert!((a - b).abs() < 1e-4, "{c}x{h}x{w}: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn bn_backward_sums_agree_with_the_portable_loop() {

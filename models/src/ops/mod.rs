@@ -678,28 +678,15 @@ impl CustomOp3 for MaxPool2Bwd {
         let (ho, wo) = (h / 2, w / 2);
         let size = c * h * w;
         let osize = c * ho * wo;
-        // Each chunk arrives zeroed: the backward kernel writes only the
-        // window maxima.
         let dx = par_output(
             n,
             size,
             0,
             || (),
             |_, i, dxi| {
-                let dyi = &dy[i * osize..(i + 1) * osize];
-                let masked;
-                let g = if self.relu {
-                    let yi = &y[i * osize..(i + 1) * osize];
-                    masked = dyi
-                        .iter()
-                        .zip(yi)
-                        .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-                        .collect::<Vec<f32>>();
-                    &masked[..]
-                } else {
-                    dyi
-                };
-                kernels::maxpool2_backward(&x[i * size..(i + 1) * size], g, c, h, w, dxi);
+                let (r, o) = (i * size..(i + 1) * size, i * osize..(i + 1) * osize);
+                let yi = self.relu.then(|| &y[o.clone()]);
+                kernels::maxpool2_backward(&x[r], &dy[o], yi, c, h, w, dxi);
             },
         );
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
