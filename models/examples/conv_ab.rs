@@ -1,8 +1,9 @@
 //! Per-layer A/B of ARCH-1's 3x3 convolutions on one thread, one image:
-//! im2col + GEMM (the `gemm` crate) against the direct kernel
-//! (`models::ops::direct`), including the padding and unpadding copies.
-//! Both run in the same process, alternated over three rounds (the last one is
-//! printed), so the ratio holds on a noisy machine.
+//! im2col + GEMM (the `gemm` crate), the direct kernel on 4-row blocks
+//! (`direct::conv`) and what `direct::conv_image` picks (the wide kernel,
+//! `direct::conv_wide`, on small planes), each including its padding and
+//! unpadding copies. All run in the same process, alternated over three
+//! rounds (the last one is printed), so the ratios hold on a noisy machine.
 //!
 //! `cargo run --release -p models --example conv_ab`
 
@@ -36,7 +37,7 @@ fn main() {
     if !direct::fast() {
         println!("this CPU lacks AVX2/FMA: the direct kernel is not used here");
     }
-    let (mut total_gemm, mut total_direct) = (0.0, 0.0);
+    let (mut total_gemm, mut total_rows, mut total_direct) = (0.0, 0.0, 0.0);
     for round in 0..3 {
         for &(o, c, s) in &LAYERS {
             let g = ConvGeom {
@@ -60,29 +61,47 @@ fn main() {
             });
             let pg = Padded { h: s, w: s };
             let wp = direct::pack(&w, o, c);
+            let (mut xp, mut flat) = (vec![0f32; c * pg.plane()], vec![0f32; o * pg.out_len()]);
+            let rows = seconds_per_call(reps, || {
+                pg.pad(&x, c, &mut xp);
+                direct::conv(&xp, &wp, None, o, c, pg, false, &mut flat);
+                pg.unpad(&flat, o, &mut y);
+            });
+            let packed = direct::Packed::new(&w, o, c, None);
             let mut scratch = Vec::new();
             let dir = seconds_per_call(reps, || {
-                direct::conv_image(&x, &wp, None, o, c, pg, false, &mut scratch, &mut y);
+                direct::conv_image(&x, &packed, None, pg, false, &mut scratch, &mut y);
             });
             if round == 2 {
                 let rate = |t: f64| macs as f64 / t / 1e9;
+                let kind = if direct::wide_fits(pg, o) {
+                    "wide"
+                } else {
+                    "rows"
+                };
                 println!(
-                    "o{o:3} c{c:3} {s:2}x{s:2}: im2col+gemm {:6.1} us ({:4.1} GMAC/s) | direct {:6.1} us ({:4.1} GMAC/s) | speed-up {:.2}x",
+                    "o{o:3} c{c:3} {s:2}x{s:2}: im2col+gemm {:6.1} us ({:4.1} GMAC/s) | rows {:6.1} us ({:4.1} GMAC/s) | {kind} {:6.1} us ({:4.1} GMAC/s) | vs gemm {:.2}x, vs rows {:.2}x",
                     gemm * 1e6,
                     rate(gemm),
+                    rows * 1e6,
+                    rate(rows),
                     dir * 1e6,
                     rate(dir),
-                    gemm / dir
+                    gemm / dir,
+                    rows / dir
                 );
                 total_gemm += gemm;
+                total_rows += rows;
                 total_direct += dir;
             }
         }
     }
     println!(
-        "all 3x3 layers: im2col+gemm {:.1} us, direct {:.1} us, speed-up {:.2}x",
+        "all 3x3 layers: im2col+gemm {:.1} us, rows {:.1} us, chosen {:.1} us; speed-up {:.2}x over gemm, {:.2}x over rows",
         total_gemm * 1e6,
+        total_rows * 1e6,
         total_direct * 1e6,
-        total_gemm / total_direct
+        total_gemm / total_direct,
+        total_rows / total_direct
     );
 }

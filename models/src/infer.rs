@@ -30,19 +30,15 @@ struct FoldedConv {
     k: usize,
     stride: usize,
     relu: bool,
-    /// `w` packed for [`direct::conv`] (3x3, stride 1, on CPUs where it is
-    /// the faster path), else empty.
-    packed: Vec<f32>,
+    /// `w` packed for the direct kernels (3x3, stride 1, on CPUs where they
+    /// are the faster path), else `None` (im2col + GEMM).
+    packed: Option<direct::Packed>,
 }
 
 /// The packed weights of a folded convolution that runs on the direct 3x3
-/// kernel, or nothing (im2col + GEMM).
-fn pack_direct(w: &[f32], o: usize, c: usize, k: usize, stride: usize) -> Vec<f32> {
-    if direct::handles(k, stride, k / 2) {
-        direct::pack(w, o, c)
-    } else {
-        Vec::new()
-    }
+/// kernels, for any plane size, or nothing (im2col + GEMM).
+fn pack_direct(w: &[f32], o: usize, c: usize, k: usize, stride: usize) -> Option<direct::Packed> {
+    direct::handles(k, stride, k / 2).then(|| direct::Packed::new(w, o, c, None))
 }
 
 impl FoldedConv {
@@ -93,10 +89,10 @@ impl FoldedConv {
     ) -> (usize, usize) {
         let g = self.geom(h, w);
         let (ho, wo) = (g.ho(), g.wo());
-        if !self.packed.is_empty() {
+        if let Some(p) = &self.packed {
             let (b, pg) = (Some(&self.b[..]), Padded { h, w });
             let y = &mut y[..self.o * h * w];
-            direct::conv_image(x, &self.packed, b, self.o, self.c, pg, self.relu, col, y);
+            direct::conv_image(x, p, b, pg, self.relu, col, y);
             return (ho, wo);
         }
         let hw = ho * wo;
@@ -293,7 +289,7 @@ impl Arch1Engine {
             .map(|o| r5.b[o] + (0..16).map(|i| r5.w[o * 16 + i] * r4.b[i]).sum::<f32>())
             .collect();
         let res = FoldedConv {
-            packed: Vec::new(),
+            packed: None,
             w,
             b,
             o: 32,
@@ -365,11 +361,12 @@ impl Arch1Engine {
 
     /// Whether a single image may use two threads (when the rayon pool has
     /// two or more): each layer's work is split in halves between the calling
-    /// thread and a persistent helper thread (started on the first such call,
-    /// asleep between calls), which meet at a spinning barrier after each
-    /// step. Off by default: the gain is about 1.3-1.5x at batch 1 on an idle
-    /// 2-core machine (`docs/PERFORMANCE.md`), and during a call the helper
-    /// takes the second core from the game.
+    /// thread and a persistent helper thread (started on the first such call),
+    /// which meet at a spinning barrier after each step. After a call the
+    /// helper polls for the next one for up to 200 us, then sleeps.
+    /// Off by default: the gain is about 1.8x at batch 1 on an idle 2-core
+    /// machine (`docs/PERFORMANCE.md`), and during a call the helper takes the
+    /// second core from the game.
     pub fn set_two_lanes(&mut self, on: bool) {
         self.two_lanes = on;
     }
@@ -610,8 +607,8 @@ impl FoldedConv {
     /// half of the im2col rows (by input channel), a barrier, half of the
     /// output channels, a barrier.
     fn run_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
-        if !self.packed.is_empty() {
-            self.direct_lane(lane, x, h, w, y, l);
+        if let Some(p) = &self.packed {
+            self.direct_lane(p, lane, x, h, w, y, l);
             return;
         }
         let g = self.geom(h, w);
@@ -648,11 +645,22 @@ impl FoldedConv {
 }
 
 impl FoldedConv {
-    /// [`FoldedConv::run_lane`] on the direct kernel: this lane pads half of
+    /// [`FoldedConv::run_lane`] on the direct kernels: this lane pads half of
     /// the input channels into col, a barrier, then convolves its half of
-    /// the output channels (whole blocks of [`direct::ROWS`]) into its part
-    /// of col's flat region and copies them into `y`, a barrier.
-    fn direct_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
+    /// the output channels (whole blocks of [`direct::WIDE`] on small planes,
+    /// else of [`direct::ROWS`], whose flat output goes through col's region
+    /// after the planes) into `y`, a barrier.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_lane(
+        &self,
+        p: &direct::Packed,
+        lane: usize,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        y: Shared,
+        l: &Lanes,
+    ) {
         let pg = Padded { h, w };
         let (plane, len, hw) = (pg.plane(), pg.out_len(), h * w);
         let (c0, c1) = half(self.c, lane);
@@ -663,37 +671,36 @@ impl FoldedConv {
             pg.pad(&x[c0 * hw..c1 * hw], c1 - c0, dst);
         }
         l.bar.wait();
-        let blocks = self.o.div_ceil(direct::ROWS);
-        let (b0, b1) = half(blocks, lane);
-        let (o0, o1) = (b0 * direct::ROWS, (b1 * direct::ROWS).min(self.o));
+        let wide = p.wide_for(pg);
+        let block = if wide.is_some() {
+            direct::WIDE
+        } else {
+            direct::ROWS
+        };
+        let (b0, b1) = half(self.o.div_ceil(block), lane);
+        let (o0, o1) = (b0 * block, (b1 * block).min(self.o));
         if o1 > o0 {
             let flat0 = self.c * plane;
             // SAFETY: the padded planes were completed before the barrier and
-            // no lane writes them in this phase; this lane alone writes the
-            // flat rows of channels o0..o1, after the planes.
-            let (xp, flat) = unsafe {
-                (
-                    l.col.part(0, flat0),
-                    l.col.range(flat0 + o0 * len, flat0 + o1 * len),
-                )
-            };
-            let wp = &self.packed[direct::packed_len(o0, self.c)..];
-            direct::conv(
-                xp,
-                wp,
-                Some(&self.b[o0..]),
-                o1 - o0,
-                self.c,
-                pg,
-                self.relu,
-                flat,
-            );
+            // no lane writes them in this phase.
+            let xp = unsafe { l.col.part(0, flat0) };
             // SAFETY: output channels o0..o1 are this lane's; `y` is a
             // different buffer from `x` and col.
             let yr = unsafe { y.range(o0 * hw, o1 * hw) };
-            // SAFETY: as above, these flat rows are this lane's own.
-            let flat = unsafe { l.col.part(flat0 + o0 * len, flat0 + o1 * len) };
-            pg.unpad(flat, o1 - o0, yr);
+            let bias = Some(&self.b[o0..]);
+            if let Some(wq) = wide {
+                let wq = &wq[o0 * self.c * 9..];
+                direct::conv_wide(xp, wq, bias, o1 - o0, self.c, pg, self.relu, yr);
+            } else {
+                // SAFETY: this lane alone writes the flat rows of channels
+                // o0..o1, after the planes.
+                let flat = unsafe { l.col.range(flat0 + o0 * len, flat0 + o1 * len) };
+                let wp = &p.rows()[direct::packed_len(o0, self.c)..];
+                direct::conv(xp, wp, bias, o1 - o0, self.c, pg, self.relu, flat);
+                // SAFETY: as above, these flat rows are this lane's own.
+                let flat = unsafe { l.col.part(flat0 + o0 * len, flat0 + o1 * len) };
+                pg.unpad(flat, o1 - o0, yr);
+            }
         }
         l.bar.wait();
     }

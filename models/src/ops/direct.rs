@@ -13,6 +13,12 @@
 //! The same kernel computes a convolution's input gradient: it is the
 //! convolution of the output gradient with the kernel transposed (channels
 //! swapped) and flipped ([`pack_flipped`]).
+//!
+//! On small planes those discarded positions cost more (14% at 12x12, 25% at
+//! 6x6, plus a partly used last tile), and there a second kernel,
+//! [`conv_wide`], vectorises over output channels instead: 16 output channels
+//! (two vectors) x 6 positions accumulate in 12 registers, each input value
+//! broadcast once per tap, and only valid positions are computed.
 
 #[cfg(target_arch = "x86_64")]
 use super::kernels::has_avx2_fma;
@@ -23,6 +29,15 @@ const VECS: usize = 2;
 const TILE: usize = 8 * VECS;
 /// Output channels per tile: weights are packed in blocks of this many.
 pub const ROWS: usize = 4;
+/// Output channels per block of [`conv_wide`]: two 8-lane vectors.
+pub const WIDE: usize = 16;
+/// Positions per tile of [`conv_wide`] (6 x 2 accumulators, 2 weight vectors
+/// and a broadcast: 15 of the 16 AVX2 registers).
+const WIDE_TILE: usize = 6;
+/// Planes of at most this many positions (8x8) go to [`conv_wide`]. At 6x6
+/// it ran 1.06-1.17x faster than [`conv`] (`examples/conv_ab.rs`), at 12x12
+/// 0.94-1.09x, i.e. no better.
+const WIDE_MAX_POSITIONS: usize = 64;
 
 /// Whether [`conv`] runs its vectorised kernel on this CPU. Without it the
 /// im2col + GEMM path, which has SSE kernels, is faster than the portable
@@ -43,6 +58,13 @@ pub fn fast() -> bool {
 /// they are the faster path ([`fast`]).
 pub fn handles(k: usize, stride: usize, pad: usize) -> bool {
     k == 3 && stride == 1 && pad == 1 && fast()
+}
+
+/// Whether a convolution with `o` outputs on planes `g` runs on
+/// [`conv_wide`] (given [`handles`]): small planes, `o` a multiple of
+/// [`WIDE`], AVX2.
+pub fn wide_fits(g: Padded, o: usize) -> bool {
+    fast() && o > 0 && o.is_multiple_of(WIDE) && g.h.saturating_mul(g.w) <= WIDE_MAX_POSITIONS
 }
 
 const OVERFLOW: &str = "direct convolution: image size overflows usize";
@@ -144,6 +166,102 @@ impl Padded {
     }
 }
 
+/// A convolution's weights packed for this module's kernels: in [`ROWS`]
+/// blocks for [`conv`] and, when the output count allows, in [`WIDE`] blocks
+/// for [`conv_wide`]. [`conv_image`] picks the kernel by plane size.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    o: usize,
+    c: usize,
+    rows: Option<Vec<f32>>,
+    wide: Option<Vec<f32>>,
+}
+
+impl Packed {
+    /// Packs `(o, c, 3, 3)` weights for planes `g`, or for any plane size
+    /// with `None` (both layouts).
+    pub fn new(w: &[f32], o: usize, c: usize, g: Option<Padded>) -> Self {
+        assert!(w.len() >= size(size(o, c), 9), "pack: weights too short");
+        Self::with(o, c, g, |oi, ci, t| w[(oi * c + ci) * 9 + t])
+    }
+
+    /// Packs the kernel of the input gradient of a convolution with
+    /// `(o, c, 3, 3)` weights (see [`pack_flipped`]), for planes `g` or any.
+    pub fn flipped(w: &[f32], o: usize, c: usize, g: Option<Padded>) -> Self {
+        assert!(w.len() >= size(size(o, c), 9), "pack: weights too short");
+        Self::with(c, o, g, |ci, oi, t| w[(oi * c + ci) * 9 + 8 - t])
+    }
+
+    fn with(
+        o: usize,
+        c: usize,
+        g: Option<Padded>,
+        at: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
+        let wide_ok = o > 0 && o.is_multiple_of(WIDE);
+        let (rows, wide) = match g {
+            Some(g) if wide_fits(g, o) => (false, true),
+            Some(_) => (true, false),
+            None => (true, wide_ok),
+        };
+        Self {
+            o,
+            c,
+            rows: rows.then(|| pack_with(o, c, &at)),
+            wide: wide.then(|| pack_wide_with(o, c, &at)),
+        }
+    }
+
+    /// Output channels.
+    pub fn outputs(&self) -> usize {
+        self.o
+    }
+
+    /// Input channels.
+    pub fn inputs(&self) -> usize {
+        self.c
+    }
+
+    /// The [`ROWS`] blocks for [`conv`].
+    ///
+    /// # Panics
+    /// If they were not packed (`Packed::new` for planes that [`conv_wide`]
+    /// takes).
+    pub fn rows(&self) -> &[f32] {
+        self.rows
+            .as_deref()
+            .expect("direct: 4-row packing not made")
+    }
+
+    /// The [`WIDE`] blocks for [`conv_wide`], when made and `g` is small.
+    pub fn wide_for(&self, g: Padded) -> Option<&[f32]> {
+        self.wide.as_deref().filter(|_| wide_fits(g, self.o))
+    }
+}
+
+/// Packs weights for [`conv_wide`]: blocks of 16 output channels, each
+/// `[c][tap][16]`; `o` must be a multiple of [`WIDE`].
+fn pack_wide_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    assert!(
+        o.is_multiple_of(WIDE),
+        "pack_wide: {o} outputs are not whole blocks"
+    );
+    let mut p = vec![0f32; size(size(o, c), 9)];
+    if p.is_empty() {
+        return p;
+    }
+    for (ob, blk) in p.chunks_exact_mut(WIDE * c * 9).enumerate() {
+        for ci in 0..c {
+            for t in 0..9 {
+                for r in 0..WIDE {
+                    blk[(ci * 9 + t) * WIDE + r] = at(ob * WIDE + r, ci, t);
+                }
+            }
+        }
+    }
+    p
+}
+
 /// Packed length of the weights of a convolution with `o` outputs and `c` inputs.
 pub fn packed_len(o: usize, c: usize) -> usize {
     size(size(o.div_ceil(ROWS) * ROWS, c), 9)
@@ -222,31 +340,204 @@ pub fn conv(
     conv_portable(xp, wp, bias, o, c, g, relu, out);
 }
 
-/// One image from and to compact planes: pads `x` (`c` planes `(h, w)`),
-/// convolves as [`conv`] does, and copies the `o` output planes `(h, w)` into
-/// `y`. `scratch` holds the padded input and the flat output; it grows on
-/// first use and is meant to be reused across calls.
-#[allow(clippy::too_many_arguments)]
+/// One image from and to compact planes: pads `x` (`p.inputs()` planes
+/// `(h, w)`), convolves with `p`'s weights for `p.outputs()` channels, on [`conv_wide`]
+/// where it takes the planes and else as [`conv`] does, and writes the output
+/// planes `(h, w)` into `y`. `scratch` holds the padded input (and [`conv`]'s
+/// flat output); it grows on first use and is meant to be reused across calls.
 pub fn conv_image(
     x: &[f32],
-    wp: &[f32],
+    p: &Packed,
     bias: Option<&[f32]>,
-    o: usize,
-    c: usize,
     g: Padded,
     relu: bool,
     scratch: &mut Vec<f32>,
     y: &mut [f32],
 ) {
-    let (planes, len) = (size(c, g.plane()), size(o, g.out_len()));
+    let (o, c) = (p.outputs(), p.inputs());
+    let wide = p.wide_for(g);
+    let planes = size(c, g.plane());
+    let len = if wide.is_some() {
+        0
+    } else {
+        size(o, g.out_len())
+    };
     let need = planes.checked_add(len).expect(OVERFLOW);
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (xp, flat) = scratch.split_at_mut(planes);
     g.pad(x, c, xp);
-    conv(xp, wp, bias, o, c, g, relu, flat);
+    if let Some(wq) = wide {
+        conv_wide(xp, wq, bias, o, c, g, relu, y);
+        return;
+    }
+    conv(xp, p.rows(), bias, o, c, g, relu, flat);
     g.unpad(flat, o, y);
+}
+
+/// The 3x3 convolution (stride 1, padding 1) of `c` padded planes `xp` with
+/// weights in [`WIDE`] blocks (`Packed::wide_for`) for `o` outputs, plus
+/// `bias`, then ReLU if `relu`, into compact planes `y` (`(o, h, w)`).
+///
+/// # Panics
+/// If `o` is not a multiple of [`WIDE`] or a slice is too short for the
+/// shapes (a bug in the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_wide(
+    xp: &[f32],
+    wq: &[f32],
+    bias: Option<&[f32]>,
+    o: usize,
+    c: usize,
+    g: Padded,
+    relu: bool,
+    y: &mut [f32],
+) {
+    assert!(
+        o.is_multiple_of(WIDE),
+        "conv_wide: {o} outputs are not whole blocks"
+    );
+    assert!(xp.len() >= size(c, g.plane()), "conv_wide: input too short");
+    assert!(
+        wq.len() >= size(size(o, c), 9),
+        "conv_wide: packed weights too short"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() >= o),
+        "conv_wide: bias too short"
+    );
+    assert!(
+        y.len() >= size(o, size(g.h, g.w)),
+        "conv_wide: output too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked); the slice lengths were
+        // checked above, which is all `conv_wide_avx2` relies on.
+        unsafe { conv_wide_avx2(xp, wq, bias, o, c, g, relu, y) };
+        return;
+    }
+    conv_wide_portable(xp, wq, bias, o, c, g, relu, y);
+}
+
+/// Flat index in a padded plane of the top-left of output position `p`'s
+/// window (output `(p / w, p % w)`).
+fn window(g: Padded, p: usize) -> usize {
+    (p / g.w) * g.row() + p % g.w
+}
+
+/// [`conv_wide`] without SIMD (CPUs without AVX2, and the reference in tests).
+#[allow(clippy::too_many_arguments)]
+fn conv_wide_portable(
+    xp: &[f32],
+    wq: &[f32],
+    bias: Option<&[f32]>,
+    o: usize,
+    c: usize,
+    g: Padded,
+    relu: bool,
+    y: &mut [f32],
+) {
+    let (plane, offs, hw) = (g.plane(), taps(g.row()), g.h * g.w);
+    for oi in 0..o {
+        let blk = &wq[(oi / WIDE) * WIDE * c * 9..];
+        for (p, v) in y[oi * hw..(oi + 1) * hw].iter_mut().enumerate() {
+            let j = window(g, p);
+            let mut s = bias.map_or(0.0, |b| b[oi]);
+            for ci in 0..c {
+                for (t, off) in offs.iter().enumerate() {
+                    s += blk[(ci * 9 + t) * WIDE + oi % WIDE] * xp[ci * plane + j + off];
+                }
+            }
+            *v = if relu { s.max(0.0) } else { s };
+        }
+    }
+}
+
+/// [`conv_wide`] with AVX2: per block of 16 output channels and tile of 6
+/// positions, each tap loads two weight vectors and broadcasts each
+/// position's input value into 12 accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn conv_wide_avx2(
+    xp: &[f32],
+    wq: &[f32],
+    bias: Option<&[f32]>,
+    o: usize,
+    c: usize,
+    g: Padded,
+    relu: bool,
+    y: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (plane, hw) = (g.plane(), g.h * g.w);
+    let zero = _mm256_setzero_ps();
+    let mut out = [0f32; WIDE];
+    for ob in 0..o / WIDE {
+        let blk = &wq[ob * WIDE * c * 9..(ob + 1) * WIDE * c * 9];
+        for p0 in (0..hw).step_by(WIDE_TILE) {
+            let n = (hw - p0).min(WIDE_TILE);
+            // A short last tile repeats its last position (not stored).
+            let js: [usize; WIDE_TILE] = std::array::from_fn(|i| window(g, p0 + i.min(n - 1)));
+            let mut acc = [[zero; 2]; WIDE_TILE];
+            let row = g.row();
+            for ci in 0..c {
+                let xc = &xp[ci * plane..(ci + 1) * plane];
+                let wc = &blk[ci * 9 * WIDE..(ci + 1) * 9 * WIDE];
+                // Each position's window, advanced a row per `ky` (pointers,
+                // so that LLVM keeps six bases in registers and the taps are
+                // address offsets).
+                let mut win: [*const f32; WIDE_TILE] = js.map(|j| xc[j..].as_ptr());
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let t = ky * 3 + kx;
+                        // SAFETY: `wc` holds 9 * WIDE floats; these are the
+                        // 16 at `t * WIDE`.
+                        let (w0, w1) = unsafe {
+                            (
+                                _mm256_loadu_ps(wc.as_ptr().add(t * WIDE)),
+                                _mm256_loadu_ps(wc.as_ptr().add(t * WIDE + 8)),
+                            )
+                        };
+                        for (a, &pw) in acc.iter_mut().zip(&win) {
+                            // SAFETY: `pw` is `j + ky * row` floats into
+                            // `xc`, with `j <= (h - 1) * row + w - 1`, so
+                            // `j + ky * row + kx < (h + 2) * row <= plane
+                            // = xc.len()`.
+                            let xv = unsafe { _mm256_broadcast_ss(&*pw.add(kx)) };
+                            a[0] = _mm256_fmadd_ps(w0, xv, a[0]);
+                            a[1] = _mm256_fmadd_ps(w1, xv, a[1]);
+                        }
+                    }
+                    if ky < 2 {
+                        // SAFETY: stays inside `xc`, as above (one more row
+                        // for the next `ky`).
+                        win = win.map(|pw| unsafe { pw.add(row) });
+                    }
+                }
+            }
+            let b = bias.map(|b| &b[ob * WIDE..(ob + 1) * WIDE]);
+            for (i, a) in acc.iter().enumerate().take(n) {
+                for (k, &ak) in a.iter().enumerate() {
+                    let mut v = ak;
+                    if let Some(b) = b {
+                        // SAFETY: `b` holds WIDE = 16 floats; this reads 8 at 8k.
+                        v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * k)) });
+                    }
+                    if relu {
+                        v = _mm256_max_ps(v, zero);
+                    }
+                    // SAFETY: `out` holds 16 floats; this writes 8 at 8k.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), v) };
+                }
+                for (r, v) in out.iter().enumerate() {
+                    y[(ob * WIDE + r) * hw + p0 + i] = *v;
+                }
+            }
+        }
+    }
 }
 
 fn taps(row: usize) -> [usize; 9] {
@@ -627,6 +918,103 @@ mod tests {
     }
 
     #[test]
+    fn wide_conv_matches_the_definition() {
+        type WideFn = fn(&[f32], &[f32], Option<&[f32]>, usize, usize, Padded, bool, &mut [f32]);
+        // Positions that are and are not whole tiles of 6, 1x1 and one-row
+        // planes, and several blocks of 16 outputs.
+        for (o, c, h, w) in [
+            (16, 3, 6, 6),
+            (32, 5, 12, 12),
+            (16, 1, 1, 1),
+            (48, 2, 5, 7),
+            (16, 4, 1, 11),
+            (16, 9, 16, 16),
+        ] {
+            let g = Padded { h, w };
+            let x = values(c * h * w, 12.0);
+            let wt = values(o * c * 9, 13.0);
+            let b = values(o, 14.0);
+            let want = reference(&x, &wt, &b, o, c, h, w);
+            // Both layouts, whichever kernel this plane size would get.
+            let packed = Packed::new(&wt, o, c, None);
+            assert_eq!(packed.wide_for(g).is_some(), wide_fits(g, o));
+            let wq = packed.wide.as_deref().expect("wide packing");
+            let mut xp = vec![f32::NAN; c * g.plane()];
+            g.pad(&x, c, &mut xp);
+            let tol = 1e-4 * (c as f32 * 9.0).sqrt();
+            for relu in [false, true] {
+                for (name, which) in [
+                    ("dispatch", conv_wide as WideFn),
+                    ("portable", conv_wide_portable as WideFn),
+                ] {
+                    let mut got = vec![f32::NAN; o * h * w];
+                    which(&xp, wq, Some(&b), o, c, g, relu, &mut got);
+                    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                        let e = if relu { e.max(0.0) } else { *e };
+                        assert!(
+                            (a - e).abs() <= tol,
+                            "{name} o{o} c{c} {h}x{w} relu {relu} at {i}: {a} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_picks_the_kernel_by_plane_size_with_the_same_result() {
+        let (o, c) = (16, 8);
+        let wt = values(o * c * 9, 15.0);
+        let b = values(o, 16.0);
+        let any = Packed::new(&wt, o, c, None);
+        for (h, w) in [(6, 6), (3, 5), (12, 12), (20, 20)] {
+            let g = Padded { h, w };
+            let x = values(c * h * w, 17.0);
+            let sized = Packed::new(&wt, o, c, Some(g));
+            // Small planes pack only the wide blocks, large ones only rows.
+            assert_eq!(sized.rows.is_some(), !wide_fits(g, o));
+            assert_eq!(sized.wide.is_some(), wide_fits(g, o));
+            let mut scratch = Vec::new();
+            let (mut a, mut e) = (vec![0f32; o * h * w], vec![0f32; o * h * w]);
+            conv_image(&x, &sized, Some(&b), g, true, &mut scratch, &mut a);
+            conv_image(&x, &any, Some(&b), g, true, &mut scratch, &mut e);
+            let want = reference(&x, &wt, &b, o, c, h, w);
+            for ((a, e), r) in a.iter().zip(&e).zip(&want) {
+                assert!((a - e).abs() < 1e-3 && (a - r.max(0.0)).abs() < 1e-3);
+            }
+        }
+        // Outputs that are not whole blocks of 16 always get rows.
+        assert!(!wide_fits(Padded { h: 6, w: 6 }, 7));
+        assert!(
+            Packed::new(&values(7 * 4 * 9, 1.0), 7, 4, None)
+                .wide
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn wide_flipped_packing_gives_the_input_gradient() {
+        // As `flipped_packing_gives_the_input_gradient`, with 16 input
+        // channels, so the input gradient runs on the wide kernel.
+        let (o, c, h, w) = (5, 16, 6, 6);
+        let g = Padded { h, w };
+        let x = values(c * h * w, 18.0);
+        let wt = values(o * c * 9, 19.0);
+        let dy = values(o * h * w, 20.0);
+        let y = reference(&x, &wt, &vec![0.0; o], o, c, h, w);
+        let flipped = Packed::flipped(&wt, o, c, Some(g));
+        assert_eq!((flipped.outputs(), flipped.inputs()), (c, o));
+        let mut dx = vec![f32::NAN; c * h * w];
+        conv_image(&dy, &flipped, None, g, false, &mut Vec::new(), &mut dx);
+        let lhs: f32 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
+    }
+
+    #[test]
     fn conv_image_chains_layers_through_one_scratch() {
         let (c, o, h, w) = (2, 4, 5, 7);
         let g = Padded { h, w };
@@ -636,29 +1024,11 @@ mod tests {
         // Two layers of different widths, the scratch reused (and grown).
         let mut scratch = Vec::new();
         let mut mid = vec![f32::NAN; o * h * w];
-        conv_image(
-            &x,
-            &pack(&w1, o, c),
-            None,
-            o,
-            c,
-            g,
-            true,
-            &mut scratch,
-            &mut mid,
-        );
+        let p1 = Packed::new(&w1, o, c, Some(g));
+        conv_image(&x, &p1, None, g, true, &mut scratch, &mut mid);
         let mut got = vec![f32::NAN; o * h * w];
-        conv_image(
-            &mid,
-            &pack(&w2, o, o),
-            None,
-            o,
-            o,
-            g,
-            false,
-            &mut scratch,
-            &mut got,
-        );
+        let p2 = Packed::new(&w2, o, o, Some(g));
+        conv_image(&mid, &p2, None, g, false, &mut scratch, &mut got);
         // The same through the definition.
         let y1: Vec<f32> = reference(&x, &w1, &zeros, o, c, h, w)
             .iter()

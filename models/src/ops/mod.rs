@@ -193,11 +193,11 @@ impl Conv2dOp {
         let (kk, hw) = (g.col_rows(), g.col_cols());
         let in_size = g.c * g.h * g.w;
         if direct::handles(g.k, g.stride, g.pad) {
-            let packed = direct::pack(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
+            let packed = direct::Packed::new(w, o, g.c, Some(pg));
             let out = par_output(n, o * hw, 0, Vec::new, |scratch, i, y| {
                 let xi = &x[i * in_size..(i + 1) * in_size];
-                direct::conv_image(xi, &packed, bias, o, g.c, pg, false, scratch, y);
+                direct::conv_image(xi, &packed, bias, pg, false, scratch, y);
             });
             return Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))));
         }
@@ -367,11 +367,11 @@ impl CustomOp2 for ConvBwdData {
         if direct::handles(g.k, g.stride, g.pad) {
             // The input gradient is the convolution of the output gradient with
             // the kernel transposed and flipped.
-            let packed = direct::pack_flipped(w, o, g.c);
             let pg = direct::Padded { h: g.h, w: g.w };
+            let packed = direct::Packed::flipped(w, o, g.c, Some(pg));
             let dx = par_output(n, in_size, 0, Vec::new, |scratch, i, dxi| {
                 let dyi = &dy[i * o * hw..(i + 1) * o * hw];
-                direct::conv_image(dyi, &packed, None, g.c, o, pg, false, scratch, dxi);
+                direct::conv_image(dyi, &packed, None, pg, false, scratch, dxi);
             });
             return Ok((
                 CpuStorage::F32(dx),

@@ -106,6 +106,10 @@ fn conv2d_matches_stock() {
         (2, 3, 31, 33, 5, 3, 1, 1),
         (1, 16, 24, 24, 16, 1, 1, 0),
         (3, 16, 24, 24, 32, 1, 2, 0),
+        // Small planes with whole blocks of 16 channels, for the wide kernel:
+        // forward and input gradient, then the input gradient alone.
+        (2, 16, 6, 6, 32, 3, 1, 1),
+        (1, 16, 5, 7, 3, 3, 1, 1),
     ];
     for _ in 0..6 {
         let k = if rng.next().is_multiple_of(2) { 1 } else { 3 };
