@@ -58,6 +58,24 @@ fn user_set_purge_delay() -> bool {
     })
 }
 
+/// candle's own spin limit for its element-wise worker threads, unless the
+/// user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`: candle 0.11 runs large
+/// element-wise ops (gradient sums, Adam) on a pool of its own beside rayon's,
+/// whose idle worker spins 25,000 times after every op before it sleeps. On
+/// two cores that spinning took a core from the rayon threads running our
+/// kernels (3% of a training step's samples in `perf`). With 500, batch-64
+/// training at 2 threads ran at a median 331 img/s against 292 over four
+/// alternated rounds (docs/PERFORMANCE.md).
+const CANDLE_SPIN_LIMIT: &str = "500";
+
+fn short_candle_spin() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: called first thing in `main`, before this program starts
+        // any thread, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT) };
+    }
+}
+
 /// Train, inspect and benchmark the facial-expression networks of Chowanda 2021
 /// (ARCH-1..4: separable or plain CNNs with global-average-pooling or dense heads,
 /// 48x48 gray faces in, seven FER2013 expressions out).
@@ -176,6 +194,7 @@ struct FeaturesArgs {
 }
 
 fn main() -> Result<()> {
+    short_candle_spin();
     keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
