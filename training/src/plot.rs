@@ -277,8 +277,12 @@ pub fn grouped_bars(
                 )))
                 .map_err(err)?;
         }
-        // The value inside the bar's top when it fits, else above it.
-        let (pos, ink) = if b.value > y_max * 0.08 && b.error.is_none() {
+        // The value inside the bar's top when it fits and no marker sits
+        // there (it would hide the text), else above the bar.
+        let marker_inside = markers.iter().any(|&(g, s, v)| {
+            g == b.group && s == b.series && v <= b.value && v > b.value - y_max * 0.06
+        });
+        let (pos, ink) = if b.value > y_max * 0.08 && b.error.is_none() && !marker_inside {
             (b.value - y_max * 0.01, WHITE)
         } else {
             (top + y_max * 0.035, BLACK)

@@ -378,6 +378,11 @@ impl Group<'_> {
         self.complete_runs().len() >= self.folds_planned()
     }
 
+    /// The planned epochs per run (its first run's configuration).
+    pub fn epochs(&self) -> usize {
+        self.runs.first().map_or(0, |r| r.config.epochs)
+    }
+
     /// The confusion matrix to show: the best epoch's for a fixed split, the
     /// sum of every finished fold's last epoch for cross-validation.
     pub fn confusion(&self) -> Option<Confusion> {
@@ -661,8 +666,11 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         md,
         "\n![Accuracy per architecture and dataset]({})\n\n\
          Bars: best PublicTest accuracy (FER2013, FER+) or the mean last-epoch \
-         accuracy over held-out subject folds with its standard deviation (CK+); \
-         diamonds: the accuracies the paper's text states.\n",
+         accuracy over held-out subject folds with its standard deviation (CK+), \
+         of the experiments the findings above compare (where an architecture \
+         has several on a dataset, the one with the training budget most common \
+         there; the table lists them all); diamonds: the accuracies the paper's \
+         text states.\n",
         rel(&bars_path)
     );
     written.push(bars_path);
@@ -679,14 +687,9 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
             .out
             .join("curves")
             .join(format!("{}.png", file_stem(&g.name)));
-        curves_chart(g, &path)?;
-        let _ = writeln!(
-            md,
-            "![{} on {}]({})\n",
-            arch_label(g.arch),
-            g.dataset,
-            rel(&path)
-        );
+        let name = experiment_name(g, &groups);
+        curves_chart(g, &name, &path)?;
+        let _ = writeln!(md, "![{name}]({})\n", rel(&path));
         written.push(path);
     }
 
@@ -706,13 +709,14 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         let path = opts
             .out
             .join(format!("confusion_{}.png", file_stem(&g.name)));
+        let name = experiment_name(g, &groups);
         let title = if g.cross_validated() {
-            format!("ARCH-1 on {}, pooled over finished folds", g.dataset)
+            format!("{name}, pooled over finished folds")
         } else {
-            format!("ARCH-1 on {}", g.dataset)
+            name.clone()
         };
         confusion_chart(&c, &title, &path)?;
-        let _ = writeln!(md, "![ARCH-1 confusion on {}]({})\n", g.dataset, rel(&path));
+        let _ = writeln!(md, "![Confusion of {name}]({})\n", rel(&path));
         md.push_str(&class_table(&c));
         written.push(path);
         any_confusion = true;
@@ -862,6 +866,54 @@ fn class_table(c: &Confusion) -> String {
     out
 }
 
+/// "ARCH-1 on FER2013", with the epoch budget (or, for equal budgets, the
+/// run's folder) when another experiment has the same architecture and
+/// dataset, so that their figures can be told apart.
+fn experiment_name(g: &Group<'_>, groups: &[Group<'_>]) -> String {
+    let base = format!("{} on {}", arch_label(g.arch), g.dataset);
+    let twins: Vec<&Group<'_>> = groups
+        .iter()
+        .filter(|o| o.arch == g.arch && o.dataset == g.dataset)
+        .collect();
+    if twins.len() < 2 {
+        base
+    } else if twins.iter().filter(|o| o.epochs() == g.epochs()).count() == 1 {
+        format!("{base} ({} epochs)", g.epochs())
+    } else {
+        format!("{base} ({})", g.name)
+    }
+}
+
+/// The experiment compared for each architecture on dataset `d` (finished
+/// ones only with `finished_only`), in folder order: the first of those
+/// trained for the epoch budget most common there, else the first, so that a
+/// like-for-like run (e.g. ARCH-1 for 30 epochs beside its 60-epoch shipped
+/// run) is preferred when there is one. The findings and Figure 5 both use it.
+fn compared<'g, 'a>(groups: &'g [Group<'a>], d: &str, finished_only: bool) -> Vec<&'g Group<'a>> {
+    let cands: Vec<&Group<'a>> = groups
+        .iter()
+        .filter(|g| g.dataset == d && (g.finished() || !finished_only) && g.headline().is_some())
+        .collect();
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for g in &cands {
+        match counts.iter_mut().find(|(e, _)| *e == g.epochs()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((g.epochs(), 1)),
+        }
+    }
+    let common = counts
+        .iter()
+        .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+        .map_or(0, |c| c.0);
+    let mut chosen: Vec<&Group<'a>> = Vec::new();
+    for g in cands.iter().filter(|g| g.epochs() == common).chain(&cands) {
+        if !chosen.iter().any(|x| x.arch == g.arch) {
+            chosen.push(g);
+        }
+    }
+    chosen
+}
+
 /// What the finished runs say about the paper's main claim (ARCH-1 is the
 /// most accurate on every dataset), per dataset with two or more finished
 /// architectures.
@@ -872,37 +924,13 @@ fn findings(groups: &[Group<'_>]) -> String {
     datasets.sort_by_key(|d| (dataset_rank(d), *d));
     datasets.dedup();
     for d in datasets {
-        let mut ranked: Vec<(Arch, f64, f64, usize, usize)> = groups
-            .iter()
-            .filter(|g| g.dataset == d && g.finished())
+        let mut ranked: Vec<(Arch, f64, f64, usize, usize)> = compared(groups, d, true)
+            .into_iter()
             .filter_map(|g| {
                 let (m, s) = g.headline()?;
-                let epochs = g.runs.first().map_or(0, |r| r.config.epochs);
-                Some((g.arch, m, s, g.complete_runs().len(), epochs))
+                Some((g.arch, m, s, g.complete_runs().len(), g.epochs()))
             })
             .collect();
-        // One experiment per architecture: the first (by folder name) of those
-        // trained for the most common budget here, so that a like-for-like
-        // run (e.g. ARCH-1 for 30 epochs beside its 60-epoch shipped run) is
-        // preferred when there is one.
-        let mut counts: Vec<(usize, usize)> = Vec::new();
-        for r in &ranked {
-            match counts.iter_mut().find(|(e, _)| *e == r.4) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((r.4, 1)),
-            }
-        }
-        let common = counts
-            .iter()
-            .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
-            .map_or(0, |c| c.0);
-        let mut chosen: Vec<(Arch, f64, f64, usize, usize)> = Vec::new();
-        for r in ranked.iter().filter(|r| r.4 == common).chain(&ranked) {
-            if !chosen.iter().any(|x| x.0 == r.0) {
-                chosen.push(*r);
-            }
-        }
-        ranked = chosen;
         if ranked.len() < 2 {
             continue;
         }
@@ -973,14 +1001,11 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
     }
     let archs = [Arch::Arch1, Arch::Arch2, Arch::Arch3, Arch::Arch4];
     let mut bars: Vec<Bar> = Vec::new();
-    for g in groups {
+    let shown = datasets.iter().flat_map(|d| compared(groups, d, false));
+    for g in shown {
         let Some((m, s)) = g.headline() else { continue };
         let gi = datasets.iter().position(|d| *d == g.dataset).unwrap_or(0);
         let si = archs.iter().position(|a| *a == g.arch).unwrap_or(0);
-        // One bar per cell: the first experiment (by folder name) of it.
-        if bars.iter().any(|b| b.group == gi && b.series == si) {
-            continue;
-        }
         let cv = g.cross_validated() && g.complete_runs().len() > 1;
         bars.push(Bar {
             group: gi,
@@ -990,6 +1015,11 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
             label: format!("{:.1}{}", 100.0 * m, if g.finished() { "" } else { "*" }),
         });
     }
+    let title = if bars.iter().any(|b| b.label.ends_with('*')) {
+        "Accuracy per architecture and dataset (* = run in progress)"
+    } else {
+        "Accuracy per architecture and dataset"
+    };
     let markers: Vec<(usize, usize, f64)> = PAPER_ACCURACY
         .iter()
         .filter_map(|(a, d, v, _)| {
@@ -1004,7 +1034,7 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
     plot::png(path, (960, 540), |root| {
         plot::grouped_bars(
             root,
-            "Accuracy per architecture and dataset (* = run in progress)",
+            title,
             "accuracy, %",
             &datasets,
             &series,
@@ -1015,7 +1045,7 @@ fn accuracy_chart(groups: &[Group<'_>], path: &Path) -> Result<()> {
     })
 }
 
-fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
+fn curves_chart(g: &Group<'_>, name: &str, path: &Path) -> Result<()> {
     // Mean over the runs that reached each epoch.
     let max_epoch = g.runs.iter().map(|r| r.epochs_done()).max().unwrap_or(0);
     let mean = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
@@ -1063,7 +1093,7 @@ fn curves_chart(g: &Group<'_>, path: &Path) -> Result<()> {
     } else {
         String::new()
     };
-    let title = format!("{} on {}{folds}", arch_label(g.arch), g.dataset);
+    let title = format!("{name}{folds}");
     plot::png(path, (1100, 420), |root| {
         let (left, right) = root.split_horizontally(550);
         plot::line_chart(

@@ -244,6 +244,16 @@ fn findings_say_when_training_budgets_differ() {
         md.contains("- FER2013: ARCH-1 90.0% > ARCH-3 80.0% (2 of 4 architectures finished). ARCH-1 is the most accurate here, as the paper reports.\n"),
         "{md}"
     );
+    // The two ARCH-1 experiments' figures are told apart by their budgets;
+    // ARCH-3's, which has no twin, keeps the plain name.
+    for name in [
+        "![ARCH-1 on FER2013 (3 epochs)](curves/arch1_fer2013.png)",
+        "![ARCH-1 on FER2013 (2 epochs)](curves/arch1_fer2013_e2.png)",
+        "![Confusion of ARCH-1 on FER2013 (2 epochs)](confusion_arch1_fer2013_e2.png)",
+        "![ARCH-3 on FER2013](curves/arch3_fer2013.png)",
+    ] {
+        assert!(md.contains(name), "{name} missing from\n{md}");
+    }
 }
 
 #[test]
