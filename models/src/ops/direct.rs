@@ -12,7 +12,7 @@
 //!
 //! The same kernel computes a convolution's input gradient: it is the
 //! convolution of the output gradient with the kernel transposed (channels
-//! swapped) and flipped ([`pack_flipped`]).
+//! swapped) and flipped ([`Packed::flipped`]).
 //!
 //! On small planes those discarded positions cost more (14% at 12x12, 25% at
 //! 6x6, plus a partly used last tile), and there a second kernel,
@@ -186,7 +186,8 @@ impl Packed {
     }
 
     /// Packs the kernel of the input gradient of a convolution with
-    /// `(o, c, 3, 3)` weights (see [`pack_flipped`]), for planes `g` or any.
+    /// `(o, c, 3, 3)` weights, for planes `g` or any: a convolution from `o`
+    /// channels to `c` with `w'[ci][oi][ky][kx] = w[oi][ci][2 - ky][2 - kx]`.
     pub fn flipped(w: &[f32], o: usize, c: usize, g: Option<Padded>) -> Self {
         assert!(w.len() >= size(size(o, c), 9), "pack: weights too short");
         Self::with(c, o, g, |ci, oi, t| w[(oi * c + ci) * 9 + 8 - t])
@@ -246,20 +247,7 @@ fn pack_wide_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -
         o.is_multiple_of(WIDE),
         "pack_wide: {o} outputs are not whole blocks"
     );
-    let mut p = vec![0f32; size(size(o, c), 9)];
-    if p.is_empty() {
-        return p;
-    }
-    for (ob, blk) in p.chunks_exact_mut(WIDE * c * 9).enumerate() {
-        for ci in 0..c {
-            for t in 0..9 {
-                for r in 0..WIDE {
-                    blk[(ci * 9 + t) * WIDE + r] = at(ob * WIDE + r, ci, t);
-                }
-            }
-        }
-    }
-    p
+    pack_blocks(WIDE, o, c, at)
 }
 
 /// Packed length of the weights of a convolution with `o` outputs and `c` inputs.
@@ -274,27 +262,30 @@ pub fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     pack_with(o, c, |oi, ci, t| w[(oi * c + ci) * 9 + t])
 }
 
-/// Packs the kernel of the input gradient of a convolution with `(o, c, 3, 3)`
-/// weights: a convolution from `o` channels to `c` with
-/// `w'[ci][oi][ky][kx] = w[oi][ci][2 - ky][2 - kx]`.
-pub fn pack_flipped(w: &[f32], o: usize, c: usize) -> Vec<f32> {
-    assert!(w.len() >= o * c * 9, "pack_flipped: weights too short");
-    pack_with(c, o, |ci, oi, t| w[(oi * c + ci) * 9 + 8 - t])
+fn pack_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    pack_blocks(ROWS, o, c, at)
 }
 
-fn pack_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-    let mut p = vec![0f32; packed_len(o, c)];
+/// Weights in blocks of `block` output channels, each `[c][tap][block]`,
+/// zero rows past `o`; `at(oi, ci, tap)` gives each weight.
+fn pack_blocks(
+    block: usize,
+    o: usize,
+    c: usize,
+    at: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut p = vec![0f32; size(size(o.div_ceil(block) * block, c), 9)];
     if p.is_empty() {
         // No input or output channels (an empty tensor): nothing to pack.
         return p;
     }
-    for (ob, blk) in p.chunks_exact_mut(ROWS * c * 9).enumerate() {
+    for (ob, blk) in p.chunks_exact_mut(block * c * 9).enumerate() {
         for ci in 0..c {
             for t in 0..9 {
-                for r in 0..ROWS {
-                    let oi = ob * ROWS + r;
+                for r in 0..block {
+                    let oi = ob * block + r;
                     if oi < o {
-                        blk[(ci * 9 + t) * ROWS + r] = at(oi, ci, t);
+                        blk[(ci * 9 + t) * block + r] = at(oi, ci, t);
                     }
                 }
             }
@@ -304,7 +295,7 @@ fn pack_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec
 }
 
 /// The 3x3 convolution (stride 1, padding 1) of `c` padded planes `xp` with
-/// weights packed by [`pack`] or [`pack_flipped`] for `o` outputs, plus `bias`,
+/// weights packed by [`pack`] (or `Packed::rows`) for `o` outputs, plus `bias`,
 /// then ReLU if `relu`. Writes [`Padded::out_len`] positions per output channel
 /// into `out` (channel `i` at `i * out_len()`), including the discarded
 /// `x >= w` ones.
@@ -439,20 +430,37 @@ fn conv_wide_portable(
     relu: bool,
     y: &mut [f32],
 ) {
-    let (plane, offs, hw) = (g.plane(), taps(g.row()), g.h * g.w);
+    let hw = g.h * g.w;
     for oi in 0..o {
-        let blk = &wq[(oi / WIDE) * WIDE * c * 9..];
         for (p, v) in y[oi * hw..(oi + 1) * hw].iter_mut().enumerate() {
-            let j = window(g, p);
-            let mut s = bias.map_or(0.0, |b| b[oi]);
-            for ci in 0..c {
-                for (t, off) in offs.iter().enumerate() {
-                    s += blk[(ci * 9 + t) * WIDE + oi % WIDE] * xp[ci * plane + j + off];
-                }
-            }
-            *v = if relu { s.max(0.0) } else { s };
+            *v = portable_output(xp, wq, WIDE, bias, oi, c, g, relu, window(g, p));
         }
     }
+}
+
+/// One output of the portable kernels: output channel `oi` at window `j` of
+/// the padded planes `xp`, with weights packed in blocks of `block` channels.
+#[allow(clippy::too_many_arguments)]
+fn portable_output(
+    xp: &[f32],
+    wp: &[f32],
+    block: usize,
+    bias: Option<&[f32]>,
+    oi: usize,
+    c: usize,
+    g: Padded,
+    relu: bool,
+    j: usize,
+) -> f32 {
+    let (plane, offs) = (g.plane(), taps(g.row()));
+    let blk = &wp[(oi / block) * block * c * 9..];
+    let mut s = bias.map_or(0.0, |b| b[oi]);
+    for ci in 0..c {
+        for (t, off) in offs.iter().enumerate() {
+            s += blk[(ci * 9 + t) * block + oi % block] * xp[ci * plane + j + off];
+        }
+    }
+    if relu { s.max(0.0) } else { s }
 }
 
 /// [`conv_wide`] with AVX2: per block of 16 output channels and tile of 6
@@ -567,18 +575,10 @@ fn conv_portable(
     relu: bool,
     out: &mut [f32],
 ) {
-    let (plane, offs) = (g.plane(), taps(g.row()));
+    let len = g.out_len();
     for oi in 0..o {
-        let blk = &wp[(oi / ROWS) * ROWS * c * 9..];
-        let len = g.out_len();
         for (j, v) in out[oi * len..(oi + 1) * len].iter_mut().enumerate() {
-            let mut s = bias.map_or(0.0, |b| b[oi]);
-            for ci in 0..c {
-                for (t, off) in offs.iter().enumerate() {
-                    s += blk[(ci * 9 + t) * ROWS + oi % ROWS] * xp[ci * plane + j + off];
-                }
-            }
-            *v = if relu { s.max(0.0) } else { s };
+            *v = portable_output(xp, wp, ROWS, bias, oi, c, g, relu, j);
         }
     }
 }
@@ -757,6 +757,32 @@ mod tests {
         y
     }
 
+    /// A test convolution: planes, input, weights, bias and the definition's
+    /// output, from values seeded with `seed`.
+    #[allow(clippy::type_complexity)]
+    fn case(
+        o: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        seed: f32,
+    ) -> (Padded, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = values(c * h * w, seed);
+        let wt = values(o * c * 9, seed + 1.0);
+        let b = values(o, seed + 2.0);
+        let want = reference(&x, &wt, &b, o, c, h, w);
+        (Padded { h, w }, x, wt, b, want)
+    }
+
+    /// `got` equals the definition's `want` (after ReLU if `relu`) within `tol`.
+    fn assert_matches(got: &[f32], want: &[f32], relu: bool, tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (a, e)) in got.iter().zip(want).enumerate() {
+            let e = if relu { e.max(0.0) } else { *e };
+            assert!((a - e).abs() <= tol, "{what} at {i}: {a} vs {e}");
+        }
+    }
+
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
     }
@@ -797,11 +823,7 @@ mod tests {
             (6, 2, 1, 9),
             (9, 4, 11, 3),
         ] {
-            let g = Padded { h, w };
-            let x = values(c * h * w, 1.0);
-            let wt = values(o * c * 9, 2.0);
-            let b = values(o, 3.0);
-            let want = reference(&x, &wt, &b, o, c, h, w);
+            let (g, x, wt, b, want) = case(o, c, h, w, 1.0);
             let tol = 1e-4 * (c as f32 * 9.0).sqrt();
             for relu in [false, true] {
                 for (name, which) in [
@@ -809,13 +831,8 @@ mod tests {
                     ("portable", conv_portable as ConvFn),
                 ] {
                     let got = run(which, &x, &pack(&wt, o, c), &b, o, c, g, relu);
-                    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                        let e = if relu { e.max(0.0) } else { *e };
-                        assert!(
-                            (a - e).abs() <= tol,
-                            "{name} o{o} c{c} {h}x{w} relu {relu} at {i}: {a} vs {e}"
-                        );
-                    }
+                    let what = format!("{name} o{o} c{c} {h}x{w} relu {relu}");
+                    assert_matches(&got, &want, relu, tol, &what);
                 }
             }
         }
@@ -824,7 +841,7 @@ mod tests {
     #[test]
     fn zero_channels_pack_to_nothing_and_give_the_bias() {
         assert!(pack(&[], 4, 0).is_empty());
-        assert!(pack_flipped(&[], 0, 3).is_empty());
+        assert!(Packed::flipped(&[], 0, 3, None).rows().is_empty());
         let g = Padded { h: 2, w: 3 };
         let mut flat = vec![f32::NAN; 2 * g.out_len()];
         conv(
@@ -843,29 +860,27 @@ mod tests {
 
     #[test]
     fn flipped_packing_gives_the_input_gradient() {
-        // <conv(x, w), dy> = <x, conv(dy, flip(w)^T)> for the same padding.
-        let (o, c, h, w) = (5, 3, 7, 6);
-        let g = Padded { h, w };
-        let x = values(c * h * w, 4.0);
-        let wt = values(o * c * 9, 5.0);
-        let dy = values(o * h * w, 6.0);
-        let y = reference(&x, &wt, &vec![0.0; o], o, c, h, w);
-        let dx = run(
-            conv,
-            &dy,
-            &pack_flipped(&wt, o, c),
-            &vec![0.0; c],
-            c,
-            o,
-            g,
-            false,
-        );
-        let lhs: f32 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
-        let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
-        assert!(
-            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
-        );
+        // <conv(x, w), dy> = <x, conv(dy, flip(w)^T)> for the same padding:
+        // on the 4-row kernel, and with 16 input channels on a small plane,
+        // where the input gradient runs on the wide kernel.
+        for (o, c, h, w) in [(5, 3, 7, 6), (5, 16, 6, 6)] {
+            let g = Padded { h, w };
+            let x = values(c * h * w, 4.0);
+            let wt = values(o * c * 9, 5.0);
+            let dy = values(o * h * w, 6.0);
+            let y = reference(&x, &wt, &vec![0.0; o], o, c, h, w);
+            let flipped = Packed::flipped(&wt, o, c, Some(g));
+            assert_eq!((flipped.outputs(), flipped.inputs()), (c, o));
+            assert_eq!(flipped.wide_for(g).is_some(), wide_fits(g, c));
+            let mut dx = vec![f32::NAN; c * h * w];
+            conv_image(&dy, &flipped, None, g, false, &mut Vec::new(), &mut dx);
+            let lhs: f32 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+                "o{o} c{c} {h}x{w}: {lhs} vs {rhs}"
+            );
+        }
     }
 
     #[test]
@@ -930,11 +945,7 @@ mod tests {
             (16, 4, 1, 11),
             (16, 9, 16, 16),
         ] {
-            let g = Padded { h, w };
-            let x = values(c * h * w, 12.0);
-            let wt = values(o * c * 9, 13.0);
-            let b = values(o, 14.0);
-            let want = reference(&x, &wt, &b, o, c, h, w);
+            let (g, x, wt, b, want) = case(o, c, h, w, 12.0);
             // Both layouts, whichever kernel this plane size would get.
             let packed = Packed::new(&wt, o, c, None);
             assert_eq!(packed.wide_for(g).is_some(), wide_fits(g, o));
@@ -949,13 +960,8 @@ mod tests {
                 ] {
                     let mut got = vec![f32::NAN; o * h * w];
                     which(&xp, wq, Some(&b), o, c, g, relu, &mut got);
-                    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                        let e = if relu { e.max(0.0) } else { *e };
-                        assert!(
-                            (a - e).abs() <= tol,
-                            "{name} o{o} c{c} {h}x{w} relu {relu} at {i}: {a} vs {e}"
-                        );
-                    }
+                    let what = format!("{name} o{o} c{c} {h}x{w} relu {relu}");
+                    assert_matches(&got, &want, relu, tol, &what);
                 }
             }
         }
@@ -989,28 +995,6 @@ mod tests {
             Packed::new(&values(7 * 4 * 9, 1.0), 7, 4, None)
                 .wide
                 .is_none()
-        );
-    }
-
-    #[test]
-    fn wide_flipped_packing_gives_the_input_gradient() {
-        // As `flipped_packing_gives_the_input_gradient`, with 16 input
-        // channels, so the input gradient runs on the wide kernel.
-        let (o, c, h, w) = (5, 16, 6, 6);
-        let g = Padded { h, w };
-        let x = values(c * h * w, 18.0);
-        let wt = values(o * c * 9, 19.0);
-        let dy = values(o * h * w, 20.0);
-        let y = reference(&x, &wt, &vec![0.0; o], o, c, h, w);
-        let flipped = Packed::flipped(&wt, o, c, Some(g));
-        assert_eq!((flipped.outputs(), flipped.inputs()), (c, o));
-        let mut dx = vec![f32::NAN; c * h * w];
-        conv_image(&dy, &flipped, None, g, false, &mut Vec::new(), &mut dx);
-        let lhs: f32 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
-        let rhs: f32 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
-        assert!(
-            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
         );
     }
 
