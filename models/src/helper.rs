@@ -84,10 +84,12 @@ struct WaitForJob<'a> {
 
 impl WaitForJob<'_> {
     fn wait(&mut self) -> thread::Result<()> {
-        self.received = true;
         // An error means the helper thread is gone, so it cannot be running
         // the job any more.
-        recv_spinning(self.done, SPIN).unwrap_or(Ok(()))
+        let r = recv_spinning(self.done, SPIN).unwrap_or(Ok(()));
+        // Only now: should the receive itself unwind, `drop` still waits.
+        self.received = true;
+        r
     }
 }
 
@@ -224,7 +226,7 @@ mod tests {
         let (tx, rx) = sync_channel::<u32>(1);
         tx.send(1).unwrap();
         assert_eq!(recv_spinning(&rx, Duration::ZERO), Ok(1));
-        // Sent long after the polling gave up: the blocking receive gets it.
+        // Sent long after the polling time: received all the same.
         let sender = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
             tx.send(2).unwrap();

@@ -234,9 +234,13 @@ impl Packed {
             .expect("direct: 4-row packing not made")
     }
 
-    /// The [`WIDE`] blocks for [`conv_wide`], when made and `g` is small.
+    /// The [`WIDE`] blocks for [`conv_wide`], when made and `g` is small, or
+    /// when they are the only layout made (the wide kernel is right on any
+    /// plane, only slower on large ones), so that weights packed for one
+    /// plane size still run on another.
     pub fn wide_for(&self, g: Padded) -> Option<&[f32]> {
-        self.wide.as_deref().filter(|_| wide_fits(g, self.o))
+        let wide = self.wide.as_deref()?;
+        (self.rows.is_none() || wide_fits(g, self.o)).then_some(wide)
     }
 }
 
@@ -980,15 +984,28 @@ mod tests {
             // Small planes pack only the wide blocks, large ones only rows.
             assert_eq!(sized.rows.is_some(), !wide_fits(g, o));
             assert_eq!(sized.wide.is_some(), wide_fits(g, o));
-            let mut scratch = Vec::new();
-            let (mut a, mut e) = (vec![0f32; o * h * w], vec![0f32; o * h * w]);
-            conv_image(&x, &sized, Some(&b), g, true, &mut scratch, &mut a);
-            conv_image(&x, &any, Some(&b), g, true, &mut scratch, &mut e);
+            let mut got = vec![0f32; o * h * w];
+            conv_image(&x, &sized, Some(&b), g, true, &mut Vec::new(), &mut got);
+            // Against the 4-row kernel, whichever kernel ran above.
+            let rows = run(conv, &x, any.rows(), &b, o, c, g, true);
             let want = reference(&x, &wt, &b, o, c, h, w);
-            for ((a, e), r) in a.iter().zip(&e).zip(&want) {
+            for ((a, e), r) in got.iter().zip(&rows).zip(&want) {
                 assert!((a - e).abs() < 1e-3 && (a - r.max(0.0)).abs() < 1e-3);
             }
         }
+        // Weights packed for a small plane only (wide blocks) still run on a
+        // large one.
+        let small = Packed::new(&wt, o, c, Some(Padded { h: 6, w: 6 }));
+        let (g, x) = (Padded { h: 20, w: 20 }, values(c * 400, 18.0));
+        let mut got = vec![0f32; o * 400];
+        conv_image(&x, &small, Some(&b), g, false, &mut Vec::new(), &mut got);
+        assert_matches(
+            &got,
+            &reference(&x, &wt, &b, o, c, 20, 20),
+            false,
+            1e-3,
+            "20x20",
+        );
         // Outputs that are not whole blocks of 16 always get rows.
         assert!(!wide_fits(Padded { h: 6, w: 6 }, 7));
         assert!(
