@@ -182,7 +182,7 @@ impl Packed {
     /// with `None` (both layouts).
     pub fn new(w: &[f32], o: usize, c: usize, g: Option<Padded>) -> Self {
         assert!(w.len() >= size(size(o, c), 9), "pack: weights too short");
-        Self::with(o, c, g, |oi, ci, t| w[(oi * c + ci) * 9 + t])
+        Self::with(o, c, g, Source::Plain(w))
     }
 
     /// Packs the kernel of the input gradient of a convolution with
@@ -190,15 +190,10 @@ impl Packed {
     /// channels to `c` with `w'[ci][oi][ky][kx] = w[oi][ci][2 - ky][2 - kx]`.
     pub fn flipped(w: &[f32], o: usize, c: usize, g: Option<Padded>) -> Self {
         assert!(w.len() >= size(size(o, c), 9), "pack: weights too short");
-        Self::with(c, o, g, |ci, oi, t| w[(oi * c + ci) * 9 + 8 - t])
+        Self::with(c, o, g, Source::Flipped(w))
     }
 
-    fn with(
-        o: usize,
-        c: usize,
-        g: Option<Padded>,
-        at: impl Fn(usize, usize, usize) -> f32,
-    ) -> Self {
+    fn with(o: usize, c: usize, g: Option<Padded>, src: Source<'_>) -> Self {
         let wide_ok = o > 0 && o.is_multiple_of(WIDE);
         let (rows, wide) = match g {
             Some(g) if wide_fits(g, o) => (false, true),
@@ -208,8 +203,8 @@ impl Packed {
         Self {
             o,
             c,
-            rows: rows.then(|| pack_with(o, c, &at)),
-            wide: wide.then(|| pack_wide_with(o, c, &at)),
+            rows: rows.then(|| pack_blocks(ROWS, o, c, src)),
+            wide: wide.then(|| pack_wide(o, c, src)),
         }
     }
 
@@ -244,14 +239,25 @@ impl Packed {
     }
 }
 
+/// Where packing reads a convolution's weights (`o` outputs from `c`
+/// inputs) from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// `(o, c, 3, 3)` weights.
+    Plain(&'a [f32]),
+    /// The kernel of the input gradient of a convolution with `(c, o, 3, 3)`
+    /// weights: `w'[oi][ci][t] = w[ci][oi][8 - t]`.
+    Flipped(&'a [f32]),
+}
+
 /// Packs weights for [`conv_wide`]: blocks of 16 output channels, each
 /// `[c][tap][16]`; `o` must be a multiple of [`WIDE`].
-fn pack_wide_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+fn pack_wide(o: usize, c: usize, src: Source<'_>) -> Vec<f32> {
     assert!(
         o.is_multiple_of(WIDE),
         "pack_wide: {o} outputs are not whole blocks"
     );
-    pack_blocks(WIDE, o, c, at)
+    pack_blocks(WIDE, o, c, src)
 }
 
 /// Packed length of the weights of a convolution with `o` outputs and `c` inputs.
@@ -263,33 +269,38 @@ pub fn packed_len(o: usize, c: usize) -> usize {
 /// `[c][tap][4]`, zero rows past `o`.
 pub fn pack(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     assert!(w.len() >= o * c * 9, "pack: weights too short");
-    pack_with(o, c, |oi, ci, t| w[(oi * c + ci) * 9 + t])
-}
-
-fn pack_with(o: usize, c: usize, at: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-    pack_blocks(ROWS, o, c, at)
+    pack_blocks(ROWS, o, c, Source::Plain(w))
 }
 
 /// Weights in blocks of `block` output channels, each `[c][tap][block]`,
-/// zero rows past `o`; `at(oi, ci, tap)` gives each weight.
-fn pack_blocks(
-    block: usize,
-    o: usize,
-    c: usize,
-    at: impl Fn(usize, usize, usize) -> f32,
-) -> Vec<f32> {
+/// zero rows past `o`.
+///
+/// Written in the order the source is read: one output's weights at a time,
+/// each value to its place in the block. Reading in the packed order instead
+/// jumps a whole filter per value.
+fn pack_blocks(block: usize, o: usize, c: usize, src: Source<'_>) -> Vec<f32> {
     let mut p = vec![0f32; size(size(o.div_ceil(block) * block, c), 9)];
     if p.is_empty() {
         // No input or output channels (an empty tensor): nothing to pack.
         return p;
     }
-    for (ob, blk) in p.chunks_exact_mut(block * c * 9).enumerate() {
-        for ci in 0..c {
-            for t in 0..9 {
-                for r in 0..block {
-                    let oi = ob * block + r;
-                    if oi < o {
-                        blk[(ci * 9 + t) * block + r] = at(oi, ci, t);
+    let per = c * 9;
+    for oi in 0..o {
+        let blk = &mut p[(oi / block) * block * per..][..block * per];
+        let r = oi % block;
+        match src {
+            Source::Plain(w) => {
+                for (d, &v) in blk.chunks_exact_mut(block).zip(&w[oi * per..][..per]) {
+                    d[r] = v;
+                }
+            }
+            Source::Flipped(w) => {
+                // Input `ci` of this output is output `ci` of the original
+                // convolution, whose inputs number `o`.
+                for (ci, taps) in blk.chunks_exact_mut(block * 9).enumerate() {
+                    let k = &w[(ci * o + oi) * 9..][..9];
+                    for (d, &v) in taps.chunks_exact_mut(block).zip(k.iter().rev()) {
+                        d[r] = v;
                     }
                 }
             }
