@@ -294,33 +294,56 @@ multiversion! {
 multiversion! {
     /// Depthwise 3x3 convolution, stride 1, padding 1, one image:
     /// `x` `(c, h, w)`, `wt` `(c, 9)`, `y` `(c, h, w)` (overwritten).
+    ///
+    /// Row by row: the interior columns take each input row's three taps in
+    /// one vectorised pass (the centre row first, assigning), and the two
+    /// edge columns are summed on their own, so the output is written three
+    /// times per row rather than zeroed and then updated nine times.
     pub fn depthwise3x3(x: &[f32], wt: &[f32], c: usize, h: usize, w: usize, y: &mut [f32]) {
         let hw = h * w;
         assert!(x.len() >= c * hw && y.len() >= c * hw && wt.len() >= c * 9);
+        if hw == 0 {
+            return;
+        }
         for ch in 0..c {
             let xp = &x[ch * hw..(ch + 1) * hw];
-            let yp = &mut y[ch * hw..(ch + 1) * hw];
             let k = &wt[ch * 9..ch * 9 + 9];
-            yp.fill(0.0);
-            for ky in 0..3 {
-                // Output rows whose input row oy + ky - 1 is inside the image.
-                let oy0 = usize::from(ky == 0);
-                let oy1 = if ky == 2 { h.saturating_sub(1) } else { h };
-                for kx in 0..3 {
-                    let wv = k[ky * 3 + kx];
-                    let ox0 = usize::from(kx == 0);
-                    let ox1 = if kx == 2 { w.saturating_sub(1) } else { w };
-                    if ox0 >= ox1 {
-                        continue;
-                    }
-                    for oy in oy0..oy1 {
-                        let iy = oy + ky - 1;
-                        let src = &xp[iy * w + ox0 + kx - 1..iy * w + ox1 + kx - 1];
-                        let dst = &mut yp[oy * w + ox0..oy * w + ox1];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d += wv * s;
+            for oy in 0..h {
+                let yr = &mut y[ch * hw + oy * w..ch * hw + (oy + 1) * w];
+                // Input rows of taps ky = 1 (the same row), 0 and 2 that are
+                // inside the image.
+                let rows = [1usize, 0, 2].into_iter().filter_map(|ky| {
+                    let iy = (oy + ky).checked_sub(1).filter(|&iy| iy < h)?;
+                    Some((ky, &xp[iy * w..(iy + 1) * w]))
+                });
+                if w >= 3 {
+                    for (i, (ky, r)) in rows.clone().enumerate() {
+                        let (k0, k1, k2) = (k[ky * 3], k[ky * 3 + 1], k[ky * 3 + 2]);
+                        let taps = r[..w - 2].iter().zip(&r[1..w - 1]).zip(&r[2..]);
+                        let out = yr[1..w - 1].iter_mut().zip(taps);
+                        if i == 0 {
+                            for (d, ((&a, &b), &e)) in out {
+                                *d = k0 * a + k1 * b + k2 * e;
+                            }
+                        } else {
+                            for (d, ((&a, &b), &e)) in out {
+                                *d += k0 * a + k1 * b + k2 * e;
+                            }
                         }
                     }
+                }
+                // The edge columns: the first and the last (the only ones
+                // when w < 3).
+                for ox in [0, w - 1].into_iter().take(w.min(2)) {
+                    let mut s = 0.0;
+                    for (ky, r) in rows.clone() {
+                        for kx in 0..3 {
+                            if let Some(ix) = (ox + kx).checked_sub(1).filter(|&ix| ix < w) {
+                                s += k[ky * 3 + kx] * r[ix];
+                            }
+                        }
+                    }
+                    yr[ox] = s;
                 }
             }
         }
@@ -718,12 +741,19 @@ mod tests {
     }
 
     #[test]
-    fn depthwise3x3_backward_matches_the_definition() {
-        for (c, h, w) in [(2usize, 5usize, 7usize), (1, 1, 1), (3, 2, 9), (2, 24, 24)] {
+    fn depthwise3x3_and_its_backward_match_the_definition() {
+        for (c, h, w) in [
+            (2usize, 5usize, 7usize),
+            (1, 1, 1),
+            (3, 2, 9),
+            (2, 24, 24),
+            (1, 4, 2),
+        ] {
             let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
             let dy: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.53).cos()).collect();
             let wt: Vec<f32> = (0..c * 9).map(|i| (i as f32 * 0.71).sin()).collect();
             let (mut want_dx, mut want_dw) = (vec![0f32; c * h * w], vec![0f32; c * 9]);
+            let mut want_y = vec![0f32; c * h * w];
             for ch in 0..c {
                 for oy in 0..h {
                     for ox in 0..w {
@@ -735,10 +765,16 @@ mod tests {
                                 let i = ch * h * w + iy * w + ix;
                                 want_dx[i] += wt[ch * 9 + k] * g;
                                 want_dw[ch * 9 + k] += x[i] * g;
+                                want_y[ch * h * w + oy * w + ox] += wt[ch * 9 + k] * x[i];
                             }
                         }
                     }
                 }
+            }
+            let mut y = vec![f32::NAN; c * h * w];
+            depthwise3x3(&x, &wt, c, h, w, &mut y);
+            for (a, b) in y.iter().zip(&want_y) {
+                assert!((a - b).abs() < 1e-4, "forward {c}x{h}x{w}: {a} vs {b}");
             }
             let (mut dx, mut dw) = (vec![0f32; c * h * w], vec![0f32; c * 9]);
             depthwise3x3_backward(&x, &wt, &dy, c, h, w, &mut dx, &mut dw);
