@@ -14,8 +14,8 @@
 //! convolution of the output gradient with the kernel transposed (channels
 //! swapped) and flipped ([`Packed::flipped`]).
 //!
-//! On small planes those discarded positions cost more (14% at 12x12, 25% at
-//! 6x6, plus a partly used last tile), and there a second kernel,
+//! On small planes those discarded positions cost more (25% at 6x6, plus a
+//! partly used last tile), and on planes of at most 8x8 a second kernel,
 //! [`conv_wide`], vectorises over output channels instead: 16 output channels
 //! (two vectors) x 6 positions accumulate in 12 registers, each input value
 //! broadcast once per tap, and only valid positions are computed.
@@ -64,7 +64,13 @@ pub fn handles(k: usize, stride: usize, pad: usize) -> bool {
 /// [`conv_wide`] (given [`handles`]): small planes, `o` a multiple of
 /// [`WIDE`], AVX2.
 pub fn wide_fits(g: Padded, o: usize) -> bool {
-    fast() && o > 0 && o.is_multiple_of(WIDE) && g.h.saturating_mul(g.w) <= WIDE_MAX_POSITIONS
+    fast() && whole_wide_blocks(o) && g.h.saturating_mul(g.w) <= WIDE_MAX_POSITIONS
+}
+
+/// Whether `o` outputs fill whole [`WIDE`] blocks (at least one), as
+/// [`conv_wide`]'s packing needs.
+fn whole_wide_blocks(o: usize) -> bool {
+    o > 0 && o.is_multiple_of(WIDE)
 }
 
 const OVERFLOW: &str = "direct convolution: image size overflows usize";
@@ -194,11 +200,10 @@ impl Packed {
     }
 
     fn with(o: usize, c: usize, g: Option<Padded>, src: Source<'_>) -> Self {
-        let wide_ok = o > 0 && o.is_multiple_of(WIDE);
         let (rows, wide) = match g {
             Some(g) if wide_fits(g, o) => (false, true),
             Some(_) => (true, false),
-            None => (true, wide_ok),
+            None => (true, whole_wide_blocks(o)),
         };
         Self {
             o,
