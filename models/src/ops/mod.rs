@@ -173,8 +173,57 @@ fn conv_geom(
     })
 }
 
+/// The convolution forward pass shared by [`Conv2dOp`] and the fused
+/// convolution + BatchNorm op: the output `(N, O, Ho, Wo)` and its dimensions.
+fn conv_forward(
+    x: &[f32],
+    l1: &Layout,
+    w: &[f32],
+    l2: &Layout,
+    bias: Option<&[f32]>,
+    (stride, pad): (usize, usize),
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let xd = dims4(l1, "conv2d input")?;
+    let wdims = dims4(l2, "conv2d kernel")?;
+    let g = conv_geom(xd, wdims, stride, pad)?;
+    let (n, o) = (xd.0, wdims.0);
+    if bias.is_some_and(|b| b.len() != o) {
+        bail!("conv2d: bias length does not match {o} output channels");
+    }
+    let dims = [n, o, g.ho(), g.wo()];
+    let (kk, hw) = (g.col_rows(), g.col_cols());
+    let in_size = g.c * g.h * g.w;
+    if direct::handles(g.k, g.stride, g.pad) {
+        let pg = direct::Padded { h: g.h, w: g.w };
+        let packed = direct::Packed::new(w, o, g.c, Some(pg));
+        let out = par_output(n, o * hw, 0, Vec::new, |scratch, i, y| {
+            let xi = &x[i * in_size..(i + 1) * in_size];
+            direct::conv_image(xi, &packed, bias, pg, false, scratch, y);
+        });
+        return Ok((out, dims));
+    }
+    // Images in parallel; one image's matrices are too small to split.
+    let out = par_output(n, o * hw, 0, Vec::new, |col, i, y| {
+        if let Some(b) = bias {
+            for (row, &bv) in y.chunks_exact_mut(hw).zip(b) {
+                row.fill(bv);
+            }
+        }
+        let xi = &x[i * in_size..(i + 1) * in_size];
+        let wm = Mat::row_major(w, o, kk);
+        let acc = bias.is_some();
+        if g.is_pointwise() {
+            kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), acc, 1);
+        } else {
+            col.resize(kk * hw, 0.0);
+            kernels::im2col(xi, &g, col);
+            kernels::matmul(y, wm, Mat::row_major(col, kk, hw), acc, 1);
+        }
+    });
+    Ok((out, dims))
+}
+
 impl Conv2dOp {
-    /// The forward pass shared by the biased and unbiased ops.
     fn forward(
         &self,
         x: &[f32],
@@ -183,44 +232,8 @@ impl Conv2dOp {
         l2: &Layout,
         bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let xd = dims4(l1, "conv2d input")?;
-        let wdims = dims4(l2, "conv2d kernel")?;
-        let g = conv_geom(xd, wdims, self.stride, self.pad)?;
-        let (n, o) = (xd.0, wdims.0);
-        if bias.is_some_and(|b| b.len() != o) {
-            bail!("conv2d: bias length does not match {o} output channels");
-        }
-        let (kk, hw) = (g.col_rows(), g.col_cols());
-        let in_size = g.c * g.h * g.w;
-        if direct::handles(g.k, g.stride, g.pad) {
-            let pg = direct::Padded { h: g.h, w: g.w };
-            let packed = direct::Packed::new(w, o, g.c, Some(pg));
-            let out = par_output(n, o * hw, 0, Vec::new, |scratch, i, y| {
-                let xi = &x[i * in_size..(i + 1) * in_size];
-                direct::conv_image(xi, &packed, bias, pg, false, scratch, y);
-            });
-            return Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))));
-        }
-        let run = |col: &mut Vec<f32>, i: usize, y: &mut [f32], gemm_threads: usize| {
-            if let Some(b) = bias {
-                for (row, &bv) in y.chunks_exact_mut(hw).zip(b) {
-                    row.fill(bv);
-                }
-            }
-            let xi = &x[i * in_size..(i + 1) * in_size];
-            let wm = Mat::row_major(w, o, kk);
-            let acc = bias.is_some();
-            if g.is_pointwise() {
-                kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), acc, gemm_threads);
-            } else {
-                col.resize(kk * hw, 0.0);
-                kernels::im2col(xi, &g, col);
-                kernels::matmul(y, wm, Mat::row_major(col, kk, hw), acc, gemm_threads);
-            }
-        };
-        // Images in parallel; one image's matrices are too small to split.
-        let out = par_output(n, o * hw, 0, Vec::new, |col, i, y| run(col, i, y, 1));
-        Ok((CpuStorage::F32(out), Shape::from((n, o, g.ho(), g.wo()))))
+        let (out, dims) = conv_forward(x, l1, w, l2, bias, (self.stride, self.pad))?;
+        Ok((CpuStorage::F32(out), Shape::from(dims.to_vec())))
     }
 
     /// Input and kernel gradients. The input gradient is skipped when nothing
@@ -337,6 +350,46 @@ impl CustomOp1 for ChannelSum {
     }
 }
 
+/// A convolution's input gradient, one image at a time, with the kernel
+/// prepared once per call.
+enum DataGrad<'a> {
+    /// 3x3 stride 1 padding 1: the direct kernel with the kernel transposed and
+    /// flipped (the input gradient is that convolution of the output gradient).
+    Direct(direct::Packed, direct::Padded),
+    /// Other shapes: GEMM with the transposed kernel, then col2im.
+    Gemm(Mat<'a>, ConvGeom),
+}
+
+impl<'a> DataGrad<'a> {
+    fn new(w: &'a [f32], o: usize, g: ConvGeom) -> Self {
+        if direct::handles(g.k, g.stride, g.pad) {
+            let pg = direct::Padded { h: g.h, w: g.w };
+            return Self::Direct(direct::Packed::flipped(w, o, g.c, Some(pg)), pg);
+        }
+        Self::Gemm(Mat::transposed(w, g.col_rows(), o), g)
+    }
+
+    /// `dxi` `(C, H, W)`, overwritten, from `dyi` `(O, Ho, Wo)`.
+    fn image(&self, dyi: &[f32], scratch: &mut Vec<f32>, dxi: &mut [f32]) {
+        match self {
+            Self::Direct(packed, pg) => {
+                direct::conv_image(dyi, packed, None, *pg, false, scratch, dxi);
+            }
+            Self::Gemm(wt, g) => {
+                let (kk, hw) = (g.col_rows(), g.col_cols());
+                let dyi = Mat::row_major(dyi, dyi.len() / hw, hw);
+                if g.is_pointwise() {
+                    kernels::matmul(dxi, *wt, dyi, false, 1);
+                } else {
+                    scratch.resize(kk * hw, 0.0);
+                    kernels::matmul(scratch, *wt, dyi, false, 1);
+                    kernels::col2im(scratch, g, dxi);
+                }
+            }
+        }
+    }
+}
+
 /// Input gradient of a convolution: `(grad (N, O, Ho, Wo), w) -> (N, C, H, W)`.
 struct ConvBwdData {
     stride: usize,
@@ -362,32 +415,10 @@ impl CustomOp2 for ConvBwdData {
         let (n, o, _, _) = dims4(l1, "conv2d grad")?;
         let wdims = dims4(l2, "conv2d kernel")?;
         let g = conv_geom((n, self.c, self.h, self.w), wdims, self.stride, self.pad)?;
-        let (kk, hw) = (g.col_rows(), g.col_cols());
-        let in_size = g.c * g.h * g.w;
-        if direct::handles(g.k, g.stride, g.pad) {
-            // The input gradient is the convolution of the output gradient with
-            // the kernel transposed and flipped.
-            let pg = direct::Padded { h: g.h, w: g.w };
-            let packed = direct::Packed::flipped(w, o, g.c, Some(pg));
-            let dx = par_output(n, in_size, 0, Vec::new, |scratch, i, dxi| {
-                let dyi = &dy[i * o * hw..(i + 1) * o * hw];
-                direct::conv_image(dyi, &packed, None, pg, false, scratch, dxi);
-            });
-            return Ok((
-                CpuStorage::F32(dx),
-                Shape::from((n, self.c, self.h, self.w)),
-            ));
-        }
-        let wt = Mat::transposed(w, kk, o);
-        let dx = par_output(n, in_size, 0, Vec::new, |col: &mut Vec<f32>, i, dxi| {
-            let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
-            if g.is_pointwise() {
-                kernels::matmul(dxi, wt, dyi, false, 1);
-            } else {
-                col.resize(kk * hw, 0.0);
-                kernels::matmul(col, wt, dyi, false, 1);
-                kernels::col2im(col, &g, dxi);
-            }
+        let out_size = o * g.col_cols();
+        let grad = DataGrad::new(w, o, g);
+        let dx = par_output(n, g.c * g.h * g.w, 0, Vec::new, |scratch, i, dxi| {
+            grad.image(&dy[i * out_size..(i + 1) * out_size], scratch, dxi);
         });
         Ok((
             CpuStorage::F32(dx),
@@ -399,6 +430,73 @@ impl CustomOp2 for ConvBwdData {
 /// Flat positions per plane from which [`ConvBwdFilter`] uses the direct
 /// kernel gradient (about a 30x30 image; ARCH-1's 48x48 stem).
 const DIRECT_GRAD_MIN_POSITIONS: usize = 1000;
+
+/// A convolution's kernel gradient, accumulated one image at a time.
+struct FilterGrad {
+    g: ConvGeom,
+    o: usize,
+    /// The direct kernel gradient (3x3 stride 1 padding 1 on large planes: it
+    /// ends each (output, input) channel pair in nine horizontal sums), else
+    /// im2col + GEMM.
+    direct: Option<direct::Padded>,
+}
+
+/// Per-thread buffers of [`FilterGrad::image`].
+#[derive(Default)]
+struct FilterScratch {
+    xp: Vec<f32>,
+    dyf: Vec<f32>,
+    col: Vec<f32>,
+}
+
+impl FilterGrad {
+    fn new(g: ConvGeom, o: usize) -> Self {
+        let pg = direct::Padded { h: g.h, w: g.w };
+        let direct = (direct::handles(g.k, g.stride, g.pad)
+            && pg.out_len() >= DIRECT_GRAD_MIN_POSITIONS)
+            .then_some(pg);
+        Self { g, o, direct }
+    }
+
+    /// Values of the kernel gradient `(O, C, k, k)`.
+    fn len(&self) -> usize {
+        self.o * self.g.col_rows()
+    }
+
+    /// Adds image `xi` `(C, H, W)`'s contribution, given its output gradient
+    /// `dyi` `(O, Ho, Wo)`, to `acc`.
+    fn image(&self, xi: &[f32], dyi: &[f32], s: &mut FilterScratch, acc: &mut [f32]) {
+        let (g, o) = (&self.g, self.o);
+        let (kk, hw) = (g.col_rows(), g.col_cols());
+        if let Some(pg) = self.direct {
+            s.xp.resize(g.c * pg.plane(), 0.0);
+            s.dyf.resize(o * pg.out_len(), 0.0);
+            pg.pad(xi, g.c, &mut s.xp);
+            pg.flatten(dyi, o, &mut s.dyf);
+            direct::conv_grad_kernel(&s.xp, &s.dyf, o, g.c, pg, acc);
+            return;
+        }
+        let dyi = Mat::row_major(dyi, o, hw);
+        if g.is_pointwise() {
+            kernels::matmul(acc, dyi, Mat::transposed(xi, hw, kk), true, 1);
+        } else {
+            s.col.resize(kk * hw, 0.0);
+            kernels::im2col(xi, g, &mut s.col);
+            kernels::matmul(acc, dyi, Mat::transposed(&s.col, hw, kk), true, 1);
+        }
+    }
+}
+
+/// Sums per-thread partial gradients.
+fn sum_parts(len: usize, parts: impl IntoIterator<Item = Vec<f32>>) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for p in parts {
+        for (a, b) in total.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    total
+}
 
 /// Kernel gradient of a convolution: `(x (N, C, H, W), grad) -> (O, C, k, k)`.
 struct ConvBwdFilter {
@@ -424,49 +522,23 @@ impl CustomOp2 for ConvBwdFilter {
         let (_, o, _, _) = dims4(l2, "conv2d grad")?;
         let g = conv_geom(xd, (o, xd.1, self.k, self.k), self.stride, self.pad)?;
         let n = xd.0;
-        let (kk, hw) = (g.col_rows(), g.col_cols());
-        let in_size = g.c * g.h * g.w;
-        let pg = direct::Padded { h: g.h, w: g.w };
-        // The direct kernel ends each (output, input) channel pair in nine
-        // horizontal sums: worth it on large planes only.
-        let use_direct =
-            direct::handles(g.k, g.stride, g.pad) && pg.out_len() >= DIRECT_GRAD_MIN_POSITIONS;
-        let partial = |r: std::ops::Range<usize>| {
-            let mut acc = vec![0f32; o * kk];
-            if use_direct {
-                let (mut xp, mut dyf) =
-                    (vec![0f32; g.c * pg.plane()], vec![0f32; o * pg.out_len()]);
-                for i in r {
-                    pg.pad(&x[i * in_size..(i + 1) * in_size], g.c, &mut xp);
-                    pg.flatten(&dy[i * o * hw..(i + 1) * o * hw], o, &mut dyf);
-                    direct::conv_grad_kernel(&xp, &dyf, o, g.c, pg, &mut acc);
-                }
-                return acc;
-            }
-            let mut col = Vec::new();
-            for i in r {
-                let dyi = Mat::row_major(&dy[i * o * hw..(i + 1) * o * hw], o, hw);
-                let xi = &x[i * in_size..(i + 1) * in_size];
-                if g.is_pointwise() {
-                    kernels::matmul(&mut acc, dyi, Mat::transposed(xi, hw, kk), true, 1);
-                } else {
-                    col.resize(kk * hw, 0.0);
-                    kernels::im2col(xi, &g, &mut col);
-                    kernels::matmul(&mut acc, dyi, Mat::transposed(&col, hw, kk), true, 1);
-                }
-            }
-            acc
-        };
+        let (in_size, out_size) = (g.c * g.h * g.w, o * g.col_cols());
+        let grad = FilterGrad::new(g, o);
         let parts: Vec<Vec<f32>> = ranges(n, num_threads())
             .into_par_iter()
-            .map(partial)
+            .map(|r| {
+                let (mut acc, mut s) = (vec![0f32; grad.len()], FilterScratch::default());
+                for i in r {
+                    let (xi, dyi) = (
+                        &x[i * in_size..(i + 1) * in_size],
+                        &dy[i * out_size..(i + 1) * out_size],
+                    );
+                    grad.image(xi, dyi, &mut s, &mut acc);
+                }
+                acc
+            })
             .collect();
-        let mut dw = vec![0f32; o * kk];
-        for p in parts {
-            for (a, b) in dw.iter_mut().zip(p) {
-                *a += b;
-            }
-        }
+        let dw = sum_parts(grad.len(), parts);
         Ok((CpuStorage::F32(dw), Shape::from((o, g.c, self.k, self.k))))
     }
 }
@@ -774,6 +846,35 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
         .unzip()
 }
 
+/// Train-mode BatchNorm [+ReLU] of `x` `(N, C, HW)`: the output and the batch
+/// statistics it used.
+fn bn_forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    [n, c, hw]: [usize; 3],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, BatchStats) {
+    let (mean, var) = channel_stats(x, n, c, hw);
+    let scale: Vec<f32> = (0..c)
+        .map(|i| gamma[i] / (f64::from(var[i]) + eps).sqrt() as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let size = c * hw;
+    let y = par_output(
+        n,
+        size,
+        0,
+        || (),
+        |_, i, yi| {
+            let xi = &x[i * size..(i + 1) * size];
+            kernels::affine_channels(xi, &scale, &shift, 1, c, hw, relu, yi);
+        },
+    );
+    (y, BatchStats { mean, var })
+}
+
 impl CustomOp3 for BnTrainOp {
     fn name(&self) -> &'static str {
         "fast-batchnorm-train"
@@ -797,36 +898,11 @@ impl CustomOp3 for BnTrainOp {
                 beta.len()
             );
         }
-        let hw = h * w;
-        let (mean, var) = channel_stats(x, n, c, hw);
-        let scale: Vec<f32> = (0..c)
-            .map(|i| gamma[i] / (f64::from(var[i]) + self.eps).sqrt() as f32)
-            .collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-        let size = c * hw;
-        let y = par_output(
-            n,
-            size,
-            0,
-            || (),
-            |_, i, yi| {
-                kernels::affine_channels(
-                    &x[i * size..(i + 1) * size],
-                    &scale,
-                    &shift,
-                    1,
-                    c,
-                    hw,
-                    self.relu,
-                    yi,
-                );
-            },
-        );
-        let mut st = self
+        let (y, stats) = bn_forward(x, gamma, beta, [n, c, h * w], self.eps, self.relu);
+        *self
             .stats
             .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?;
-        *st = BatchStats { mean, var };
+            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))? = stats;
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
 
@@ -843,16 +919,7 @@ impl CustomOp3 for BnTrainOp {
             .lock()
             .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?
             .clone();
-        let op = BnTrainBwd {
-            gamma: gamma.to_vec1()?,
-            mean: st.mean,
-            inv_std: st
-                .var
-                .iter()
-                .map(|&v| (1.0 / (f64::from(v) + self.eps).sqrt()) as f32)
-                .collect(),
-            relu: self.relu,
-        };
+        let op = BnTrainBwd(BnGrad::new(gamma.to_vec1()?, st, self.eps, self.relu));
         let (n, c, h, w) = x.dims4()?;
         let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let len = n * c * h * w;
@@ -863,13 +930,96 @@ impl CustomOp3 for BnTrainOp {
     }
 }
 
-/// BatchNorm backward `(x, y, dy) -> [dx..., dgamma..., dbeta...]`.
-struct BnTrainBwd {
+/// Train-mode BatchNorm's backward pass, one image at a time once the
+/// per-channel sums over the batch are known.
+struct BnGrad {
     gamma: Vec<f32>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     relu: bool,
 }
+
+impl BnGrad {
+    fn new(gamma: Vec<f32>, stats: BatchStats, eps: f64, relu: bool) -> Self {
+        let inv_std = stats
+            .var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect();
+        Self {
+            gamma,
+            mean: stats.mean,
+            inv_std,
+            relu,
+        }
+    }
+
+    /// Per channel, over the batch: `(sum(g), sum(g * xhat))`, the gradients
+    /// of beta and gamma (`g = dy`, masked by `y > 0` under ReLU).
+    fn sums(&self, x: &[f32], y: &[f32], dy: &[f32], [n, c, hw]: [usize; 3]) -> Vec<(f64, f64)> {
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n).fold((0f64, 0f64), |(a, b), i| {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    let (sg, sgx) = kernels::bn_backward_sums(
+                        &x[r.clone()],
+                        &y[r.clone()],
+                        &dy[r],
+                        self.mean[ch],
+                        self.inv_std[ch],
+                        self.relu,
+                    );
+                    (a + f64::from(sg), b + f64::from(sgx))
+                })
+            })
+            .collect()
+    }
+
+    /// One image's input gradient `dxi` `(C, HW)` (overwritten) from its
+    /// `(x, y, dy)` planes and the batch [`sums`](Self::sums) over `count`
+    /// values per channel.
+    fn image(
+        &self,
+        (x, y, dy): (&[f32], &[f32], &[f32]),
+        sums: &[(f64, f64)],
+        count: f64,
+        dxi: &mut [f32],
+    ) {
+        let hw = dxi.len() / sums.len().max(1);
+        for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+            let s = self.inv_std[ch];
+            let coef = (
+                self.mean[ch],
+                s,
+                self.gamma[ch] * s,
+                (sg / count) as f32,
+                (sgx / count) as f32,
+            );
+            let r = ch * hw..(ch + 1) * hw;
+            kernels::bn_backward_dx(
+                &x[r.clone()],
+                &y[r.clone()],
+                &dy[r.clone()],
+                coef,
+                self.relu,
+                &mut dxi[r],
+            );
+        }
+    }
+}
+
+/// `dgamma` then `dbeta` from [`BnGrad::sums`].
+fn bn_param_grads(sums: &[(f64, f64)], out: &mut [f32]) {
+    let c = sums.len();
+    for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+        out[ch] = sgx as f32;
+        out[c + ch] = sg as f32;
+    }
+}
+
+/// BatchNorm backward `(x, y, dy) -> [dx..., dgamma..., dbeta...]`.
+struct BnTrainBwd(BnGrad);
 
 impl CustomOp3 for BnTrainBwd {
     fn name(&self) -> &'static str {
@@ -888,25 +1038,7 @@ impl CustomOp3 for BnTrainBwd {
         let (x, y, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (n, c, h, w) = dims4(l1, "batch_norm input")?;
         let hw = h * w;
-        let count = (n * hw) as f64;
-        let relu = self.relu;
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..n).fold((0f64, 0f64), |(a, b), i| {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    let (sg, sgx) = kernels::bn_backward_sums(
-                        &x[r.clone()],
-                        &y[r.clone()],
-                        &dy[r],
-                        self.mean[ch],
-                        self.inv_std[ch],
-                        relu,
-                    );
-                    (a + f64::from(sg), b + f64::from(sgx))
-                })
-            })
-            .collect();
+        let sums = self.0.sums(x, y, dy, [n, c, hw]);
         let size = c * hw;
         let mut out = par_output(
             n,
@@ -914,33 +1046,12 @@ impl CustomOp3 for BnTrainBwd {
             2 * c,
             || (),
             |_, i, dxi| {
-                for ch in 0..c {
-                    let (sg, sgx) = sums[ch];
-                    let s = self.inv_std[ch];
-                    let coef = (
-                        self.mean[ch],
-                        s,
-                        self.gamma[ch] * s,
-                        (sg / count) as f32,
-                        (sgx / count) as f32,
-                    );
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    kernels::bn_backward_dx(
-                        &x[r.clone()],
-                        &y[r.clone()],
-                        &dy[r],
-                        coef,
-                        relu,
-                        &mut dxi[ch * hw..(ch + 1) * hw],
-                    );
-                }
+                let r = i * size..(i + 1) * size;
+                let planes = (&x[r.clone()], &y[r.clone()], &dy[r]);
+                self.0.image(planes, &sums, (n * hw) as f64, dxi);
             },
         );
-        let tail = &mut out[n * size..];
-        for ch in 0..c {
-            tail[ch] = sums[ch].1 as f32;
-            tail[c + ch] = sums[ch].0 as f32;
-        }
+        bn_param_grads(&sums, &mut out[n * size..]);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
