@@ -66,6 +66,9 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, train: bool, tap: &mut Tap) -> Result<Tensor> {
+        if tap.is_none() {
+            return self.conv.forward_bn(x, &self.bn, train, false);
+        }
         let y = self.conv.forward(x)?;
         emit(tap, &self.conv_name, &y);
         let y = self.bn.forward_t(&y, train)?;
@@ -73,13 +76,13 @@ impl ConvBn {
         Ok(y)
     }
 
-    /// Convolution, BatchNorm and ReLU; BN and ReLU run fused unless traced.
+    /// Convolution, BatchNorm and ReLU, fused unless traced.
     fn forward_relu(&self, x: &Tensor, train: bool, tap: &mut Tap, act: &str) -> Result<Tensor> {
         if tap.is_some() {
             let y = self.forward(x, train, tap)?;
             return relu(tap, act, &y);
         }
-        self.bn.forward_fused(&self.conv.forward(x)?, train, true)
+        self.conv.forward_bn(x, &self.bn, train, true)
     }
 }
 
@@ -116,7 +119,7 @@ impl SepBn {
             emit(tap, &self.bn_name, &y);
             return relu(tap, act, &y);
         }
-        self.bn.forward_fused(&self.conv.forward(x)?, train, true)
+        self.conv.forward_bn(x, &self.bn, train, true)
     }
 }
 
@@ -187,39 +190,52 @@ impl SeparableBody {
         let trunk = pool_relu(tap, "max_pooling2d", "activation_3", &y)?;
 
         let main = self.sep.forward_relu(&trunk, train, tap, "activation_4")?;
-        // Table 1 interleaves the two branches; this order reproduces its rows.
-        let main = self.sep_1.conv.forward(&main)?;
-        emit(tap, &self.sep_1.conv_name, &main);
-        let res = self.res_a.conv.forward(&trunk)?;
-        emit(tap, &self.res_a.conv_name, &res);
-        let main = self.sep_1.bn.forward_t(&main, train)?;
-        emit(tap, &self.sep_1.bn_name, &main);
-        let res = self.res_a.bn.forward_t(&res, train)?;
-        emit(tap, &self.res_a.bn_name, &res);
-        let traced = tap.is_some();
-        let main = if traced {
-            pool(tap, "max_pooling2d_1", &main)?
+        let y = if tap.is_none() {
+            let main = self
+                .sep_1
+                .conv
+                .forward_bn(&main, &self.sep_1.bn, train, false)?;
+            let main = crate::ops::max_pool2_relu(&main)?;
+            let res = self.res_a.forward(&trunk, train, tap)?;
+            let res = self.res_b.forward(&res, train, tap)?;
+            (main + res)?.relu()?
         } else {
-            crate::ops::max_pool2_relu(&main)?
+            self.traced_residual(&trunk, main, train, tap)?
         };
-        let res = self.res_b.conv.forward(&res)?;
-        emit(tap, &self.res_b.conv_name, &res);
-        let main = if traced {
-            relu(tap, "activation_5", &main)?
-        } else {
-            main
-        };
-        let res = self.res_b.bn.forward_t(&res, train)?;
-        emit(tap, &self.res_b.bn_name, &res);
-        let y = (main + res)?;
-        emit(tap, "add", &y);
-        let y = relu(tap, "activation_6", &y)?;
 
         let y = self.tail[0].forward_relu(&y, train, tap, "activation_7")?;
         let y = self.tail[1].forward(&y, train, tap)?;
         let y = pool_relu(tap, "max_pooling2d_2", "activation_8", &y)?;
         let y = self.tail[2].forward_relu(&y, train, tap, "activation_9")?;
         self.tail[3].forward_relu(&y, train, tap, "activation_10")
+    }
+
+    /// The second separable convolution and the residual branch, traced:
+    /// Table 1 interleaves the two branches; this order reproduces its rows.
+    fn traced_residual(
+        &self,
+        trunk: &Tensor,
+        main: Tensor,
+        train: bool,
+        tap: &mut Tap,
+    ) -> Result<Tensor> {
+        let main = self.sep_1.conv.forward(&main)?;
+        emit(tap, &self.sep_1.conv_name, &main);
+        let res = self.res_a.conv.forward(trunk)?;
+        emit(tap, &self.res_a.conv_name, &res);
+        let main = self.sep_1.bn.forward_t(&main, train)?;
+        emit(tap, &self.sep_1.bn_name, &main);
+        let res = self.res_a.bn.forward_t(&res, train)?;
+        emit(tap, &self.res_a.bn_name, &res);
+        let main = pool(tap, "max_pooling2d_1", &main)?;
+        let res = self.res_b.conv.forward(&res)?;
+        emit(tap, &self.res_b.conv_name, &res);
+        let main = relu(tap, "activation_5", &main)?;
+        let res = self.res_b.bn.forward_t(&res, train)?;
+        emit(tap, &self.res_b.bn_name, &res);
+        let y = (main + res)?;
+        emit(tap, "add", &y);
+        relu(tap, "activation_6", &y)
     }
 }
 

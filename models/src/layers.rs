@@ -75,10 +75,24 @@ impl Conv2d {
 
     /// `(N, C_in, H, W) -> (N, C_out, H', W')`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) => crate::ops::conv2d_bias(x, &self.weight, b, self.stride, self.padding),
-            None => crate::ops::conv2d(x, &self.weight, self.stride, self.padding),
+        let bias = self.bias.as_ref();
+        crate::ops::conv2d_maybe_bias(x, &self.weight, bias, self.stride, self.padding)
+    }
+
+    /// `[relu](bn(self(x)))`; in train mode one fused op on the CPU (see
+    /// [`crate::ops::conv_bn_train`]).
+    pub fn forward_bn(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if !train {
+            return bn.forward_fused(&self.forward(x)?, false, relu);
         }
+        let conv = (&self.weight, self.bias.as_ref(), self.stride, self.padding);
+        bn.conv_train(x, conv, relu)
     }
 }
 
@@ -109,6 +123,22 @@ impl SeparableConv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
         crate::ops::conv2d(&y, &self.pointwise, 1, 0)
+    }
+
+    /// `[relu](bn(self(x)))`, the pointwise convolution and BatchNorm fused in
+    /// train mode as in [`Conv2d::forward_bn`].
+    pub fn forward_bn(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if !train {
+            return bn.forward_fused(&self.forward(x)?, false, relu);
+        }
+        let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
+        bn.conv_train(&y, (&self.pointwise, None, 1, 0), relu)
     }
 }
 
@@ -158,14 +188,7 @@ impl BatchNorm {
         if train {
             let (y, stats) =
                 crate::ops::batch_norm_train(x, &self.gamma, &self.beta, self.cfg.eps, relu)?;
-            let m = self.cfg.momentum;
-            let dev = x.device();
-            let mean = Tensor::from_vec(stats.mean, c, dev)?;
-            let var = Tensor::from_vec(stats.var, c, dev)?;
-            let new_mean = ((self.moving_mean.as_tensor() * m)? + (mean * (1.0 - m))?)?;
-            let new_var = ((self.moving_var.as_tensor() * m)? + (var * (1.0 - m))?)?;
-            self.moving_mean.set(&new_mean)?;
-            self.moving_var.set(&new_var)?;
+            self.update_moving(stats)?;
             return Ok(y);
         }
         let (scale, shift) = self.folded()?;
@@ -174,6 +197,33 @@ impl BatchNorm {
             .broadcast_mul(&scale.reshape(shape)?)?
             .broadcast_add(&shift.reshape(shape)?)?;
         if relu { y.relu() } else { Ok(y) }
+    }
+
+    /// Folds a train-mode batch's statistics into the moving averages.
+    fn update_moving(&self, stats: crate::ops::BatchStats) -> Result<()> {
+        let (m, c, dev) = (self.cfg.momentum, self.gamma.dim(0)?, self.gamma.device());
+        let mean = Tensor::from_vec(stats.mean, c, dev)?;
+        let var = Tensor::from_vec(stats.var, c, dev)?;
+        let new_mean = ((self.moving_mean.as_tensor() * m)? + (mean * (1.0 - m))?)?;
+        let new_var = ((self.moving_var.as_tensor() * m)? + (var * (1.0 - m))?)?;
+        self.moving_mean.set(&new_mean)?;
+        self.moving_var.set(&new_var)?;
+        Ok(())
+    }
+
+    /// Train mode: `[relu](self(conv(x)))` for the convolution `(weight,
+    /// bias, stride, padding)`, as one op ([`crate::ops::conv_bn_train`]).
+    fn conv_train(
+        &self,
+        x: &Tensor,
+        (w, bias, stride, pad): (&Tensor, Option<&Tensor>, usize, usize),
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (gamma, beta, eps) = (&self.gamma, &self.beta, self.cfg.eps);
+        let (y, stats) =
+            crate::ops::conv_bn_train(x, w, bias, gamma, beta, (stride, pad), eps, relu)?;
+        self.update_moving(stats)?;
+        Ok(y)
     }
 
     /// The eval-mode transform as `y = x * scale + shift` per channel.

@@ -12,8 +12,11 @@
 //! and for non-`f32` tensors. Each is tested against the stock op (values and
 //! gradients) in this module's tests.
 
+mod conv_bn;
 pub mod direct;
 pub mod kernels;
+
+pub use conv_bn::conv_bn_train;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +70,12 @@ fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
+/// Locks state an op shares between its forward and backward passes.
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("fast op: state lock poisoned".into()))
+}
+
 /// Splits `n` items into at most `parts` contiguous ranges.
 fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     let parts = parts.clamp(1, n.max(1));
@@ -114,6 +123,45 @@ fn par_output<S>(
     out
 }
 
+/// [`par_output`] for ops that also reduce over the batch: at most
+/// [`num_threads`] jobs, each filling the chunks of a contiguous range of
+/// items (zeroed first, by the job) and returning a partial result, such as
+/// its share of a kernel gradient; then `extra` zeros.
+fn par_ranges<R: Send>(
+    n: usize,
+    size: usize,
+    extra: usize,
+    fill: impl Fn(std::ops::Range<usize>, &mut [f32]) -> R + Sync + Send,
+) -> (Vec<f32>, Vec<R>) {
+    let len = n * size;
+    let mut out: Vec<f32> = Vec::with_capacity(len + extra);
+    let mut rest = &mut out.spare_capacity_mut()[..len];
+    let mut jobs = Vec::new();
+    for r in ranges(n, num_threads()) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * size);
+        jobs.push((r, head));
+        rest = tail;
+    }
+    let parts = jobs
+        .into_par_iter()
+        .map(|(r, chunk)| {
+            for v in chunk.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `chunk` was initialised just above,
+            // and `MaybeUninit<f32>` has the layout of `f32`.
+            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
+            fill(r, chunk)
+        })
+        .collect();
+    // SAFETY: the ranges cover `0..n` exactly, so the chunks cover `0..len`,
+    // and each job initialised its chunk; a panic in `fill` propagates before
+    // this line, leaving the length 0.
+    unsafe { out.set_len(len) };
+    out.resize(len + extra, 0.0);
+    (out, parts)
+}
+
 // ---------------------------------------------------------------------------
 // Convolution
 
@@ -142,6 +190,20 @@ pub fn conv2d_bias(
     }
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv2dOp { stride, pad })
+}
+
+/// [`conv2d`], or [`conv2d_bias`] when there is a bias.
+pub fn conv2d_maybe_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    match bias {
+        Some(b) => conv2d_bias(x, w, b, stride, pad),
+        None => conv2d(x, w, stride, pad),
+    }
 }
 
 struct Conv2dOp {
@@ -812,10 +874,7 @@ pub fn batch_norm_train(
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let stats = stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?
-        .clone();
+    let stats = lock(&stats)?.clone();
     Ok((y, stats))
 }
 
@@ -899,10 +958,7 @@ impl CustomOp3 for BnTrainOp {
             );
         }
         let (y, stats) = bn_forward(x, gamma, beta, [n, c, h * w], self.eps, self.relu);
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))? = stats;
+        *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
 
@@ -914,11 +970,7 @@ impl CustomOp3 for BnTrainOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let st = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm stats lock poisoned".into()))?
-            .clone();
+        let st = lock(&self.stats)?.clone();
         let op = BnTrainBwd(BnGrad::new(gamma.to_vec1()?, st, self.eps, self.relu));
         let (n, c, h, w) = x.dims4()?;
         let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;

@@ -356,6 +356,132 @@ fn batch_norm_train_matches_composed_ops() {
     }
 }
 
+/// Stock convolution (plus bias) then composed BatchNorm.
+fn stock_conv_bn(t: &[Tensor], (stride, pad): (usize, usize), relu: bool) -> Tensor {
+    let mut z = t[0].conv2d(&t[1], pad, stride, 1, 1).unwrap();
+    if let Some(b) = t.get(4) {
+        z = z.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap();
+    }
+    stock_bn(&[z, t[2].clone(), t[3].clone()], 1e-3, relu)
+}
+
+#[test]
+fn conv_bn_train_matches_stock_conv_then_batch_norm() {
+    let mut rng = Lcg(5);
+    // (n, c, h, w, o, k, stride, bias, relu)
+    for (n, c, h, w, o, k, stride, bias, relu) in [
+        // ARCH-1's first layer at batch 1: direct kernel, direct kernel gradient.
+        (1, 1, 48, 48, 8, 3, 1, false, true),
+        (3, 4, 31, 33, 5, 3, 1, true, false),
+        (2, 16, 24, 24, 32, 1, 1, false, true),
+        (4, 16, 12, 12, 32, 1, 2, false, false),
+        // Small planes and whole blocks of 16 channels: the wide kernel.
+        (2, 16, 6, 6, 32, 3, 1, true, true),
+        (2, 3, 7, 5, 16, 3, 1, true, true),
+        (1, 2, 1, 1, 3, 3, 1, true, false),
+    ] {
+        let geom = (stride, k / 2);
+        let mut inputs = vec![
+            rng.tensor(&[n, c, h, w]),
+            rng.tensor(&[o, c, k, k]),
+            rng.tensor(&[o]),
+            rng.tensor(&[o]),
+        ];
+        if bias {
+            inputs.push(rng.tensor(&[o]));
+        }
+        let what = format!("conv+bn n{n} c{c} {h}x{w} o{o} k{k} s{stride} bias {bias} relu {relu}");
+        compare(
+            &mut rng,
+            &inputs,
+            |t| {
+                conv_bn_train(&t[0], &t[1], t.get(4), &t[2], &t[3], geom, 1e-3, relu)
+                    .unwrap()
+                    .0
+            },
+            |t| stock_conv_bn(t, geom, relu),
+            &what,
+        );
+        // The statistics are the convolution output's (bias included).
+        let (_, stats) = conv_bn_train(
+            &inputs[0],
+            &inputs[1],
+            inputs.get(4),
+            &inputs[2],
+            &inputs[3],
+            geom,
+            1e-3,
+            relu,
+        )
+        .unwrap();
+        let mut z = inputs[0].conv2d(&inputs[1], k / 2, stride, 1, 1).unwrap();
+        if let Some(b) = inputs.get(4) {
+            z = z.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap();
+        }
+        let mean: Vec<f32> = z
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let var: Vec<f32> = z
+            .broadcast_sub(&z.mean_keepdim((0, 2, 3)).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in stats
+            .mean
+            .iter()
+            .zip(&mean)
+            .chain(stats.var.iter().zip(&var))
+        {
+            assert!(
+                (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                "{what}: statistics {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_bn_train_on_data_gives_parameter_gradients_only() {
+    // The first layer's input is data: no input gradient is computed, and the
+    // parameters' gradients still match the stock ops'.
+    let mut rng = Lcg(6);
+    let x = rng.tensor(&[3, 2, 9, 10]);
+    let params: Vec<Var> = [&[4, 2, 3, 3][..], &[4], &[4], &[4]]
+        .iter()
+        .map(|s| Var::from_tensor(&rng.tensor(s)).unwrap())
+        .collect();
+    let t: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
+    let r = rng.tensor(&[3, 4, 9, 10]);
+    let yf = conv_bn_train(&x, &t[0], Some(&t[3]), &t[1], &t[2], (1, 1), 1e-3, true)
+        .unwrap()
+        .0;
+    let all = [
+        x.clone(),
+        t[0].clone(),
+        t[1].clone(),
+        t[2].clone(),
+        t[3].clone(),
+    ];
+    let ys = stock_conv_bn(&all, (1, 1), true);
+    let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (&ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(gf.get(&x).is_none());
+    for (i, p) in t.iter().enumerate() {
+        let d = max_diff(gf.get(p).unwrap(), gs.get(p).unwrap());
+        assert!(d <= 2e-4, "parameter {i}: gradient differs by {d}");
+    }
+}
+
 #[test]
 fn par_output_fills_zeroed_chunks_and_extra_zeros() {
     // Each chunk arrives zeroed (here `fill` writes only every other value).
