@@ -9,6 +9,7 @@ use crate::layers::{
     BatchNorm, BnConfig, Conv2d, Dense, SeparableConv2d, flatten_channels_last, global_avg_pool,
     max_pool2,
 };
+use crate::ops::BnThen;
 
 /// Receives each named intermediate output of a traced forward pass, in the
 /// order of the paper's tables.
@@ -67,7 +68,7 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor, train: bool, tap: &mut Tap) -> Result<Tensor> {
         if tap.is_none() {
-            return self.conv.forward_bn(x, &self.bn, train, false);
+            return self.conv.forward_bn(x, &self.bn, train, BnThen::Nothing);
         }
         let y = self.conv.forward(x)?;
         emit(tap, &self.conv_name, &y);
@@ -76,13 +77,29 @@ impl ConvBn {
         Ok(y)
     }
 
+    /// Convolution, BatchNorm, max-pooling and ReLU, fused unless traced
+    /// (`names`: the pooling's and the activation's).
+    fn forward_pool_relu(
+        &self,
+        x: &Tensor,
+        train: bool,
+        tap: &mut Tap,
+        names: (&str, &str),
+    ) -> Result<Tensor> {
+        if tap.is_none() {
+            return self.conv.forward_bn(x, &self.bn, train, BnThen::PoolRelu);
+        }
+        let y = self.forward(x, train, tap)?;
+        pool_relu(tap, names.0, names.1, &y)
+    }
+
     /// Convolution, BatchNorm and ReLU, fused unless traced.
     fn forward_relu(&self, x: &Tensor, train: bool, tap: &mut Tap, act: &str) -> Result<Tensor> {
         if tap.is_some() {
             let y = self.forward(x, train, tap)?;
             return relu(tap, act, &y);
         }
-        self.conv.forward_bn(x, &self.bn, train, true)
+        self.conv.forward_bn(x, &self.bn, train, BnThen::Relu)
     }
 }
 
@@ -119,7 +136,7 @@ impl SepBn {
             emit(tap, &self.bn_name, &y);
             return relu(tap, act, &y);
         }
-        self.conv.forward_bn(x, &self.bn, train, true)
+        self.conv.forward_bn(x, &self.bn, train, BnThen::Relu)
     }
 }
 
@@ -186,16 +203,15 @@ impl SeparableBody {
         for (i, layer) in self.stem[..3].iter().enumerate() {
             y = layer.forward_relu(&y, train, tap, &activation_name(i))?;
         }
-        let y = self.stem[3].forward(&y, train, tap)?;
-        let trunk = pool_relu(tap, "max_pooling2d", "activation_3", &y)?;
+        let trunk =
+            self.stem[3].forward_pool_relu(&y, train, tap, ("max_pooling2d", "activation_3"))?;
 
         let main = self.sep.forward_relu(&trunk, train, tap, "activation_4")?;
         let y = if tap.is_none() {
-            let main = self
-                .sep_1
-                .conv
-                .forward_bn(&main, &self.sep_1.bn, train, false)?;
-            let main = crate::ops::max_pool2_relu(&main)?;
+            let main =
+                self.sep_1
+                    .conv
+                    .forward_bn(&main, &self.sep_1.bn, train, BnThen::PoolRelu)?;
             let res = self.res_a.forward(&trunk, train, tap)?;
             let res = self.res_b.forward(&res, train, tap)?;
             (main + res)?.relu()?
@@ -204,8 +220,8 @@ impl SeparableBody {
         };
 
         let y = self.tail[0].forward_relu(&y, train, tap, "activation_7")?;
-        let y = self.tail[1].forward(&y, train, tap)?;
-        let y = pool_relu(tap, "max_pooling2d_2", "activation_8", &y)?;
+        let y =
+            self.tail[1].forward_pool_relu(&y, train, tap, ("max_pooling2d_2", "activation_8"))?;
         let y = self.tail[2].forward_relu(&y, train, tap, "activation_9")?;
         self.tail[3].forward_relu(&y, train, tap, "activation_10")
     }
@@ -274,13 +290,11 @@ impl PlainBody {
         for (i, layer) in self.layers.iter().enumerate() {
             // Max-pooling sits between BN and ReLU of the 5th, 7th and 9th conv.
             if matches!(i, 4 | 6 | 8) {
-                y = layer.forward(&y, train, tap)?;
-                y = pool_relu(
-                    tap,
-                    &indexed("max_pooling2d", pools),
-                    &activation_name(i),
-                    &y,
-                )?;
+                let names = (
+                    &indexed("max_pooling2d", pools)[..],
+                    &activation_name(i)[..],
+                );
+                y = layer.forward_pool_relu(&y, train, tap, names)?;
                 pools += 1;
             } else {
                 y = layer.forward_relu(&y, train, tap, &activation_name(i))?;

@@ -8,6 +8,8 @@ use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::BnThen;
+
 /// BatchNorm hyper-parameters, Keras conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BnConfig {
@@ -79,20 +81,20 @@ impl Conv2d {
         crate::ops::conv2d_maybe_bias(x, &self.weight, bias, self.stride, self.padding)
     }
 
-    /// `[relu](bn(self(x)))`; in train mode one fused op on the CPU (see
+    /// `then(bn(self(x)))`; in train mode one fused op on the CPU (see
     /// [`crate::ops::conv_bn_train`]).
     pub fn forward_bn(
         &self,
         x: &Tensor,
         bn: &BatchNorm,
         train: bool,
-        relu: bool,
+        then: BnThen,
     ) -> Result<Tensor> {
         if !train {
-            return bn.forward_fused(&self.forward(x)?, false, relu);
+            return bn.eval_then(&self.forward(x)?, then);
         }
         let conv = (&self.weight, self.bias.as_ref(), self.stride, self.padding);
-        bn.conv_train(x, conv, relu)
+        bn.conv_train(x, conv, then)
     }
 }
 
@@ -125,20 +127,20 @@ impl SeparableConv2d {
         crate::ops::conv2d(&y, &self.pointwise, 1, 0)
     }
 
-    /// `[relu](bn(self(x)))`, the pointwise convolution and BatchNorm fused in
-    /// train mode as in [`Conv2d::forward_bn`].
+    /// `then(bn(self(x)))`, the pointwise convolution, BatchNorm and what
+    /// follows fused in train mode as in [`Conv2d::forward_bn`].
     pub fn forward_bn(
         &self,
         x: &Tensor,
         bn: &BatchNorm,
         train: bool,
-        relu: bool,
+        then: BnThen,
     ) -> Result<Tensor> {
         if !train {
-            return bn.forward_fused(&self.forward(x)?, false, relu);
+            return bn.eval_then(&self.forward(x)?, then);
         }
         let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
-        bn.conv_train(&y, (&self.pointwise, None, 1, 0), relu)
+        bn.conv_train(&y, (&self.pointwise, None, 1, 0), then)
     }
 }
 
@@ -211,19 +213,28 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// Train mode: `[relu](self(conv(x)))` for the convolution `(weight,
+    /// Train mode: `then(self(conv(x)))` for the convolution `(weight,
     /// bias, stride, padding)`, as one op ([`crate::ops::conv_bn_train`]).
     fn conv_train(
         &self,
         x: &Tensor,
         (w, bias, stride, pad): (&Tensor, Option<&Tensor>, usize, usize),
-        relu: bool,
+        then: BnThen,
     ) -> Result<Tensor> {
         let (gamma, beta, eps) = (&self.gamma, &self.beta, self.cfg.eps);
         let (y, stats) =
-            crate::ops::conv_bn_train(x, w, bias, gamma, beta, (stride, pad), eps, relu)?;
+            crate::ops::conv_bn_train(x, w, bias, gamma, beta, (stride, pad), eps, then)?;
         self.update_moving(stats)?;
         Ok(y)
+    }
+
+    /// Eval mode: `then(self(x))`.
+    fn eval_then(&self, x: &Tensor, then: BnThen) -> Result<Tensor> {
+        let y = self.forward_fused(x, false, then == BnThen::Relu)?;
+        match then {
+            BnThen::PoolRelu => crate::ops::max_pool2_relu(&y),
+            _ => Ok(y),
+        }
     }
 
     /// The eval-mode transform as `y = x * scale + shift` per channel.

@@ -6,24 +6,38 @@
 //! written that gradient out in full, for the convolution's backward to read it
 //! back twice (input and kernel gradients). Fused, the backward pass makes each
 //! image's BatchNorm input gradient in a per-thread buffer, in cache, and feeds
-//! it straight to both convolution gradients.
+//! it straight to both convolution gradients. A max-pooling after the
+//! BatchNorm (then ReLU) is fused too: its full-resolution input is made per
+//! image in cache, in the forward pass and again in the backward pass, and
+//! never stored.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 use super::{
-    BatchStats, BnGrad, DataGrad, FilterGrad, FilterScratch, batch_norm_train, bn_forward,
-    bn_param_grads, conv_forward, conv_geom, conv2d_maybe_bias, dims4, kernels, lock, par_ranges,
-    slice, sum_parts, use_fast_path,
+    BatchStats, BnGrad, DataGrad, FilterGrad, FilterScratch, batch_norm_train, bn_affine,
+    bn_forward, bn_param_grads, channel_stats, conv_forward, conv_geom, conv2d_maybe_bias, dims4,
+    kernels, lock, max_pool2_relu, par_output, par_ranges, slice, sum_parts, use_fast_path,
 };
 
-/// Train-mode `[relu](batch_norm(conv(x, w) [+ bias]))`: convolution of `x`
-/// `(N, C, H, W)` with `w` `(O, C, k, k)` (`stride`, `pad`), then BatchNorm
-/// with the batch statistics, `gamma` and `beta`. Returns the output and the
-/// statistics used (for the moving averages); the same values and gradients
-/// as [`conv2d_maybe_bias`] followed by [`batch_norm_train`], which
-/// it runs on other devices and dtypes.
+/// What follows the BatchNorm in [`conv_bn_train`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnThen {
+    /// Nothing.
+    Nothing,
+    /// ReLU.
+    Relu,
+    /// 2x2 max-pooling with stride 2, then ReLU.
+    PoolRelu,
+}
+
+/// Train-mode `then(batch_norm(conv(x, w) [+ bias]))`: convolution of `x`
+/// `(N, C, H, W)` with `w` `(O, C, k, k)` (`stride`, `pad`), BatchNorm with the
+/// batch statistics, `gamma` and `beta`, then ReLU or max-pooling + ReLU.
+/// Returns the output and the statistics used (for the moving averages); the
+/// same values and gradients as [`conv2d_maybe_bias`], [`batch_norm_train`]
+/// and [`max_pool2_relu`] in a row, which it runs on other devices and dtypes.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_bn_train(
     x: &Tensor,
@@ -33,13 +47,17 @@ pub fn conv_bn_train(
     beta: &Tensor,
     (stride, pad): (usize, usize),
     eps: f64,
-    relu: bool,
+    then: BnThen,
 ) -> Result<(Tensor, BatchStats)> {
     let mut args = vec![x, w, gamma, beta];
     args.extend(bias);
     if !use_fast_path(&args) {
         let z = conv2d_maybe_bias(x, w, bias, stride, pad)?;
-        return batch_norm_train(&z, gamma, beta, eps, relu);
+        let (y, stats) = batch_norm_train(&z, gamma, beta, eps, then == BnThen::Relu)?;
+        if then == BnThen::PoolRelu {
+            return Ok((max_pool2_relu(&y)?, stats));
+        }
+        return Ok((y, stats));
     }
     // One tensor for the per-channel parameters, as a custom op takes three
     // arguments; `cat`'s backward hands each its part of the gradient.
@@ -51,7 +69,7 @@ pub fn conv_bn_train(
         stride,
         pad,
         eps,
-        relu,
+        then,
         bias: bias.is_some(),
         saved: saved.clone(),
     };
@@ -74,7 +92,7 @@ struct ConvBnOp {
     stride: usize,
     pad: usize,
     eps: f64,
-    relu: bool,
+    then: BnThen,
     /// Whether `params` ends with the convolution's bias.
     bias: bool,
     saved: Arc<Mutex<Option<Arc<Saved>>>>,
@@ -112,9 +130,29 @@ impl CustomOp3 for ConvBnOp {
         let (gamma, beta) = (&params[..o], &params[o..2 * o]);
         let bias = self.bias.then(|| &params[2 * o..]);
         let (z, [n, _, ho, wo]) = conv_forward(x, l1, w, l2, bias, (self.stride, self.pad))?;
-        let (y, stats) = bn_forward(&z, gamma, beta, [n, o, ho * wo], self.eps, self.relu);
+        let hw = ho * wo;
+        let (y, stats, shape) = if self.then == BnThen::PoolRelu {
+            let (mean, var) = channel_stats(&z, n, o, hw);
+            let stats = BatchStats { mean, var };
+            let (scale, shift) = bn_affine(gamma, beta, &stats, self.eps);
+            let pooled = o * (ho / 2) * (wo / 2);
+            let y = par_output(n, pooled, 0, Vec::new, |full, i, yi| {
+                full.resize(o * hw, 0.0);
+                let zi = &z[i * o * hw..(i + 1) * o * hw];
+                kernels::affine_channels(zi, &scale, &shift, 1, o, hw, false, full);
+                kernels::maxpool2(full, o, ho, wo, yi);
+                for v in yi.iter_mut() {
+                    *v = v.max(0.0);
+                }
+            });
+            (y, stats, Shape::from((n, o, ho / 2, wo / 2)))
+        } else {
+            let relu = self.then == BnThen::Relu;
+            let (y, stats) = bn_forward(&z, gamma, beta, [n, o, hw], self.eps, relu);
+            (y, stats, Shape::from((n, o, ho, wo)))
+        };
         *lock(&self.saved)? = Some(Arc::new(Saved { z, stats }));
-        Ok((CpuStorage::F32(y), Shape::from((n, o, ho, wo))))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -129,13 +167,24 @@ impl CustomOp3 for ConvBnOp {
             bail!("conv + batch-norm: backward before forward");
         };
         let o = w.dim(0)?;
-        let gamma = params.narrow(0, 0, o)?.to_vec1()?;
+        let gamma: Vec<f32> = params.narrow(0, 0, o)?.to_vec1()?;
+        let pool = self.then == BnThen::PoolRelu;
+        let affine = match pool {
+            true => {
+                let beta: Vec<f32> = params.narrow(0, o, o)?.to_vec1()?;
+                Some(bn_affine(&gamma, &beta, &saved.stats, self.eps))
+            }
+            false => None,
+        };
+        // Under pooling, the pooling's backward applies the ReLU mask.
+        let relu = self.then == BnThen::Relu;
         let op = ConvBnBwd {
             stride: self.stride,
             pad: self.pad,
             w: w.flatten_all()?.to_vec1()?,
             wdims: w.dims4()?,
-            bn: BnGrad::new(gamma, saved.stats.clone(), self.eps, self.relu),
+            bn: BnGrad::new(gamma, saved.stats.clone(), self.eps, relu),
+            affine,
             params_len: self.params_len(o),
             bias: self.bias,
             need_dx: x.track_op(),
@@ -163,6 +212,8 @@ struct ConvBnBwd {
     w: Vec<f32>,
     wdims: (usize, usize, usize, usize),
     bn: BnGrad,
+    /// With pooling: BatchNorm's `(scale, shift)`, to remake its output.
+    affine: Option<(Vec<f32>, Vec<f32>)>,
     params_len: usize,
     bias: bool,
     need_dx: bool,
@@ -187,14 +238,39 @@ impl CustomOp3 for ConvBnBwd {
         let xd = dims4(l1, "conv2d input")?;
         let g = conv_geom(xd, self.wdims, self.stride, self.pad)?;
         let (n, o, hw) = (xd.0, self.wdims.0, g.col_cols());
+        let (in_size, out_size) = (g.c * g.h * g.w, o * hw);
+        let y_size = match self.affine {
+            Some(_) => o * (g.ho() / 2) * (g.wo() / 2),
+            None => out_size,
+        };
         let z = &self.saved.z;
-        if y.len() != n * o * hw || dy.len() != y.len() || z.len() != y.len() {
+        if z.len() != n * out_size || y.len() != n * y_size || dy.len() != y.len() {
             bail!("conv + batch-norm backward: output sizes do not match");
         }
-        let sums = self.bn.sums(z, y, dy, [n, o, hw]);
+        let up = Upstream {
+            z,
+            y,
+            dy,
+            sizes: (out_size, y_size),
+            geom: (o, g.ho(), g.wo()),
+            affine: self.affine.as_ref(),
+        };
+        let (_, partial_sums) = par_ranges(n, 0, 0, |r, _| {
+            let (mut acc, mut bufs) = (vec![(0f64, 0f64); o], Default::default());
+            for i in r {
+                self.bn.add_sums(up.planes(i, &mut bufs), &mut acc);
+            }
+            acc
+        });
+        let mut sums = vec![(0f64, 0f64); o];
+        for part in partial_sums {
+            for ((a, b), (pa, pb)) in sums.iter_mut().zip(part) {
+                *a += pa;
+                *b += pb;
+            }
+        }
         let data = self.need_dx.then(|| DataGrad::new(&self.w, o, g));
         let filter = FilterGrad::new(g, o);
-        let (in_size, out_size) = (g.c * g.h * g.w, o * hw);
         let dx_size = if self.need_dx { in_size } else { 0 };
         let count = (n * hw) as f64;
         let tail = filter.len() + self.params_len;
@@ -202,10 +278,10 @@ impl CustomOp3 for ConvBnBwd {
             let (mut dw, mut db) = (vec![0f32; filter.len()], vec![0f64; o]);
             let (mut dz, mut fs, mut ds) =
                 (vec![0f32; out_size], FilterScratch::default(), Vec::new());
+            let mut bufs = Default::default();
             for (k, i) in r.enumerate() {
-                let planes = i * out_size..(i + 1) * out_size;
-                let planes = (&z[planes.clone()], &y[planes.clone()], &dy[planes]);
-                self.bn.image(planes, &sums, count, &mut dz);
+                self.bn
+                    .image(up.planes(i, &mut bufs), &sums, count, &mut dz);
                 if self.bias {
                     for (d, plane) in db.iter_mut().zip(dz.chunks_exact(hw)) {
                         *d += f64::from(kernels::sum(plane));
@@ -230,5 +306,45 @@ impl CustomOp3 for ConvBnBwd {
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// The BatchNorm input, output and output gradient of the batch.
+struct Upstream<'a> {
+    z: &'a [f32],
+    y: &'a [f32],
+    dy: &'a [f32],
+    /// Values per image of `z` and of `y`.
+    sizes: (usize, usize),
+    /// Channels and full-resolution plane size.
+    geom: (usize, usize, usize),
+    /// With pooling: BatchNorm's `(scale, shift)`.
+    affine: Option<&'a (Vec<f32>, Vec<f32>)>,
+}
+
+impl Upstream<'_> {
+    /// Image `i`'s `(z, y, dy)` at full resolution: under pooling, `y` and
+    /// `dy` are remade in `bufs` (BatchNorm's output, and the pooling's
+    /// gradient, ReLU mask applied).
+    fn planes<'b>(
+        &'b self,
+        i: usize,
+        bufs: &'b mut (Vec<f32>, Vec<f32>),
+    ) -> (&'b [f32], &'b [f32], &'b [f32]) {
+        let ((zs, ys), (o, h, w)) = (self.sizes, self.geom);
+        let zi = &self.z[i * zs..(i + 1) * zs];
+        let (yi, dyi) = (
+            &self.y[i * ys..(i + 1) * ys],
+            &self.dy[i * ys..(i + 1) * ys],
+        );
+        let Some((scale, shift)) = self.affine else {
+            return (zi, yi, dyi);
+        };
+        let (full, grad) = bufs;
+        full.resize(zs, 0.0);
+        grad.resize(zs, 0.0);
+        kernels::affine_channels(zi, scale, shift, 1, o, h * w, false, full);
+        kernels::maxpool2_backward(full, dyi, Some(yi), o, h, w, grad);
+        (zi, full, grad)
     }
 }

@@ -16,7 +16,7 @@ mod conv_bn;
 pub mod direct;
 pub mod kernels;
 
-pub use conv_bn::conv_bn_train;
+pub use conv_bn::{BnThen, conv_bn_train};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -916,10 +916,8 @@ fn bn_forward(
     relu: bool,
 ) -> (Vec<f32>, BatchStats) {
     let (mean, var) = channel_stats(x, n, c, hw);
-    let scale: Vec<f32> = (0..c)
-        .map(|i| gamma[i] / (f64::from(var[i]) + eps).sqrt() as f32)
-        .collect();
-    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let stats = BatchStats { mean, var };
+    let (scale, shift) = bn_affine(gamma, beta, &stats, eps);
     let size = c * hw;
     let y = par_output(
         n,
@@ -931,7 +929,18 @@ fn bn_forward(
             kernels::affine_channels(xi, &scale, &shift, 1, c, hw, relu, yi);
         },
     );
-    (y, BatchStats { mean, var })
+    (y, stats)
+}
+
+/// Train-mode BatchNorm as `y = x * scale + shift` per channel.
+fn bn_affine(gamma: &[f32], beta: &[f32], stats: &BatchStats, eps: f64) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = (0..gamma.len())
+        .map(|i| gamma[i] / (f64::from(stats.var[i]) + eps).sqrt() as f32)
+        .collect();
+    let shift = (0..gamma.len())
+        .map(|i| beta[i] - stats.mean[i] * scale[i])
+        .collect();
+    (scale, shift)
 }
 
 impl CustomOp3 for BnTrainOp {
@@ -1026,6 +1035,24 @@ impl BnGrad {
                 })
             })
             .collect()
+    }
+
+    /// Adds one image's `(x, y, dy)` planes to the per-channel [`sums`](Self::sums).
+    fn add_sums(&self, (x, y, dy): (&[f32], &[f32], &[f32]), acc: &mut [(f64, f64)]) {
+        let hw = x.len() / acc.len().max(1);
+        for (ch, (a, b)) in acc.iter_mut().enumerate() {
+            let r = ch * hw..(ch + 1) * hw;
+            let (sg, sgx) = kernels::bn_backward_sums(
+                &x[r.clone()],
+                &y[r.clone()],
+                &dy[r],
+                self.mean[ch],
+                self.inv_std[ch],
+                self.relu,
+            );
+            *a += f64::from(sg);
+            *b += f64::from(sgx);
+        }
     }
 
     /// One image's input gradient `dxi` `(C, HW)` (overwritten) from its

@@ -356,29 +356,38 @@ fn batch_norm_train_matches_composed_ops() {
     }
 }
 
-/// Stock convolution (plus bias) then composed BatchNorm.
-fn stock_conv_bn(t: &[Tensor], (stride, pad): (usize, usize), relu: bool) -> Tensor {
+/// Stock convolution (plus bias), composed BatchNorm, then ReLU or a
+/// reshape + max pooling (see `max_pool_matches_stock`) and ReLU.
+fn stock_conv_bn(t: &[Tensor], (stride, pad): (usize, usize), then: BnThen) -> Tensor {
     let mut z = t[0].conv2d(&t[1], pad, stride, 1, 1).unwrap();
     if let Some(b) = t.get(4) {
         z = z.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap();
     }
-    stock_bn(&[z, t[2].clone(), t[3].clone()], 1e-3, relu)
+    let y = stock_bn(&[z, t[2].clone(), t[3].clone()], 1e-3, then == BnThen::Relu);
+    match then {
+        BnThen::PoolRelu => window_max(&y).relu().unwrap(),
+        _ => y,
+    }
 }
 
 #[test]
 fn conv_bn_train_matches_stock_conv_then_batch_norm() {
+    use BnThen::{Nothing, PoolRelu, Relu};
     let mut rng = Lcg(5);
-    // (n, c, h, w, o, k, stride, bias, relu)
-    for (n, c, h, w, o, k, stride, bias, relu) in [
+    for (n, c, h, w, o, k, stride, bias, then) in [
         // ARCH-1's first layer at batch 1: direct kernel, direct kernel gradient.
-        (1, 1, 48, 48, 8, 3, 1, false, true),
-        (3, 4, 31, 33, 5, 3, 1, true, false),
-        (2, 16, 24, 24, 32, 1, 1, false, true),
-        (4, 16, 12, 12, 32, 1, 2, false, false),
+        (1, 1, 48, 48, 8, 3, 1, false, Relu),
+        (3, 4, 31, 33, 5, 3, 1, true, Nothing),
+        (2, 16, 24, 24, 32, 1, 1, false, Relu),
+        (4, 16, 12, 12, 32, 1, 2, false, Nothing),
         // Small planes and whole blocks of 16 channels: the wide kernel.
-        (2, 16, 6, 6, 32, 3, 1, true, true),
-        (2, 3, 7, 5, 16, 3, 1, true, true),
-        (1, 2, 1, 1, 3, 3, 1, true, false),
+        (2, 16, 6, 6, 32, 3, 1, true, Relu),
+        (2, 3, 7, 5, 16, 3, 1, true, Relu),
+        (1, 2, 1, 1, 3, 3, 1, true, Nothing),
+        // Pooling: a 48x48 stem layer, a pointwise one, odd sizes.
+        (2, 8, 48, 48, 16, 3, 1, false, PoolRelu),
+        (2, 16, 24, 24, 32, 1, 1, false, PoolRelu),
+        (3, 3, 7, 9, 5, 3, 1, true, PoolRelu),
     ] {
         let geom = (stride, k / 2);
         let mut inputs = vec![
@@ -390,58 +399,29 @@ fn conv_bn_train_matches_stock_conv_then_batch_norm() {
         if bias {
             inputs.push(rng.tensor(&[o]));
         }
-        let what = format!("conv+bn n{n} c{c} {h}x{w} o{o} k{k} s{stride} bias {bias} relu {relu}");
+        let what = format!("conv+bn n{n} c{c} {h}x{w} o{o} k{k} s{stride} bias {bias} {then:?}");
+        let fused = |t: &[Tensor]| {
+            conv_bn_train(&t[0], &t[1], t.get(4), &t[2], &t[3], geom, 1e-3, then).unwrap()
+        };
         compare(
             &mut rng,
             &inputs,
-            |t| {
-                conv_bn_train(&t[0], &t[1], t.get(4), &t[2], &t[3], geom, 1e-3, relu)
-                    .unwrap()
-                    .0
-            },
-            |t| stock_conv_bn(t, geom, relu),
+            |t| fused(t).0,
+            |t| stock_conv_bn(t, geom, then),
             &what,
         );
         // The statistics are the convolution output's (bias included).
-        let (_, stats) = conv_bn_train(
-            &inputs[0],
-            &inputs[1],
-            inputs.get(4),
-            &inputs[2],
-            &inputs[3],
-            geom,
-            1e-3,
-            relu,
-        )
-        .unwrap();
+        let stats = fused(&inputs).1;
         let mut z = inputs[0].conv2d(&inputs[1], k / 2, stride, 1, 1).unwrap();
         if let Some(b) = inputs.get(4) {
             z = z.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap();
         }
-        let mean: Vec<f32> = z
-            .mean_keepdim((0, 2, 3))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let var: Vec<f32> = z
-            .broadcast_sub(&z.mean_keepdim((0, 2, 3)).unwrap())
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .mean_keepdim((0, 2, 3))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for (a, b) in stats
-            .mean
-            .iter()
-            .zip(&mean)
-            .chain(stats.var.iter().zip(&var))
-        {
+        let mean = z.mean_keepdim((0, 2, 3)).unwrap();
+        let var = z.broadcast_sub(&mean).unwrap().sqr().unwrap();
+        let var = var.mean_keepdim((0, 2, 3)).unwrap();
+        let want = [mean, var].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let got = [&stats.mean, &stats.var];
+        for (a, b) in got.iter().zip(&want).flat_map(|(g, w)| g.iter().zip(w)) {
             assert!(
                 (a - b).abs() < 1e-4 * b.abs().max(1.0),
                 "{what}: statistics {a} vs {b}"
@@ -462,9 +442,18 @@ fn conv_bn_train_on_data_gives_parameter_gradients_only() {
         .collect();
     let t: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
     let r = rng.tensor(&[3, 4, 9, 10]);
-    let yf = conv_bn_train(&x, &t[0], Some(&t[3]), &t[1], &t[2], (1, 1), 1e-3, true)
-        .unwrap()
-        .0;
+    let yf = conv_bn_train(
+        &x,
+        &t[0],
+        Some(&t[3]),
+        &t[1],
+        &t[2],
+        (1, 1),
+        1e-3,
+        BnThen::Relu,
+    )
+    .unwrap()
+    .0;
     let all = [
         x.clone(),
         t[0].clone(),
@@ -472,7 +461,7 @@ fn conv_bn_train_on_data_gives_parameter_gradients_only() {
         t[2].clone(),
         t[3].clone(),
     ];
-    let ys = stock_conv_bn(&all, (1, 1), true);
+    let ys = stock_conv_bn(&all, (1, 1), BnThen::Relu);
     let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = (&ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(gf.get(&x).is_none());
