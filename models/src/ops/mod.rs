@@ -7,6 +7,7 @@
 //! | [`depthwise3x3`] | `conv2d` with `groups = C` | one direct kernel instead of C separate convolutions |
 //! | [`max_pool2`] | `Tensor::max_pool2d(2)` | one pass, backward routes to the window's maximum |
 //! | [`batch_norm_train`] | composed mean/var/normalise ops | one fused pass per statistic, fused ReLU, fused backward |
+//! | [`conv_bn_train`] | [`conv2d`] + [`batch_norm_train`] (+ [`max_pool2_relu`]) in train mode | one graph node: no convolution-output gradient for candle's autograd to zero, add and write out; BatchNorm's input gradient made per image in cache for both convolution gradients |
 //!
 //! Every op falls back to candle's stock implementation on other devices (CUDA)
 //! and for non-`f32` tensors. Each is tested against the stock op (values and
