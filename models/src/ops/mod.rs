@@ -1022,17 +1022,9 @@ impl BnGrad {
         (0..c)
             .into_par_iter()
             .map(|ch| {
-                (0..n).fold((0f64, 0f64), |(a, b), i| {
+                (0..n).fold((0f64, 0f64), |acc, i| {
                     let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    let (sg, sgx) = kernels::bn_backward_sums(
-                        &x[r.clone()],
-                        &y[r.clone()],
-                        &dy[r],
-                        self.mean[ch],
-                        self.inv_std[ch],
-                        self.relu,
-                    );
-                    (a + f64::from(sg), b + f64::from(sgx))
+                    self.add_plane(ch, (&x[r.clone()], &y[r.clone()], &dy[r]), acc)
                 })
             })
             .collect()
@@ -1041,19 +1033,22 @@ impl BnGrad {
     /// Adds one image's `(x, y, dy)` planes to the per-channel [`sums`](Self::sums).
     fn add_sums(&self, (x, y, dy): (&[f32], &[f32], &[f32]), acc: &mut [(f64, f64)]) {
         let hw = x.len() / acc.len().max(1);
-        for (ch, (a, b)) in acc.iter_mut().enumerate() {
+        for (ch, a) in acc.iter_mut().enumerate() {
             let r = ch * hw..(ch + 1) * hw;
-            let (sg, sgx) = kernels::bn_backward_sums(
-                &x[r.clone()],
-                &y[r.clone()],
-                &dy[r],
-                self.mean[ch],
-                self.inv_std[ch],
-                self.relu,
-            );
-            *a += f64::from(sg);
-            *b += f64::from(sgx);
+            *a = self.add_plane(ch, (&x[r.clone()], &y[r.clone()], &dy[r]), *a);
         }
+    }
+
+    /// `acc` plus channel `ch`'s sums over one plane.
+    fn add_plane(
+        &self,
+        ch: usize,
+        (x, y, dy): (&[f32], &[f32], &[f32]),
+        acc: (f64, f64),
+    ) -> (f64, f64) {
+        let (m, s) = (self.mean[ch], self.inv_std[ch]);
+        let (sg, sgx) = kernels::bn_backward_sums(x, y, dy, m, s, self.relu);
+        (acc.0 + f64::from(sg), acc.1 + f64::from(sgx))
     }
 
     /// One image's input gradient `dxi` `(C, HW)` (overwritten) from its
