@@ -435,63 +435,188 @@ fn keep(v: f32, on: bool) -> f32 {
     f32::from_bits(v.to_bits() & 0u32.wrapping_sub(u32::from(on)))
 }
 
-multiversion! {
-    /// Gradient of [`maxpool2`]: each output gradient goes to the first input of its
-    /// window equal to the window's maximum (for inputs without NaN, the one a
-    /// strict `>` scan picks);
-    /// `dx` is overwritten, the rows and columns that pooling dropped with
-    /// zeros. With `y` (the pooled output of [`maxpool2`] followed by ReLU),
-    /// windows whose output is not positive pass no gradient.
-    ///
-    /// Branch-free: the window's maximum and its first position are found
-    /// with `max` and bit masks and all four inputs are written, where a
-    /// compare-and-jump scan with a scattered add mispredicted on about every
-    /// other window.
-    pub fn maxpool2_backward(
-        x: &[f32],
-        dy: &[f32],
-        y: Option<&[f32]>,
-        planes: usize,
-        h: usize,
-        w: usize,
-        dx: &mut [f32],
-    ) {
-        let (ho, wo) = (h / 2, w / 2);
-        let (size, osize) = (h * w, ho * wo);
-        assert!(x.len() >= planes * size && dx.len() >= planes * size && dy.len() >= planes * osize);
-        assert!(y.is_none_or(|y| y.len() >= planes * osize));
-        for p in 0..planes {
-            let xp = &x[p * size..(p + 1) * size];
-            let dxp = &mut dx[p * size..(p + 1) * size];
-            for oy in 0..ho {
-                let o = p * osize + oy * wo;
-                let g = &dy[o..o + wo];
-                let yr = y.map(|y| &y[o..o + wo]);
-                let (r0, r1) = xp[2 * oy * w..(2 * oy + 2) * w].split_at(w);
-                let (d0, d1) = dxp[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
-                let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-                let outs = d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2));
-                for (ox, ((a, b), (da, db))) in pairs.zip(outs).enumerate() {
-                    let gv = yr.map_or(g[ox], |yr| keep(g[ox], yr[ox] > 0.0));
-                    // Masks of the first maximum, in scan order.
-                    let m = a[0].max(a[1]).max(b[0].max(b[1]));
-                    let e0 = a[0] == m;
-                    let e1 = (a[1] == m) & !e0;
-                    let e2 = (b[0] == m) & !(e0 | e1);
-                    let e3 = !(e0 | e1 | e2);
-                    da[0] = keep(gv, e0);
-                    da[1] = keep(gv, e1);
-                    db[0] = keep(gv, e2);
-                    db[1] = keep(gv, e3);
-                }
-                if w % 2 == 1 {
-                    d0[w - 1] = 0.0;
-                    d1[w - 1] = 0.0;
-                }
-            }
-            dxp[2 * ho * w..].fill(0.0);
-        }
+/// Gradient of [`maxpool2`]: each output gradient goes to the first input of its
+/// window equal to the window's maximum (for inputs without NaN, the one a
+/// strict `>` scan picks);
+/// `dx` is overwritten, the rows and columns that pooling dropped with
+/// zeros. With `y` (the pooled output of [`maxpool2`] followed by ReLU),
+/// windows whose output is not positive pass no gradient.
+///
+/// Branch-free: the window's maximum and its first position are found
+/// with `max` and bit masks and all four inputs are written, where a
+/// compare-and-jump scan with a scattered add mispredicted on about every
+/// other window. With AVX2, eight windows at a time.
+pub fn maxpool2_backward(
+    x: &[f32],
+    dy: &[f32],
+    y: Option<&[f32]>,
+    planes: usize,
+    h: usize,
+    w: usize,
+    dx: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        let row = |r: PoolRow| {
+            // SAFETY: this CPU has AVX2 and FMA.
+            unsafe { pool_bwd_row_avx2(r) }
+        };
+        return pool_bwd_rows((x, dy, y), (planes, h, w), dx, row);
     }
+    pool_bwd_rows((x, dy, y), (planes, h, w), dx, pool_bwd_row);
+}
+
+/// One pair of input rows of [`maxpool2_backward`]: `r0`, `r1` and their
+/// gradients `d0`, `d1` (`2 * g.len()` values used of each), the output
+/// gradients `g` and, under ReLU, the pooled outputs `y`.
+struct PoolRow<'a> {
+    r0: &'a [f32],
+    r1: &'a [f32],
+    g: &'a [f32],
+    y: Option<&'a [f32]>,
+    d0: &'a mut [f32],
+    d1: &'a mut [f32],
+}
+
+/// Runs `row` over every pair of rows, then zeroes what pooling dropped.
+fn pool_bwd_rows(
+    (x, dy, y): (&[f32], &[f32], Option<&[f32]>),
+    (planes, h, w): (usize, usize, usize),
+    dx: &mut [f32],
+    row: impl Fn(PoolRow),
+) {
+    let (ho, wo) = (h / 2, w / 2);
+    let (size, osize) = (h * w, ho * wo);
+    assert!(x.len() >= planes * size && dx.len() >= planes * size && dy.len() >= planes * osize);
+    assert!(y.is_none_or(|y| y.len() >= planes * osize));
+    for p in 0..planes {
+        let xp = &x[p * size..(p + 1) * size];
+        let dxp = &mut dx[p * size..(p + 1) * size];
+        for oy in 0..ho {
+            let o = p * osize + oy * wo;
+            let (r0, r1) = xp[2 * oy * w..(2 * oy + 2) * w].split_at(w);
+            let (d0, d1) = dxp[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+            if w % 2 == 1 {
+                d0[w - 1] = 0.0;
+                d1[w - 1] = 0.0;
+            }
+            let g = &dy[o..o + wo];
+            let y = y.map(|y| &y[o..o + wo]);
+            row(PoolRow {
+                r0,
+                r1,
+                g,
+                y,
+                d0,
+                d1,
+            });
+        }
+        dxp[2 * ho * w..].fill(0.0);
+    }
+}
+
+/// [`PoolRow`], one window at a time.
+fn pool_bwd_row(r: PoolRow) {
+    let pairs = r.r0.chunks_exact(2).zip(r.r1.chunks_exact(2));
+    let outs = r.d0.chunks_exact_mut(2).zip(r.d1.chunks_exact_mut(2));
+    for (ox, ((a, b), (da, db))) in pairs.zip(outs).take(r.g.len()).enumerate() {
+        let gv = r.y.map_or(r.g[ox], |y| keep(r.g[ox], y[ox] > 0.0));
+        // Masks of the first maximum, in scan order.
+        let m = a[0].max(a[1]).max(b[0].max(b[1]));
+        let e0 = a[0] == m;
+        let e1 = (a[1] == m) & !e0;
+        let e2 = (b[0] == m) & !(e0 | e1);
+        let e3 = !(e0 | e1 | e2);
+        da[0] = keep(gv, e0);
+        da[1] = keep(gv, e1);
+        db[0] = keep(gv, e2);
+        db[1] = keep(gv, e3);
+    }
+}
+
+/// [`pool_bwd_row`] on eight windows at a time (sixteen values of each
+/// row), the rest one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn pool_bwd_row_avx2(r: PoolRow) {
+    use std::arch::x86_64::*;
+    let n = r.g.len();
+    assert!(r.r0.len() >= 2 * n && r.r1.len() >= 2 * n);
+    assert!(r.d0.len() >= 2 * n && r.d1.len() >= 2 * n && r.y.is_none_or(|y| y.len() >= n));
+    let full = n / 8 * 8;
+    // Even and odd lanes of sixteen values, in order: `shuffle_ps` picks
+    // within each 128-bit half (windows 0,1,4,5 | 2,3,6,7), the 64-bit
+    // permute puts the halves' pairs back in order.
+    let split = |lo: __m256, hi: __m256| {
+        let fix = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        (
+            fix(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi)),
+            fix(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi)),
+        )
+    };
+    let zero = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < full {
+        // SAFETY: `i + 8 <= n`, so the loads of 16 values at `2 * i` stay
+        // within `r0`, `r1` (at least `2 * n` long, asserted above) and those
+        // of 8 at `i` within `g` and `y`.
+        let (a_lo, a_hi, b_lo, b_hi, gv) = unsafe {
+            (
+                _mm256_loadu_ps(r.r0.as_ptr().add(2 * i)),
+                _mm256_loadu_ps(r.r0.as_ptr().add(2 * i + 8)),
+                _mm256_loadu_ps(r.r1.as_ptr().add(2 * i)),
+                _mm256_loadu_ps(r.r1.as_ptr().add(2 * i + 8)),
+                _mm256_loadu_ps(r.g.as_ptr().add(i)),
+            )
+        };
+        let gv = match r.y {
+            Some(y) => {
+                // SAFETY: as above, `y` holds at least `n` values.
+                let yv = unsafe { _mm256_loadu_ps(y.as_ptr().add(i)) };
+                _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(yv, zero))
+            }
+            None => gv,
+        };
+        let ((a0, a1), (b0, b1)) = (split(a_lo, a_hi), split(b_lo, b_hi));
+        let m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(b0, b1));
+        let e0 = _mm256_cmp_ps::<_CMP_EQ_OQ>(a0, m);
+        let e1 = _mm256_andnot_ps(e0, _mm256_cmp_ps::<_CMP_EQ_OQ>(a1, m));
+        let taken = _mm256_or_ps(e0, e1);
+        let e2 = _mm256_andnot_ps(taken, _mm256_cmp_ps::<_CMP_EQ_OQ>(b0, m));
+        let e3 = _mm256_andnot_ps(_mm256_or_ps(taken, e2), gv);
+        let (v0, v1, v2) = (
+            _mm256_and_ps(e0, gv),
+            _mm256_and_ps(e1, gv),
+            _mm256_and_ps(e2, gv),
+        );
+        // Interleave back: (even, odd) pairs of windows 0-3 and 4-7.
+        let join = |even: __m256, odd: __m256| {
+            let (lo, hi) = (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
+            (
+                _mm256_permute2f128_ps::<0x20>(lo, hi),
+                _mm256_permute2f128_ps::<0x31>(lo, hi),
+            )
+        };
+        let ((d0_lo, d0_hi), (d1_lo, d1_hi)) = (join(v0, v1), join(v2, e3));
+        // SAFETY: as for the loads, 16 values at `2 * i` of `d0` and `d1`.
+        unsafe {
+            _mm256_storeu_ps(r.d0.as_mut_ptr().add(2 * i), d0_lo);
+            _mm256_storeu_ps(r.d0.as_mut_ptr().add(2 * i + 8), d0_hi);
+            _mm256_storeu_ps(r.d1.as_mut_ptr().add(2 * i), d1_lo);
+            _mm256_storeu_ps(r.d1.as_mut_ptr().add(2 * i + 8), d1_hi);
+        }
+        i += 8;
+    }
+    pool_bwd_row(PoolRow {
+        r0: &r.r0[2 * full..],
+        r1: &r.r1[2 * full..],
+        g: &r.g[full..],
+        y: r.y.map(|y| &y[full..]),
+        d0: &mut r.d0[2 * full..],
+        d1: &mut r.d1[2 * full..],
+    });
 }
 
 multiversion! {
@@ -706,7 +831,15 @@ mod tests {
         // Few distinct values, so most windows have ties; odd sizes leave a
         // dropped row and column, which must come out zero even when `dx`
         // starts as garbage.
-        for (planes, h, w) in [(2usize, 5usize, 7usize), (1, 4, 4), (3, 1, 3), (1, 6, 9)] {
+        // Rows of 16 or more windows take the 8-window AVX2 path.
+        for (planes, h, w) in [
+            (2usize, 5usize, 7usize),
+            (1, 4, 4),
+            (3, 1, 3),
+            (1, 6, 9),
+            (2, 5, 37),
+            (1, 4, 48),
+        ] {
             let x: Vec<f32> = (0..planes * h * w).map(|i| ((i * 7) % 3) as f32).collect();
             let (ho, wo) = (h / 2, w / 2);
             let dy: Vec<f32> = (0..planes * ho * wo).map(|i| i as f32 + 1.0).collect();
@@ -732,10 +865,13 @@ mod tests {
                         }
                     }
                 }
-                let mut got = vec![f32::NAN; planes * h * w];
                 let mask = relu.then_some(&y[..]);
+                let mut got = vec![f32::NAN; planes * h * w];
                 maxpool2_backward(&x, &dy, mask, planes, h, w, &mut got);
                 assert_eq!(got, want, "{planes}x{h}x{w} relu {relu}");
+                let mut got = vec![f32::NAN; planes * h * w];
+                pool_bwd_rows((&x, &dy, mask), (planes, h, w), &mut got, pool_bwd_row);
+                assert_eq!(got, want, "portable {planes}x{h}x{w} relu {relu}");
             }
         }
     }
