@@ -515,7 +515,9 @@ fn pool_bwd_rows(
     }
 }
 
-/// [`PoolRow`], one window at a time.
+/// [`PoolRow`], one window at a time (inlined, so that within
+/// [`pool_bwd_row_avx2`] it is compiled for AVX2 too).
+#[inline(always)]
 fn pool_bwd_row(r: PoolRow) {
     let pairs = r.r0.chunks_exact(2).zip(r.r1.chunks_exact(2));
     let outs = r.d0.chunks_exact_mut(2).zip(r.d1.chunks_exact_mut(2));
