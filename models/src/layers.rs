@@ -104,7 +104,7 @@ impl Conv2d {
 #[derive(Debug, Clone)]
 pub struct SeparableConv2d {
     depthwise: Tensor,
-    pointwise: Tensor,
+    pointwise: Conv2d,
 }
 
 impl SeparableConv2d {
@@ -113,8 +113,7 @@ impl SeparableConv2d {
         // Keras computes the depthwise fans from the (3, 3, C, 1) kernel shape.
         let depthwise =
             vb.get_with_hints((c_in, 1, 3, 3), "depthwise.weight", glorot(9 * c_in, 9))?;
-        let pointwise =
-            vb.get_with_hints((c_out, c_in, 1, 1), "pointwise.weight", glorot(c_in, c_out))?;
+        let pointwise = Conv2d::new(vb.pp("pointwise"), c_in, c_out, 1, 1, false)?;
         Ok(Self {
             depthwise,
             pointwise,
@@ -124,11 +123,11 @@ impl SeparableConv2d {
     /// `(N, C, H, W) -> (N, P, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
-        crate::ops::conv2d(&y, &self.pointwise, 1, 0)
+        self.pointwise.forward(&y)
     }
 
-    /// `then(bn(self(x)))`, the pointwise convolution, BatchNorm and what
-    /// follows fused in train mode as in [`Conv2d::forward_bn`].
+    /// `then(bn(self(x)))`: the pointwise convolution, BatchNorm and what
+    /// follows as in [`Conv2d::forward_bn`].
     pub fn forward_bn(
         &self,
         x: &Tensor,
@@ -136,11 +135,8 @@ impl SeparableConv2d {
         train: bool,
         then: BnThen,
     ) -> Result<Tensor> {
-        if !train {
-            return bn.eval_then(&self.forward(x)?, then);
-        }
         let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
-        bn.conv_train(&y, (&self.pointwise, None, 1, 0), then)
+        self.pointwise.forward_bn(&y, bn, train, then)
     }
 }
 

@@ -14,11 +14,12 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::{
     BatchStats, BnGrad, DataGrad, FilterGrad, FilterScratch, batch_norm_train, bn_affine,
-    bn_forward, bn_param_grads, channel_stats, conv_forward, conv_geom, conv2d_maybe_bias, dims4,
-    kernels, lock, max_pool2_relu, par_output, par_ranges, slice, sum_parts, use_fast_path,
+    bn_forward, bn_param_grads, conv_forward, conv_geom, conv2d_maybe_bias, dims4, kernels, lock,
+    max_pool2_relu, num_threads, par_ranges, ranges, slice, sum_parts, use_fast_path,
 };
 
 /// What follows the BatchNorm in [`conv_bn_train`].
@@ -130,26 +131,10 @@ impl CustomOp3 for ConvBnOp {
         let (gamma, beta) = (&params[..o], &params[o..2 * o]);
         let bias = self.bias.then(|| &params[2 * o..]);
         let (z, [n, _, ho, wo]) = conv_forward(x, l1, w, l2, bias, (self.stride, self.pad))?;
-        let hw = ho * wo;
-        let (y, stats, shape) = if self.then == BnThen::PoolRelu {
-            let (mean, var) = channel_stats(&z, n, o, hw);
-            let stats = BatchStats { mean, var };
-            let (scale, shift) = bn_affine(gamma, beta, &stats, self.eps);
-            let pooled = o * (ho / 2) * (wo / 2);
-            let y = par_output(n, pooled, 0, Vec::new, |full, i, yi| {
-                full.resize(o * hw, 0.0);
-                let zi = &z[i * o * hw..(i + 1) * o * hw];
-                kernels::affine_channels(zi, &scale, &shift, 1, o, hw, false, full);
-                kernels::maxpool2(full, o, ho, wo, yi);
-                for v in yi.iter_mut() {
-                    *v = v.max(0.0);
-                }
-            });
-            (y, stats, Shape::from((n, o, ho / 2, wo / 2)))
-        } else {
-            let relu = self.then == BnThen::Relu;
-            let (y, stats) = bn_forward(&z, gamma, beta, [n, o, hw], self.eps, relu);
-            (y, stats, Shape::from((n, o, ho, wo)))
+        let (y, stats) = bn_forward(&z, gamma, beta, [n, o, ho, wo], self.eps, self.then);
+        let shape = match self.then {
+            BnThen::PoolRelu => Shape::from((n, o, ho / 2, wo / 2)),
+            _ => Shape::from((n, o, ho, wo)),
         };
         *lock(&self.saved)? = Some(Arc::new(Saved { z, stats }));
         Ok((CpuStorage::F32(y), shape))
@@ -168,13 +153,11 @@ impl CustomOp3 for ConvBnOp {
         };
         let o = w.dim(0)?;
         let gamma: Vec<f32> = params.narrow(0, 0, o)?.to_vec1()?;
-        let pool = self.then == BnThen::PoolRelu;
-        let affine = match pool {
-            true => {
-                let beta: Vec<f32> = params.narrow(0, o, o)?.to_vec1()?;
-                Some(bn_affine(&gamma, &beta, &saved.stats, self.eps))
-            }
-            false => None,
+        let affine = if self.then == BnThen::PoolRelu {
+            let beta: Vec<f32> = params.narrow(0, o, o)?.to_vec1()?;
+            Some(bn_affine(&gamma, &beta, &saved.stats, self.eps))
+        } else {
+            None
         };
         // Under pooling, the pooling's backward applies the ReLU mask.
         let relu = self.then == BnThen::Relu;
@@ -192,9 +175,10 @@ impl CustomOp3 for ConvBnOp {
         };
         let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let dx_len = if op.need_dx { x.elem_count() } else { 0 };
-        let dx = match op.need_dx {
-            true => Some(packed.narrow(0, 0, dx_len)?.reshape(x.shape())?),
-            false => None,
+        let dx = if op.need_dx {
+            Some(packed.narrow(0, 0, dx_len)?.reshape(x.shape())?)
+        } else {
+            None
         };
         let dw = packed
             .narrow(0, dx_len, w.elem_count())?
@@ -255,13 +239,16 @@ impl CustomOp3 for ConvBnBwd {
             geom: (o, g.ho(), g.wo()),
             affine: self.affine.as_ref(),
         };
-        let (_, partial_sums) = par_ranges(n, 0, 0, |r, _| {
-            let (mut acc, mut bufs) = (vec![(0f64, 0f64); o], Default::default());
-            for i in r {
-                self.bn.add_sums(up.planes(i, &mut bufs), &mut acc);
-            }
-            acc
-        });
+        let partial_sums: Vec<Vec<(f64, f64)>> = ranges(n, num_threads())
+            .into_par_iter()
+            .map(|r| {
+                let (mut acc, mut bufs) = (vec![(0f64, 0f64); o], Default::default());
+                for i in r {
+                    self.bn.add_sums(up.planes(i, &mut bufs), &mut acc);
+                }
+                acc
+            })
+            .collect();
         let mut sums = vec![(0f64, 0f64); o];
         for part in partial_sums {
             for ((a, b), (pa, pb)) in sums.iter_mut().zip(part) {

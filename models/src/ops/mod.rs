@@ -86,6 +86,16 @@ fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// Zeroes `chunk`, which is then initialised.
+fn zeroed(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in chunk.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element of `chunk` was initialised just above, and
+    // `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) }
+}
+
 /// An op's output of `n` chunks of `size` values plus `extra` zeros, the
 /// chunks filled in parallel by `fill(state, i, chunk)` (with one `init()`
 /// state per rayon job, for scratch buffers). Each chunk is zeroed by the
@@ -106,15 +116,7 @@ fn par_output<S>(
         out.spare_capacity_mut()[..len]
             .par_chunks_mut(size)
             .enumerate()
-            .for_each_init(init, |state, (i, chunk)| {
-                for v in chunk.iter_mut() {
-                    v.write(0.0);
-                }
-                // SAFETY: every element of `chunk` was initialised just above,
-                // and `MaybeUninit<f32>` has the layout of `f32`.
-                let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
-                fill(state, i, chunk);
-            });
+            .for_each_init(init, |state, (i, chunk)| fill(state, i, zeroed(chunk)));
         // SAFETY: the chunks of `size` values cover `0..len` exactly (`len` is
         // a multiple of `size`) and the loop above initialised every one; a
         // panic in `fill` propagates before this line, leaving the length 0.
@@ -145,15 +147,7 @@ fn par_ranges<R: Send>(
     }
     let parts = jobs
         .into_par_iter()
-        .map(|(r, chunk)| {
-            for v in chunk.iter_mut() {
-                v.write(0.0);
-            }
-            // SAFETY: every element of `chunk` was initialised just above,
-            // and `MaybeUninit<f32>` has the layout of `f32`.
-            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
-            fill(r, chunk)
-        })
+        .map(|(r, chunk)| fill(r, zeroed(chunk)))
         .collect();
     // SAFETY: the ranges cover `0..n` exactly, so the chunks cover `0..len`,
     // and each job initialised its chunk; a panic in `fill` propagates before
@@ -752,6 +746,17 @@ fn pool(x: &Tensor, relu: bool) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool2Op { relu })
 }
 
+/// One image's 2x2 max-pooling of `c` planes of `h x w` into `y`, then ReLU
+/// when `relu` is set.
+fn pool_image(x: &[f32], (c, h, w): (usize, usize, usize), relu: bool, y: &mut [f32]) {
+    kernels::maxpool2(x, c, h, w, y);
+    if relu {
+        for v in y.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
 struct MaxPool2Op {
     relu: bool,
 }
@@ -771,12 +776,12 @@ impl CustomOp1 for MaxPool2Op {
             0,
             || (),
             |_, i, yi| {
-                kernels::maxpool2(&x[i * c * h * w..(i + 1) * c * h * w], c, h, w, yi);
-                if self.relu {
-                    for v in yi.iter_mut() {
-                        *v = v.max(0.0);
-                    }
-                }
+                pool_image(
+                    &x[i * c * h * w..(i + 1) * c * h * w],
+                    (c, h, w),
+                    self.relu,
+                    yi,
+                );
             },
         );
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
@@ -906,30 +911,41 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
         .unzip()
 }
 
-/// Train-mode BatchNorm [+ReLU] of `x` `(N, C, HW)`: the output and the batch
-/// statistics it used.
+/// Train-mode BatchNorm of `x` `(N, C, H, W)`, then ReLU or max-pooling +
+/// ReLU: the output and the batch statistics it used. Under pooling, each
+/// image's BatchNorm output is made in a scratch buffer and not kept.
 fn bn_forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    [n, c, hw]: [usize; 3],
+    [n, c, h, w]: [usize; 4],
     eps: f64,
-    relu: bool,
+    then: BnThen,
 ) -> (Vec<f32>, BatchStats) {
+    let hw = h * w;
     let (mean, var) = channel_stats(x, n, c, hw);
     let stats = BatchStats { mean, var };
     let (scale, shift) = bn_affine(gamma, beta, &stats, eps);
     let size = c * hw;
-    let y = par_output(
-        n,
-        size,
-        0,
-        || (),
-        |_, i, yi| {
-            let xi = &x[i * size..(i + 1) * size];
-            kernels::affine_channels(xi, &scale, &shift, 1, c, hw, relu, yi);
-        },
-    );
+    let image = |i: usize| &x[i * size..(i + 1) * size];
+    let y = if then == BnThen::PoolRelu {
+        par_output(n, c * (h / 2) * (w / 2), 0, Vec::new, |full, i, yi| {
+            full.resize(size, 0.0);
+            kernels::affine_channels(image(i), &scale, &shift, 1, c, hw, false, full);
+            pool_image(full, (c, h, w), true, yi);
+        })
+    } else {
+        let relu = then == BnThen::Relu;
+        par_output(
+            n,
+            size,
+            0,
+            || (),
+            |_, i, yi| {
+                kernels::affine_channels(image(i), &scale, &shift, 1, c, hw, relu, yi);
+            },
+        )
+    };
     (y, stats)
 }
 
@@ -967,7 +983,12 @@ impl CustomOp3 for BnTrainOp {
                 beta.len()
             );
         }
-        let (y, stats) = bn_forward(x, gamma, beta, [n, c, h * w], self.eps, self.relu);
+        let then = if self.relu {
+            BnThen::Relu
+        } else {
+            BnThen::Nothing
+        };
+        let (y, stats) = bn_forward(x, gamma, beta, [n, c, h, w], self.eps, then);
         *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
