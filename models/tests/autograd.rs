@@ -12,14 +12,22 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn fan_in_gradients_are_summed() {
-    let x = Var::from_vec(vec![-1.5f32, -0.5, 0.0, 0.5, 1.0, 2.0], (2, 3), &Device::Cpu).unwrap();
+    let x = Var::from_vec(
+        vec![-1.5f32, -0.5, 0.0, 0.5, 1.0, 2.0],
+        (2, 3),
+        &Device::Cpu,
+    )
+    .unwrap();
     // y has two consumers and x three: z = y + y^2 + x with y = 3x,
     // so dz/dx = 3 + 18x + 1.
     let y = (x.as_tensor() * 3.0).unwrap();
     let z = ((&y + y.sqr().unwrap()).unwrap() + x.as_tensor()).unwrap();
     let grads = z.sum_all().unwrap().backward().unwrap();
     let g = grads.get(x.as_tensor()).unwrap();
-    let want: Vec<f32> = values(x.as_tensor()).iter().map(|v| 4.0 + 18.0 * v).collect();
+    let want: Vec<f32> = values(x.as_tensor())
+        .iter()
+        .map(|v| 4.0 + 18.0 * v)
+        .collect();
     for (a, b) in values(g).iter().zip(&want) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
@@ -31,7 +39,10 @@ fn a_first_gradient_that_is_a_view_is_stored_contiguous() {
     // transposed (non-contiguous) view of the incoming gradient.
     let x = Var::from_vec((0..6).map(|v| v as f32).collect(), (2, 3), &Device::Cpu).unwrap();
     let c = Tensor::from_vec((1..=6).map(|v| v as f32).collect(), (3, 2), &Device::Cpu).unwrap();
-    let loss = (x.as_tensor().t().unwrap() * &c).unwrap().sum_all().unwrap();
+    let loss = (x.as_tensor().t().unwrap() * &c)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     let g = grads.get(x.as_tensor()).unwrap();
     assert!(g.is_contiguous());
