@@ -6,6 +6,8 @@ on-the-fly affine augmentation). Prints `key: value` lines that
 tools/bench_reference.sh turns into the ratio table of docs/PERFORMANCE.md.
 
 Usage: tools/.venv-bench/bin/python tools/bench_reference.py --threads 2
+       (add --ort-b1-only for just onnxruntime's batch-1 median: the
+       interleaved rounds of tools/bench_reference.sh)
 """
 import argparse
 import math
@@ -79,11 +81,27 @@ def augment(torch, x):
     return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def ort_session(torch, ort, model, x1, d, threads):
+    """ARCH-1 exported to ONNX in folder `d`, in an onnxruntime CPU session."""
+    path = os.path.join(d, "arch1.onnx")
+    try:
+        torch.onnx.export(model, x1, path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    except TypeError:
+        torch.onnx.export(model, x1, path, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--ort-b1-only", action="store_true",
+                    help="only onnxruntime's batch-1 median (for interleaved rounds)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import numpy as np
@@ -96,6 +114,12 @@ def main():
     x1 = torch.rand(1, 1, 48, 48)
     x64 = torch.rand(64, 1, 48, 48)
     t = args.threads
+    if args.ort_b1_only:
+        with tempfile.TemporaryDirectory() as d:
+            sess = ort_session(torch, ort, model, x1, d, t)
+            a1 = x1.numpy()
+            print(f"onnxruntime b1_ms t{t}: {median_ms(lambda: sess.run(None, {'x': a1}), 30, args.runs):.3f}")
+        return
     with torch.no_grad():
         print(f"torch_eager b1_ms t{t}: {median_ms(lambda: model(x1), 30, args.runs):.3f}")
         b64 = median_ms(lambda: model(x64), 2, 10)
@@ -103,16 +127,7 @@ def main():
         script = torch.jit.freeze(torch.jit.trace(model, x1))
         print(f"torchscript b1_ms t{t}: {median_ms(lambda: script(x1), 30, args.runs):.3f}")
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "arch1.onnx")
-        try:
-            torch.onnx.export(model, x1, path, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}}, dynamo=False)
-        except TypeError:
-            torch.onnx.export(model, x1, path, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}})
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = t
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = ort_session(torch, ort, model, x1, d, t)
         a1, a64 = x1.numpy(), x64.numpy()
         print(f"onnxruntime b1_ms t{t}: {median_ms(lambda: sess.run(None, {'x': a1}), 30, args.runs):.3f}")
         b64 = median_ms(lambda: sess.run(None, {"x": a64}), 2, 10)

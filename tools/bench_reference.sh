@@ -20,6 +20,15 @@ for t in 1 2; do
   ./target/release/training bench --arch arch1 --threads "$t" --impl fast --train --train-steps 8 2>/dev/null | tee -a "$OUT/ours-$t.txt"
   "$VENV/bin/python" tools/bench_reference.py --threads "$t" 2>/dev/null | tee "$OUT/ref-$t.txt"
 done
+# Batch 1 on two threads swings with the machine's state (ours 0.42-0.58 ms
+# and onnxruntime 0.40-0.53 ms in separate series on the same day), so the
+# two are also timed in alternation: five rounds, the order swapped each
+# round, and the ratio taken within each round.
+for r in 1 2 3 4 5; do
+  ours() { ./target/release/training bench --arch arch1 --threads 2 --impl fast --batch-runs 1 2>/dev/null | grep -E "^arch1 engine(-2lane)? b1" | sed "s/^/round $r /"; }
+  theirs() { "$VENV/bin/python" tools/bench_reference.py --threads 2 --ort-b1-only 2>/dev/null | sed "s/^/round $r /"; }
+  if [ $((r % 2)) -eq 1 ]; then ours; theirs; else theirs; ours; fi | tee -a "$OUT/rounds.txt"
+done
 for a in arch2 arch3 arch4; do
   ./target/release/training bench --arch "$a" --threads 2 --runs 100 2>/dev/null | tee -a "$OUT/others.txt"
 done
@@ -49,4 +58,17 @@ for t in (1, 2):
         pt = grab(r, rf"torch_train b{b}_img_s t{t}: ([\d.]+)")
         pta = grab(r, rf"torch_train b{b}_aug_img_s t{t}: ([\d.]+)")
         print(f"| {t} | train b{b} img/s | {st} | {ours} | | | {pt} (aug {pta}) | | | | ours/torch {ours/pt:.2f} |")
+text = (out / "rounds.txt").read_text()
+print("\nBatch 1, 2 threads, alternated rounds (median ms):\n")
+print("| round | ours (engine) | ours (2 lanes) | onnxruntime | best of ours / onnxruntime |")
+print("|---|---|---|---|---|")
+ratios = []
+for r in range(1, 6):
+    eng = float(re.search(rf"round {r} arch1 engine b1 median_ms: ([\d.]+)", text).group(1))
+    lanes = float(re.search(rf"round {r} arch1 engine-2lane b1 median_ms: ([\d.]+)", text).group(1))
+    ort = float(re.search(rf"round {r} onnxruntime b1_ms t2: ([\d.]+)", text).group(1))
+    ratios.append(min(eng, lanes) / ort)
+    print(f"| {r} | {eng} | {lanes} | {ort} | {ratios[-1]:.2f} |")
+ratios.sort()
+print(f"\nmedian ratio over the rounds: {ratios[2]:.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})")
 PY
