@@ -64,9 +64,12 @@ print("| round | ours (engine) | ours (2 lanes) | onnxruntime | best of ours / o
 print("|---|---|---|---|---|")
 ratios = []
 for r in range(1, 6):
-    eng = float(re.search(rf"round {r} arch1 engine b1 median_ms: ([\d.]+)", text).group(1))
-    lanes = float(re.search(rf"round {r} arch1 engine-2lane b1 median_ms: ([\d.]+)", text).group(1))
-    ort = float(re.search(rf"round {r} onnxruntime b1_ms t2: ([\d.]+)", text).group(1))
+    def num(pattern):
+        m = re.search(pattern, text)
+        return float(m.group(1)) if m else float("nan")
+    eng = num(rf"round {r} arch1 engine b1 median_ms: ([\d.]+)")
+    lanes = num(rf"round {r} arch1 engine-2lane b1 median_ms: ([\d.]+)")
+    ort = num(rf"round {r} onnxruntime b1_ms t2: ([\d.]+)")
     ratios.append(min(eng, lanes) / ort)
     print(f"| {r} | {eng} | {lanes} | {ort} | {ratios[-1]:.2f} |")
 ratios.sort()

@@ -2,7 +2,7 @@
 //! a node's first gradient is stored as it is, later ones are added. These
 //! check what that must keep from the crates.io code: sums over fan-in,
 //! contiguous stored gradients, and an error (not a stored tensor of the wrong
-//! shape) when an op's backward returns a gradient that does not fit.
+//! shape or dtype) when an op's backward returns a gradient that does not fit.
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
 
@@ -50,10 +50,11 @@ fn a_first_gradient_that_is_a_view_is_stored_contiguous() {
     assert_eq!(values(g), values(&c.t().unwrap()));
 }
 
-/// Identity forward; its backward returns a gradient of the wrong shape.
-struct WrongShapeGrad;
+/// Identity forward; its backward returns a gradient of the wrong shape
+/// (`BadGrad(false)`) or the wrong dtype (`BadGrad(true)`).
+struct BadGrad(bool);
 
-impl CustomOp1 for WrongShapeGrad {
+impl CustomOp1 for BadGrad {
     fn name(&self) -> &'static str {
         "wrong-shape-grad"
     }
@@ -70,6 +71,9 @@ impl CustomOp1 for WrongShapeGrad {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if self.0 {
+            return Ok(Some(grad_res.to_dtype(candle_core::DType::F64)?));
+        }
         Ok(Some(grad_res.flatten_all()?))
     }
 }
@@ -77,7 +81,15 @@ impl CustomOp1 for WrongShapeGrad {
 #[test]
 fn a_gradient_of_the_wrong_shape_is_an_error() {
     let x = Var::from_vec(vec![1f32, 2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
-    let y = x.as_tensor().apply_op1(WrongShapeGrad).unwrap();
+    let y = x.as_tensor().apply_op1(BadGrad(false)).unwrap();
     let err = y.sum_all().unwrap().backward().unwrap_err();
     assert!(err.to_string().contains("shape mismatch"), "{err}");
+}
+
+#[test]
+fn a_gradient_of_the_wrong_dtype_is_an_error() {
+    let x = Var::from_vec(vec![1f32, 2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+    let y = x.as_tensor().apply_op1(BadGrad(true)).unwrap();
+    let err = y.sum_all().unwrap().backward().unwrap_err();
+    assert!(err.to_string().contains("dtype mismatch"), "{err}");
 }

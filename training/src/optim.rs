@@ -35,6 +35,27 @@ pub struct AdamConfig {
     pub weight_decay: f64,
 }
 
+impl AdamConfig {
+    /// Checks the hyper-parameters: betas in `[0, 1)`, `eps > 0`, penalties
+    /// `>= 0`, all finite.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("Adam's {name} must be in [0, 1), got {v}");
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            bail!("Adam's eps must be a positive number, got {}", self.eps);
+        }
+        for (name, v) in [("l2", self.l2), ("weight_decay", self.weight_decay)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("Adam's {name} must be a number >= 0, got {v}");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for AdamConfig {
     fn default() -> Self {
         Self {
@@ -152,12 +173,23 @@ pub struct Adam {
 impl Adam {
     /// Optimises every trainable variable of `varmap` (sorted by name).
     pub fn new(varmap: &VarMap, cfg: AdamConfig) -> Result<Self> {
+        cfg.validate()?;
         let vars = varmap
             .data()
             .lock()
             .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?;
         let mut names: Vec<&String> = vars.keys().filter(|n| models::is_trainable(n)).collect();
         names.sort();
+        for name in &names {
+            let var = &vars[*name];
+            if var.dtype() != DType::F32 || !var.device().is_cpu() {
+                bail!(
+                    "Adam updates f32 variables on the CPU; `{name}` is {:?} on {:?}",
+                    var.dtype(),
+                    var.device().location()
+                );
+            }
+        }
         let slots = names
             .into_iter()
             .map(|name| {
@@ -376,6 +408,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bad_hyper_parameters_and_variables_are_errors() {
+        let varmap = VarMap::new();
+        for cfg in [
+            AdamConfig {
+                l2: -0.1,
+                ..AdamConfig::default()
+            },
+            AdamConfig {
+                weight_decay: f64::NAN,
+                ..AdamConfig::default()
+            },
+            AdamConfig {
+                beta2: 1.0,
+                ..AdamConfig::default()
+            },
+            AdamConfig {
+                eps: 0.0,
+                ..AdamConfig::default()
+            },
+        ] {
+            assert!(Adam::new(&varmap, cfg).is_err(), "{cfg:?}");
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        vb.get_with_hints(3, "lin.weight", Init::Const(1.0))
+            .unwrap();
+        let err = Adam::new(&varmap, AdamConfig::default()).err().unwrap();
+        assert!(err.to_string().contains("f32"), "{err}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ impl TrainConfig {
         if let Some(a) = &self.augment {
             a.validate()?;
         }
+        self.adam.validate()?;
         Ok(())
     }
 

@@ -180,10 +180,16 @@ impl CustomOp3 for ConvBnOp {
         } else {
             None
         };
+        // The parameter gradients are copied out: as views they would keep
+        // the batch-sized `packed` (dx included) alive in the gradient store
+        // until the optimizer step.
         let dw = packed
             .narrow(0, dx_len, w.elem_count())?
-            .reshape(w.shape())?;
-        let dparams = packed.narrow(0, dx_len + w.elem_count(), op.params_len)?;
+            .reshape(w.shape())?
+            .force_contiguous()?;
+        let dparams = packed
+            .narrow(0, dx_len + w.elem_count(), op.params_len)?
+            .force_contiguous()?;
         Ok((dx, Some(dw), Some(dparams)))
     }
 }

@@ -666,7 +666,12 @@ impl CustomOp2 for DepthwiseOp {
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &DepthwiseBwd)?;
         let len = n * c * h * wd;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, wd))?;
-        let dw = packed.narrow(0, len, c * 9)?.reshape((c, 1, 3, 3))?;
+        // Copied out, so that the kernel gradient does not keep the
+        // batch-sized `packed` alive until the optimizer step.
+        let dw = packed
+            .narrow(0, len, c * 9)?
+            .reshape((c, 1, 3, 3))?
+            .force_contiguous()?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -1007,8 +1012,9 @@ impl CustomOp3 for BnTrainOp {
         let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let len = n * c * h * w;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
-        let dgamma = packed.narrow(0, len, c)?;
-        let dbeta = packed.narrow(0, len + c, c)?;
+        // Copied out, as in `DepthwiseOp::bwd`.
+        let dgamma = packed.narrow(0, len, c)?.force_contiguous()?;
+        let dbeta = packed.narrow(0, len + c, c)?.force_contiguous()?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }

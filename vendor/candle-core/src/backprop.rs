@@ -724,8 +724,6 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     /// Adds `grad` into the gradient stored for `tensor`. The first gradient
     /// to reach a tensor is stored as it is (made contiguous), with the checks
     /// that adding it to zeros made; only a second one is added.
@@ -740,11 +738,22 @@ impl GradStore {
                 *sum_grad = sum_grad.add(grad)?;
             }
             Entry::Vacant(entry) => {
+                // The checks, and the empty case, of `zeros_like(tensor).add(grad)`.
                 tensor.same_shape_binary_op(grad, "add")?;
-                if !tensor.device().same_device(grad.device()) {
+                if tensor.elem_count() == 0 {
+                    entry.insert(tensor.zeros_like()?);
+                    return Ok(());
+                }
+                let (lhs, rhs) = (tensor.device(), grad.device());
+                let same_device = if lhs.is_metal() {
+                    lhs.same_device(rhs)
+                } else {
+                    lhs.location() == rhs.location()
+                };
+                if !same_device {
                     Err(Error::DeviceMismatchBinaryOp {
-                        lhs: tensor.device().location(),
-                        rhs: grad.device().location(),
+                        lhs: lhs.location(),
+                        rhs: rhs.location(),
                         op: "add",
                     }
                     .bt())?
@@ -763,6 +772,8 @@ impl GradStore {
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),
