@@ -291,6 +291,10 @@ multiversion! {
     }
 }
 
+/// The largest zero-bordered plane, `(h + 2) * (w + 2)` floats, that
+/// [`depthwise3x3`] pads on the stack (planes up to 32x32).
+pub const DW_PAD_MAX: usize = 34 * 34;
+
 multiversion! {
     /// Depthwise 3x3 convolution, stride 1, padding 1, one image:
     /// `x` `(c, h, w)`, `wt` `(c, 9)`, `y` `(c, h, w)` (overwritten).
@@ -299,10 +303,38 @@ multiversion! {
     /// one vectorised pass (the centre row first, assigning), and the two
     /// edge columns are summed on their own, so the output is written three
     /// times per row rather than zeroed and then updated nine times.
+    ///
+    /// Planes of up to [`DW_PAD_MAX`] positions with their border (ARCH-1's
+    /// 24x24) are first copied into a zero-bordered plane on the stack, so
+    /// that every output row is one pass of nine taps with no edge cases.
     pub fn depthwise3x3(x: &[f32], wt: &[f32], c: usize, h: usize, w: usize, y: &mut [f32]) {
         let hw = h * w;
         assert!(x.len() >= c * hw && y.len() >= c * hw && wt.len() >= c * 9);
         if hw == 0 {
+            return;
+        }
+        let pw = w + 2;
+        if (h + 2) * pw <= DW_PAD_MAX {
+            // The border stays zero: each channel writes the interior only.
+            let mut pad = [0f32; DW_PAD_MAX];
+            for ch in 0..c {
+                let xp = &x[ch * hw..(ch + 1) * hw];
+                for (iy, row) in xp.chunks_exact(w).enumerate() {
+                    pad[(iy + 1) * pw + 1..][..w].copy_from_slice(row);
+                }
+                let k = &wt[ch * 9..ch * 9 + 9];
+                for (oy, yr) in y[ch * hw..(ch + 1) * hw].chunks_exact_mut(w).enumerate() {
+                    let r = |ky: usize, kx: usize| &pad[(oy + ky) * pw + kx..][..w];
+                    let (a0, a1, a2) = (r(0, 0), r(0, 1), r(0, 2));
+                    let (b0, b1, b2) = (r(1, 0), r(1, 1), r(1, 2));
+                    let (c0, c1, c2) = (r(2, 0), r(2, 1), r(2, 2));
+                    for j in 0..w {
+                        yr[j] = k[0] * a0[j] + k[1] * a1[j] + k[2] * a2[j]
+                            + (k[3] * b0[j] + k[4] * b1[j] + k[5] * b2[j])
+                            + (k[6] * c0[j] + k[7] * c1[j] + k[8] * c2[j]);
+                    }
+                }
+            }
             return;
         }
         for ch in 0..c {

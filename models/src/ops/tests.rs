@@ -222,7 +222,16 @@ fn max_pool_relu_matches_stock() {
 #[test]
 fn depthwise_matches_grouped_conv() {
     let mut rng = Lcg(2);
-    for (n, c, h, w) in [(1, 16, 24, 24), (2, 3, 5, 7), (3, 1, 1, 1), (1, 2, 2, 9)] {
+    // Planes up to 32x32 take the zero-bordered path, larger ones the
+    // row-and-edges path.
+    for (n, c, h, w) in [
+        (1, 16, 24, 24),
+        (2, 3, 5, 7),
+        (3, 1, 1, 1),
+        (1, 2, 2, 9),
+        (1, 2, 32, 32),
+        (2, 2, 40, 37),
+    ] {
         let x = rng.tensor(&[n, c, h, w]);
         let wt = rng.tensor(&[c, 1, 3, 3]);
         compare(
