@@ -95,6 +95,12 @@ def ort_session(torch, ort, model, x1, d, threads):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def print_ort_b1(sess, x1, threads, runs):
+    """onnxruntime's batch-1 median latency, as the `onnxruntime b1_ms` line."""
+    a1 = x1.numpy()
+    print(f"onnxruntime b1_ms t{threads}: {median_ms(lambda: sess.run(None, {'x': a1}), 30, runs):.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -116,9 +122,7 @@ def main():
     t = args.threads
     if args.ort_b1_only:
         with tempfile.TemporaryDirectory() as d:
-            sess = ort_session(torch, ort, model, x1, d, t)
-            a1 = x1.numpy()
-            print(f"onnxruntime b1_ms t{t}: {median_ms(lambda: sess.run(None, {'x': a1}), 30, args.runs):.3f}")
+            print_ort_b1(ort_session(torch, ort, model, x1, d, t), x1, t, args.runs)
         return
     with torch.no_grad():
         print(f"torch_eager b1_ms t{t}: {median_ms(lambda: model(x1), 30, args.runs):.3f}")
@@ -128,8 +132,8 @@ def main():
         print(f"torchscript b1_ms t{t}: {median_ms(lambda: script(x1), 30, args.runs):.3f}")
     with tempfile.TemporaryDirectory() as d:
         sess = ort_session(torch, ort, model, x1, d, t)
-        a1, a64 = x1.numpy(), x64.numpy()
-        print(f"onnxruntime b1_ms t{t}: {median_ms(lambda: sess.run(None, {'x': a1}), 30, args.runs):.3f}")
+        print_ort_b1(sess, x1, t, args.runs)
+        a64 = x64.numpy()
         b64 = median_ms(lambda: sess.run(None, {"x": a64}), 2, 10)
         print(f"onnxruntime b64_img_s t{t}: {64e3 / b64:.0f}")
 

@@ -24,10 +24,10 @@ done
 # and onnxruntime 0.40-0.53 ms in separate series on the same day), so the
 # two are also timed in alternation: five rounds, the order swapped each
 # round, and the ratio taken within each round.
+ours() { ./target/release/training bench --arch arch1 --threads 2 --impl fast --batch-runs 1 2>/dev/null | grep -E "^arch1 engine(-2lane)? b1"; }
+theirs() { "$VENV/bin/python" tools/bench_reference.py --threads 2 --ort-b1-only 2>/dev/null; }
 for r in 1 2 3 4 5; do
-  ours() { ./target/release/training bench --arch arch1 --threads 2 --impl fast --batch-runs 1 2>/dev/null | grep -E "^arch1 engine(-2lane)? b1" | sed "s/^/round $r /"; }
-  theirs() { "$VENV/bin/python" tools/bench_reference.py --threads 2 --ort-b1-only 2>/dev/null | sed "s/^/round $r /"; }
-  if [ $((r % 2)) -eq 1 ]; then ours; theirs; else theirs; ours; fi | tee -a "$OUT/rounds.txt"
+  if [ $((r % 2)) -eq 1 ]; then ours; theirs; else theirs; ours; fi | sed "s/^/round $r /" | tee -a "$OUT/rounds.txt"
 done
 for a in arch2 arch3 arch4; do
   ./target/release/training bench --arch "$a" --threads 2 --runs 100 2>/dev/null | tee -a "$OUT/others.txt"
@@ -58,18 +58,15 @@ for t in (1, 2):
         pt = grab(r, rf"torch_train b{b}_img_s t{t}: ([\d.]+)")
         pta = grab(r, rf"torch_train b{b}_aug_img_s t{t}: ([\d.]+)")
         print(f"| {t} | train b{b} img/s | {st} | {ours} | | | {pt} (aug {pta}) | | | | ours/torch {ours/pt:.2f} |")
-text = (out / "rounds.txt").read_text()
+rounds = out / "rounds.txt"
 print("\nBatch 1, 2 threads, alternated rounds (median ms):\n")
 print("| round | ours (engine) | ours (2 lanes) | onnxruntime | best of ours / onnxruntime |")
 print("|---|---|---|---|---|")
 ratios = []
 for r in range(1, 6):
-    def num(pattern):
-        m = re.search(pattern, text)
-        return float(m.group(1)) if m else float("nan")
-    eng = num(rf"round {r} arch1 engine b1 median_ms: ([\d.]+)")
-    lanes = num(rf"round {r} arch1 engine-2lane b1 median_ms: ([\d.]+)")
-    ort = num(rf"round {r} onnxruntime b1_ms t2: ([\d.]+)")
+    eng = grab(rounds, rf"round {r} arch1 engine b1 median_ms: ([\d.]+)")
+    lanes = grab(rounds, rf"round {r} arch1 engine-2lane b1 median_ms: ([\d.]+)")
+    ort = grab(rounds, rf"round {r} onnxruntime b1_ms t2: ([\d.]+)")
     ratios.append(min(eng, lanes) / ort)
     print(f"| {r} | {eng} | {lanes} | {ort} | {ratios[-1]:.2f} |")
 ratios.sort()

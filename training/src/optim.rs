@@ -76,7 +76,6 @@ struct Slot {
     kernel: bool,
 }
 
-#[derive(Default)]
 struct Moments {
     m: Vec<f32>,
     v: Vec<f32>,
@@ -139,10 +138,7 @@ impl InplaceOp2 for AdamUpdate<'_> {
             candle_core::bail!("Adam: contiguous variables and gradients only");
         };
         let (w, g) = (&mut w[w0..w1], &g[g0..g1]);
-        let mut moments = self
-            .moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("Adam state lock poisoned".into()))?;
+        let mut moments = lock(self.moments)?;
         let Moments { m, v } = &mut *moments;
         if g.len() != w.len() || m.len() != w.len() || v.len() != w.len() {
             candle_core::bail!(
@@ -157,10 +153,10 @@ impl InplaceOp2 for AdamUpdate<'_> {
     }
 }
 
-fn lock(moments: &Mutex<Moments>) -> Result<MutexGuard<'_, Moments>> {
+fn lock(moments: &Mutex<Moments>) -> candle_core::Result<MutexGuard<'_, Moments>> {
     moments
         .lock()
-        .map_err(|_| anyhow::anyhow!("Adam state lock poisoned"))
+        .map_err(|_| candle_core::Error::Msg("Adam state lock poisoned".into()))
 }
 
 /// Adam over the trainable variables of a `VarMap`.

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::{
     BatchStats, BnGrad, DataGrad, FilterGrad, FilterScratch, batch_norm_train, bn_affine,
     bn_forward, bn_param_grads, conv_forward, conv_geom, conv2d_maybe_bias, dims4, kernels, lock,
-    max_pool2_relu, num_threads, par_ranges, ranges, slice, sum_parts, use_fast_path,
+    max_pool2_relu, num_threads, owned_part, par_ranges, ranges, slice, sum_parts, use_fast_path,
 };
 
 /// What follows the BatchNorm in [`conv_bn_train`].
@@ -180,16 +180,8 @@ impl CustomOp3 for ConvBnOp {
         } else {
             None
         };
-        // The parameter gradients are copied out: as views they would keep
-        // the batch-sized `packed` (dx included) alive in the gradient store
-        // until the optimizer step.
-        let dw = packed
-            .narrow(0, dx_len, w.elem_count())?
-            .reshape(w.shape())?
-            .force_contiguous()?;
-        let dparams = packed
-            .narrow(0, dx_len + w.elem_count(), op.params_len)?
-            .force_contiguous()?;
+        let dw = owned_part(&packed, dx_len, w.elem_count())?.reshape(w.shape())?;
+        let dparams = owned_part(&packed, dx_len + w.elem_count(), op.params_len)?;
         Ok((dx, Some(dw), Some(dparams)))
     }
 }

@@ -77,6 +77,14 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
         .map_err(|_| candle_core::Error::Msg("fast op: state lock poisoned".into()))
 }
 
+/// `len` values of a backward op's packed 1-D output from `start`, copied
+/// into their own storage. A parameter gradient must not stay a view: the
+/// gradient store would keep the whole batch-sized buffer (`dx` included)
+/// alive until the optimizer step.
+fn owned_part(packed: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    packed.narrow(0, start, len)?.force_contiguous()
+}
+
 /// Splits `n` items into at most `parts` contiguous ranges.
 fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     let parts = parts.clamp(1, n.max(1));
@@ -666,12 +674,7 @@ impl CustomOp2 for DepthwiseOp {
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &DepthwiseBwd)?;
         let len = n * c * h * wd;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, wd))?;
-        // Copied out, so that the kernel gradient does not keep the
-        // batch-sized `packed` alive until the optimizer step.
-        let dw = packed
-            .narrow(0, len, c * 9)?
-            .reshape((c, 1, 3, 3))?
-            .force_contiguous()?;
+        let dw = owned_part(&packed, len, c * 9)?.reshape((c, 1, 3, 3))?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -1012,9 +1015,8 @@ impl CustomOp3 for BnTrainOp {
         let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let len = n * c * h * w;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
-        // Copied out, as in `DepthwiseOp::bwd`.
-        let dgamma = packed.narrow(0, len, c)?.force_contiguous()?;
-        let dbeta = packed.narrow(0, len + c, c)?.force_contiguous()?;
+        let dgamma = owned_part(&packed, len, c)?;
+        let dbeta = owned_part(&packed, len + c, c)?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
