@@ -1,8 +1,13 @@
 //! The deployment path for ARCH-1: BatchNorm folded into the convolutions, the
 //! residual branch's two 1x1 convolutions composed into one (evaluated only at
 //! the stride-2 positions it keeps), ReLU fused into each convolution's epilogue,
-//! NCHW planes in preallocated buffers reused across calls. After the first call
-//! at a given batch size, [`Arch1Engine::run`] allocates nothing.
+//! preallocated buffers reused across calls. The 48x48 and 24x24 layers work on
+//! NCHW planes (direct 3x3 kernels, depthwise, GEMM); the 12x12 and 6x6 3x3
+//! convolutions, which are 60% of the multiply-adds, run as Winograd F(2x2, 3x3)
+//! on blocked activations ([`crate::ops::winograd`]), and the last convolution,
+//! which only feeds the global average, is never computed plane by plane: its
+//! average comes from window sums ([`winograd::conv3x3_mean`]). After the
+//! first call at a given batch size, [`Arch1Engine::run`] allocates nothing.
 //!
 //! The outputs match the candle graph ([`crate::Arch1`] in eval mode) to 1e-4
 //! (tested below).
@@ -17,6 +22,7 @@ use crate::helper::Helper;
 use crate::layers::BnConfig;
 use crate::ops::direct::{self, Padded};
 use crate::ops::kernels::{self, ConvGeom, Mat};
+use crate::ops::winograd::{self, Tiles, Winograd};
 use crate::weights::WeightsError;
 
 /// A convolution with BatchNorm folded in: `y = relu?(W x + b)`.
@@ -111,6 +117,67 @@ impl FoldedConv {
     }
 }
 
+/// A folded 3x3 convolution on the Winograd kernels, activations in the
+/// blocked layout ([`winograd`]).
+#[derive(Debug, Clone)]
+struct WinoConv {
+    u: Winograd,
+    b: Vec<f32>,
+    relu: bool,
+}
+
+/// Room for one lane's transformed input in the tail: the largest is
+/// `conv2d_7`'s, 64 channels of 12x12 (36 tiles of 16 values).
+const WINO_LEN: usize = 16 * 36 * 64;
+
+impl WinoConv {
+    fn new(f: FoldedConv) -> Result<Self, WeightsError> {
+        let u = Winograd::new(&f.w, f.o, f.c).filter(|_| f.k == 3 && f.stride == 1);
+        let u = u.ok_or_else(|| {
+            WeightsError::Candle(candle_core::Error::Msg(format!(
+                "engine: a {}x{} convolution {} -> {} does not fit the Winograd kernels",
+                f.k, f.k, f.c, f.o
+            )))
+        })?;
+        Ok(Self {
+            u,
+            b: f.b,
+            relu: f.relu,
+        })
+    }
+
+    /// Output blocks `blocks` of the convolution of blocked `x` (`h x w`)
+    /// into `y` (those blocks), with `v` as room for the transformed input.
+    fn run(
+        &self,
+        x: &[f32],
+        g: Tiles,
+        blocks: std::ops::Range<usize>,
+        v: &mut [f32],
+        y: &mut [f32],
+    ) {
+        winograd::transform_input(x, self.u.inputs(), g, v);
+        winograd::multiply(&self.u, v, g, blocks, &self.b, self.relu, y);
+    }
+}
+
+/// The residual join: `relu(m + r)` of `c` planes of `hw` (NCHW) into the
+/// blocked layout (`c` a whole number of blocks).
+fn join_blocked(m: &[f32], r: &[f32], c: usize, hw: usize, y: &mut [f32]) {
+    for (cb, yb) in y
+        .chunks_exact_mut(winograd::BLOCK * hw)
+        .take(c / winograd::BLOCK)
+        .enumerate()
+    {
+        for l in 0..winograd::BLOCK {
+            let ch = (cb * winograd::BLOCK + l) * hw;
+            for (px, (a, b)) in m[ch..ch + hw].iter().zip(&r[ch..ch + hw]).enumerate() {
+                yb[px * winograd::BLOCK + l] = (a + b).max(0.0);
+            }
+        }
+    }
+}
+
 /// Per-image working memory.
 #[derive(Debug, Default, Clone)]
 struct Scratch {
@@ -142,8 +209,12 @@ pub struct Arch1Engine {
     dw2: Vec<f32>,
     pw2: FoldedConv,
     res: FoldedConv,
-    tail: [FoldedConv; 4],
-    head: FoldedConv,
+    /// `conv2d_6..9` on the Winograd kernels (blocked activations).
+    tail: [WinoConv; 4],
+    /// `conv2d_10`'s weights `(classes, 128, 3, 3)` and bias: only its global
+    /// average is needed, which [`winograd::conv3x3_mean`] computes directly.
+    head_w: Vec<f32>,
+    head_b: Vec<f32>,
     classes: usize,
     scratch: Vec<Scratch>,
     logits: Vec<f32>,
@@ -298,11 +369,12 @@ impl Arch1Engine {
             stride: 1,
             relu: false,
         };
+        let w = |conv: &str, bn_name: &str, shape| WinoConv::new(f(conv, bn_name, shape)?);
         let tail = [
-            f("conv2d_6", "batch_normalization_8", (64, 32, 3, 1, true))?,
-            f("conv2d_7", "batch_normalization_9", (64, 64, 3, 1, true))?,
-            f("conv2d_8", "batch_normalization_10", (128, 64, 3, 1, true))?,
-            f("conv2d_9", "batch_normalization_11", (128, 128, 3, 1, true))?,
+            w("conv2d_6", "batch_normalization_8", (64, 32, 3, 1, true))?,
+            w("conv2d_7", "batch_normalization_9", (64, 64, 3, 1, true))?,
+            w("conv2d_8", "batch_normalization_10", (128, 64, 3, 1, true))?,
+            w("conv2d_9", "batch_normalization_11", (128, 128, 3, 1, true))?,
         ];
         let head_w = get(t, "conv2d_10.weight")?;
         let head_b = get(t, "conv2d_10.bias")?;
@@ -313,16 +385,6 @@ impl Arch1Engine {
                 found: vec![head_w.len()],
             });
         }
-        let head = FoldedConv {
-            packed: pack_direct(&head_w, classes, 128, 3, 1),
-            w: head_w,
-            b: head_b,
-            o: classes,
-            c: 128,
-            k: 3,
-            stride: 1,
-            relu: false,
-        };
         Ok(Self {
             stem,
             dw1,
@@ -331,7 +393,8 @@ impl Arch1Engine {
             pw2,
             res,
             tail,
-            head,
+            head_w,
+            head_b,
             classes,
             scratch: Vec::new(),
             logits: Vec::new(),
@@ -406,19 +469,15 @@ impl Arch1Engine {
         }
         let (sub, _) = col.split_at_mut(16 * 144);
         self.res.run(sub, 12, 12, res, &mut Vec::new(), 1);
-        for (m, r) in a[..32 * 144].iter_mut().zip(res.iter()) {
-            *m = (*m + r).max(0.0);
-        }
-        // Tail at 12x12 and 6x6.
-        self.tail[0].run(a, 12, 12, b, col, threads);
-        self.tail[1].run(b, 12, 12, a, col, threads);
-        kernels::maxpool2(a, 64, 12, 12, b);
-        self.tail[2].run(b, 6, 6, a, col, threads);
-        self.tail[3].run(a, 6, 6, b, col, threads);
-        self.head.run(b, 6, 6, a, col, threads);
-        for (k, l) in logits.iter_mut().enumerate() {
-            *l = a[k * 36..(k + 1) * 36].iter().sum::<f32>() / 36.0;
-        }
+        join_blocked(a, res, 32, 144, b);
+        // Tail at 12x12 and 6x6, blocked.
+        let (t12, t6) = (Tiles { h: 12, w: 12 }, Tiles { h: 6, w: 6 });
+        self.tail[0].run(b, t12, 0..4, col, a);
+        self.tail[1].run(a, t12, 0..4, col, b);
+        winograd::maxpool2(b, 0..4, 12, 12, a);
+        self.tail[2].run(a, t6, 0..8, col, b);
+        self.tail[3].run(b, t6, 0..8, col, a);
+        winograd::conv3x3_mean(a, 128, (6, 6), (&self.head_w, &self.head_b), col, logits);
     }
 
     /// Logits for `n` gray 48x48 faces given as `n * 2304` normalised values;
@@ -706,6 +765,24 @@ impl FoldedConv {
     }
 }
 
+impl WinoConv {
+    /// This lane's half of the output blocks of the convolution of blocked
+    /// `x` into `y`, then a barrier. Each lane transforms the whole input
+    /// into its own region of col (cheaper than a barrier to share it).
+    fn run_lane(&self, lane: usize, x: &[f32], g: Tiles, y: Shared, l: &Lanes) {
+        // SAFETY: region `lane` of col is this lane's alone in the tail
+        // phases; nothing else reads or writes col there.
+        let v = unsafe { l.col.range(lane * WINO_LEN, (lane + 1) * WINO_LEN) };
+        let (b0, b1) = half(self.u.blocks(), lane);
+        let per = winograd::BLOCK * g.h * g.w;
+        // SAFETY: output blocks b0..b1 are this lane's; `y` is a different
+        // buffer from `x` and col.
+        let yr = unsafe { y.range(b0 * per, b1 * per) };
+        self.run(x, g, b0..b1, v, yr);
+        l.bar.wait();
+    }
+}
+
 impl Arch1Engine {
     /// One lane of [`Arch1Engine::image`]: the same steps, each split in
     /// halves between lane 0 and lane 1, with a barrier after each.
@@ -777,27 +854,29 @@ impl Arch1Engine {
         // pointwise convolution does not write col.
         let gathered = unsafe { &l.col.all()[..16 * 144] };
         self.res.run_lane(lane, gathered, 12, 12, l.res, l);
-        // SAFETY: channels c0..c1 of a are this lane's.
-        let m = unsafe { l.a.range(c0 * 144, c1 * 144) };
-        for (v, rv) in m.iter_mut().zip(&r(&l.res)[c0 * 144..c1 * 144]) {
-            *v = (*v + rv).max(0.0);
-        }
+        // The join of this lane's channels (one block of 16) into b, blocked.
+        // SAFETY: channels c0..c1 of b are this lane's; a and res were
+        // completed before the barriers above.
+        let y = unsafe { l.b.range(c0 * 144, c1 * 144) };
+        let (m, rs) = (&r(&l.a)[c0 * 144..], &r(&l.res)[c0 * 144..]);
+        join_blocked(m, rs, c1 - c0, 144, y);
         l.bar.wait();
-        self.tail[0].run_lane(lane, r(&l.a), 12, 12, l.b, l);
-        self.tail[1].run_lane(lane, r(&l.b), 12, 12, l.a, l);
-        let (c0, c1) = chans(64);
-        // SAFETY: channels c0..c1 of b are this lane's.
-        let y = unsafe { l.b.range(c0 * 36, c1 * 36) };
-        kernels::maxpool2(&r(&l.a)[c0 * 144..], c1 - c0, 12, 12, y);
+        // Tail at 12x12 and 6x6, blocked, split by output blocks.
+        let (t12, t6) = (Tiles { h: 12, w: 12 }, Tiles { h: 6, w: 6 });
+        self.tail[0].run_lane(lane, r(&l.b), t12, l.a, l);
+        self.tail[1].run_lane(lane, r(&l.a), t12, l.b, l);
+        let (b0, b1) = half(4, lane);
+        // SAFETY: blocks b0..b1 of a are this lane's.
+        let y = unsafe { l.a.range(b0 * 16 * 36, b1 * 16 * 36) };
+        winograd::maxpool2(r(&l.b), b0..b1, 12, 12, y);
         l.bar.wait();
-        self.tail[2].run_lane(lane, r(&l.b), 6, 6, l.a, l);
-        self.tail[3].run_lane(lane, r(&l.a), 6, 6, l.b, l);
-        self.head.run_lane(lane, r(&l.b), 6, 6, l.a, l);
+        self.tail[2].run_lane(lane, r(&l.a), t6, l.b, l);
+        self.tail[3].run_lane(lane, r(&l.b), t6, l.a, l);
         if let Some(logits) = logits {
-            let a = r(&l.a);
-            for (k, v) in logits.iter_mut().enumerate() {
-                *v = a[k * 36..(k + 1) * 36].iter().sum::<f32>() / 36.0;
-            }
+            // SAFETY: lane 0's own region of col; lane 1 is done with col.
+            let s = unsafe { l.col.range(0, 9 * 128) };
+            let k = (&self.head_w[..], &self.head_b[..]);
+            winograd::conv3x3_mean(r(&l.a), 128, (6, 6), k, s, logits);
         }
     }
 

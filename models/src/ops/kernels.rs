@@ -152,6 +152,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 /// Geometry of a square-kernel convolution on one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

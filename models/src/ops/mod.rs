@@ -16,6 +16,7 @@
 mod conv_bn;
 pub mod direct;
 pub mod kernels;
+pub mod winograd;
 
 pub use conv_bn::{BnThen, conv_bn_train};
 
