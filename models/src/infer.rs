@@ -157,7 +157,7 @@ impl WinoConv {
         y: &mut [f32],
     ) {
         winograd::transform_input(x, self.u.inputs(), g, v);
-        winograd::multiply(&self.u, v, g, blocks, &self.b, self.relu, y);
+        winograd::multiply(&self.u, v, g, blocks, Some(&self.b), self.relu, y);
     }
 }
 

@@ -106,9 +106,14 @@ fn conv2d_matches_stock() {
         (2, 3, 31, 33, 5, 3, 1, 1),
         (1, 16, 24, 24, 16, 1, 1, 0),
         (3, 16, 24, 24, 32, 1, 2, 0),
-        // Small planes with whole blocks of 16 channels, for the wide kernel:
-        // forward and input gradient, then the input gradient alone.
+        // Small planes with whole blocks of 16 channels both ways: the
+        // Winograd kernels, forward and input gradient, even and odd planes.
         (2, 16, 6, 6, 32, 3, 1, 1),
+        (2, 32, 12, 12, 16, 3, 1, 1),
+        (1, 16, 5, 7, 32, 3, 1, 1),
+        // Whole blocks of outputs only: the wide kernel, forward and input
+        // gradient, then the input gradient alone.
+        (2, 8, 6, 6, 16, 3, 1, 1),
         (1, 16, 5, 7, 3, 3, 1, 1),
     ];
     for _ in 0..6 {
@@ -389,8 +394,11 @@ fn conv_bn_train_matches_stock_conv_then_batch_norm() {
         (3, 4, 31, 33, 5, 3, 1, true, Nothing),
         (2, 16, 24, 24, 32, 1, 1, false, Relu),
         (4, 16, 12, 12, 32, 1, 2, false, Nothing),
-        // Small planes and whole blocks of 16 channels: the wide kernel.
+        // Small planes and whole blocks of 16 channels: the Winograd kernels;
+        // whole blocks of outputs only: the wide kernel.
         (2, 16, 6, 6, 32, 3, 1, true, Relu),
+        (2, 32, 12, 12, 16, 3, 1, false, PoolRelu),
+        (2, 8, 6, 6, 16, 3, 1, true, Relu),
         (2, 3, 7, 5, 16, 3, 1, true, Relu),
         (1, 2, 1, 1, 3, 3, 1, true, Nothing),
         // Pooling: a 48x48 stem layer, a pointwise one, odd sizes.

@@ -125,6 +125,28 @@ impl Winograd {
         Some(Self { u, o, c })
     }
 
+    /// The weights of a convolution's input gradient: the convolution of the
+    /// output gradient (`o` channels) with `w` `(o, c, 3, 3)` transposed and
+    /// flipped, `c` outputs. `None` unless [`fits`].
+    ///
+    /// # Panics
+    /// If `w` is shorter than `o * c * 9`.
+    pub fn flipped(w: &[f32], o: usize, c: usize) -> Option<Self> {
+        if !fits(c, o) {
+            return None;
+        }
+        assert!(w.len() >= o * c * 9, "winograd: weights too short");
+        let mut wf = vec![0f32; o * c * 9];
+        for oi in 0..o {
+            for ci in 0..c {
+                for t in 0..9 {
+                    wf[(ci * o + oi) * 9 + 8 - t] = w[(oi * c + ci) * 9 + t];
+                }
+            }
+        }
+        Self::new(&wf, c, o)
+    }
+
     /// Number of output channels.
     pub fn outputs(&self) -> usize {
         self.o
@@ -353,7 +375,7 @@ fn multiply_body<const FAST: bool>(
     v: &[f32],
     g: Tiles,
     blocks: Range<usize>,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
 ) {
@@ -362,7 +384,7 @@ fn multiply_body<const FAST: bool>(
     for (yi, ob) in blocks.enumerate() {
         let ub = &u.u[ob * P * c * BLOCK..(ob + 1) * P * c * BLOCK];
         let yb = &mut y[yi * hw * BLOCK..(yi + 1) * hw * BLOCK];
-        let b: Run = std::array::from_fn(|l| bias[ob * BLOCK + l]);
+        let b: Run = std::array::from_fn(|l| bias.map_or(0.0, |b| b[ob * BLOCK + l]));
         for t0 in (0..n).step_by(TB) {
             let nt = (n - t0).min(TB);
             for (p, mp) in m.iter_mut().enumerate() {
@@ -418,7 +440,7 @@ fn multiply_avx2(
     v: &[f32],
     g: Tiles,
     blocks: Range<usize>,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
 ) {
@@ -427,7 +449,7 @@ fn multiply_avx2(
 
 /// Output blocks `blocks` of the convolution whose transformed input is `v`
 /// ([`transform_input`] of planes `g`): the products, the output transform,
-/// `bias` (all `outputs()` values) and ReLU if `relu`, into `y`, which holds
+/// `bias` (all `outputs()` values, if any) and ReLU if `relu`, into `y`, which holds
 /// just those blocks in the blocked layout (`blocks.len() * 16 * h * w`
 /// values).
 ///
@@ -438,7 +460,7 @@ pub fn multiply(
     v: &[f32],
     g: Tiles,
     blocks: Range<usize>,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
 ) {
@@ -448,7 +470,7 @@ pub fn multiply(
     );
     assert!(
         v.len() >= g.transformed_len(u.c)
-            && bias.len() >= u.o
+            && bias.is_none_or(|b| b.len() >= u.o)
             && y.len() >= blocks.len() * BLOCK * g.h * g.w,
         "winograd: slices too short for the product"
     );
@@ -458,6 +480,35 @@ pub fn multiply(
         return unsafe { multiply_avx2(u, v, g, blocks, bias, relu, y) };
     }
     multiply_body::<false>(u, v, g, blocks, bias, relu, y);
+}
+
+/// The convolution of one image on planes: `x` `(c, h, w)` into `y`
+/// `(o, h, w)`, through the blocked layout, plus `bias` and ReLU if `relu`.
+/// `scratch` holds the blocked input and output and the transformed input;
+/// it grows on first use and is meant to be reused across calls.
+///
+/// # Panics
+/// If a slice is too short for the shapes.
+pub fn conv_planes(
+    x: &[f32],
+    u: &Winograd,
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: Tiles,
+    scratch: &mut Vec<f32>,
+    y: &mut [f32],
+) {
+    let (o, c, hw) = (u.o, u.c, g.h * g.w);
+    let need = c * hw + g.transformed_len(c) + o * hw;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (xb, rest) = scratch.split_at_mut(c * hw);
+    let (v, yb) = rest.split_at_mut(g.transformed_len(c));
+    to_blocked(x, c, hw, xb);
+    transform_input(xb, c, g, v);
+    multiply(u, v, g, 0..u.blocks(), bias, relu, &mut yb[..o * hw]);
+    from_blocked(yb, o, hw, y);
 }
 
 multiversion! {
@@ -667,8 +718,8 @@ mod tests {
         let (lo, hi) = yb.split_at_mut(split * BLOCK * h * wd);
         // The dispatching entry point on the first part, the portable body on
         // the rest, so that both paths are checked on this CPU.
-        multiply(&u, &v, g, 0..split, b, relu, lo);
-        multiply_body::<false>(&u, &v, g, split..u.blocks(), b, relu, hi);
+        multiply(&u, &v, g, 0..split, Some(b), relu, lo);
+        multiply_body::<false>(&u, &v, g, split..u.blocks(), Some(b), relu, hi);
         let mut y = vec![0f32; o * h * wd];
         from_blocked(&yb, o, h * wd, &mut y);
         y
@@ -700,6 +751,35 @@ mod tests {
                 &what,
             );
         }
+    }
+
+    #[test]
+    fn planes_and_the_input_gradient_match_the_definition() {
+        let (o, c, h, w) = (32, 16, 7, 6);
+        let x = values(c * h * w, 40);
+        let wt = values(o * c * 9, 41);
+        let g = Tiles { h, w };
+        let mut scratch = Vec::new();
+        let mut y = vec![f32::NAN; o * h * w];
+        let u = Winograd::new(&wt, o, c).unwrap();
+        conv_planes(&x, &u, None, false, g, &mut scratch, &mut y);
+        close(&y, &reference(&x, &wt, &vec![0.0; o], o, c, h, w), "planes");
+        // The input gradient of y = conv(x, w) for an output gradient dy is
+        // sum over o of dy[o] correlated with w[o][c] flipped.
+        let dy = values(o * h * w, 42);
+        let mut wf = vec![0f32; o * c * 9];
+        for oi in 0..o {
+            for ci in 0..c {
+                for t in 0..9 {
+                    wf[(ci * o + oi) * 9 + 8 - t] = wt[(oi * c + ci) * 9 + t];
+                }
+            }
+        }
+        let want = reference(&dy, &wf, &vec![0.0; c], c, o, h, w);
+        let uf = Winograd::flipped(&wt, o, c).unwrap();
+        let mut dx = vec![f32::NAN; c * h * w];
+        conv_planes(&dy, &uf, None, false, g, &mut scratch, &mut dx);
+        close(&dx, &want, "input gradient");
     }
 
     #[test]
