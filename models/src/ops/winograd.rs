@@ -93,36 +93,12 @@ impl Winograd {
             return None;
         }
         assert!(w.len() >= o * c * 9, "winograd: weights too short");
-        let mut u = vec![0f32; P * o * c];
-        for oi in 0..o {
-            for ci in 0..c {
-                let g = &w[(oi * c + ci) * 9..][..9];
-                // G g: 4 rows of 3.
-                let mut gg = [[0f32; 3]; 4];
-                for j in 0..3 {
-                    let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-                    gg[0][j] = g0;
-                    gg[1][j] = 0.5 * (g0 + g1 + g2);
-                    gg[2][j] = 0.5 * (g0 - g1 + g2);
-                    gg[3][j] = g2;
-                }
-                // (G g) G^T: 4 x 4.
-                let (ob, l) = (oi / BLOCK, oi % BLOCK);
-                for (i, r) in gg.iter().enumerate() {
-                    let row = [
-                        r[0],
-                        0.5 * (r[0] + r[1] + r[2]),
-                        0.5 * (r[0] - r[1] + r[2]),
-                        r[2],
-                    ];
-                    for (j, v) in row.into_iter().enumerate() {
-                        let p = i * 4 + j;
-                        u[((ob * P + p) * c + ci) * BLOCK + l] = v;
-                    }
-                }
-            }
-        }
-        Some(Self { u, o, c })
+        Some(Self::transform(
+            o,
+            c,
+            |oi, ci| &w[(oi * c + ci) * 9..][..9],
+            false,
+        ))
     }
 
     /// The weights of a convolution's input gradient: the convolution of the
@@ -136,15 +112,57 @@ impl Winograd {
             return None;
         }
         assert!(w.len() >= o * c * 9, "winograd: weights too short");
-        let mut wf = vec![0f32; o * c * 9];
-        for oi in 0..o {
+        // Output `ci` of the gradient reads input `oi` through w[oi][ci], flipped.
+        Some(Self::transform(
+            c,
+            o,
+            |ci, oi| &w[(oi * c + ci) * 9..][..9],
+            true,
+        ))
+    }
+
+    /// `G g G^T` for every pair, `g` from `kernel(output, input)` (row-major
+    /// 3x3, read back to front if `flip`), written block by block: the 16
+    /// outputs of a block and one input are computed together and stored as
+    /// 16 runs, so that the writes are sequential (scattered single-float
+    /// writes made this take longer than the product at batch 1).
+    fn transform<'a>(
+        o: usize,
+        c: usize,
+        kernel: impl Fn(usize, usize) -> &'a [f32],
+        flip: bool,
+    ) -> Self {
+        let mut u = vec![0f32; P * o * c];
+        let mut run = [[0f32; BLOCK]; P];
+        for ob in 0..o / BLOCK {
             for ci in 0..c {
-                for t in 0..9 {
-                    wf[(ci * o + oi) * 9 + 8 - t] = w[(oi * c + ci) * 9 + t];
+                for (l, oi) in (ob * BLOCK..(ob + 1) * BLOCK).enumerate() {
+                    let k = kernel(oi, ci);
+                    let g = |t: usize| if flip { k[8 - t] } else { k[t] };
+                    // G g: 4 rows of 3.
+                    let mut gg = [[0f32; 3]; 4];
+                    for j in 0..3 {
+                        let (g0, g1, g2) = (g(j), g(3 + j), g(6 + j));
+                        gg[0][j] = g0;
+                        gg[1][j] = 0.5 * (g0 + g1 + g2);
+                        gg[2][j] = 0.5 * (g0 - g1 + g2);
+                        gg[3][j] = g2;
+                    }
+                    // (G g) G^T: 4 x 4.
+                    for (i, r) in gg.iter().enumerate() {
+                        run[i * 4][l] = r[0];
+                        run[i * 4 + 1][l] = 0.5 * (r[0] + r[1] + r[2]);
+                        run[i * 4 + 2][l] = 0.5 * (r[0] - r[1] + r[2]);
+                        run[i * 4 + 3][l] = r[2];
+                    }
+                }
+                for (p, r) in run.iter().enumerate() {
+                    let at = ((ob * P + p) * c + ci) * BLOCK;
+                    u[at..at + BLOCK].copy_from_slice(r);
                 }
             }
         }
-        Self::new(&wf, c, o)
+        Self { u, o, c }
     }
 
     /// Number of output channels.
