@@ -164,6 +164,11 @@ impl WinoConv {
 /// The residual join: `relu(m + r)` of `c` planes of `hw` (NCHW) into the
 /// blocked layout (`c` a whole number of blocks).
 fn join_blocked(m: &[f32], r: &[f32], c: usize, hw: usize, y: &mut [f32]) {
+    let n = c * hw;
+    assert!(
+        c.is_multiple_of(winograd::BLOCK) && m.len() >= n && r.len() >= n && y.len() >= n,
+        "engine: bad shapes for the residual join"
+    );
     for (cb, yb) in y
         .chunks_exact_mut(winograd::BLOCK * hw)
         .take(c / winograd::BLOCK)
@@ -427,7 +432,7 @@ impl Arch1Engine {
     /// thread and a persistent helper thread (started on the first such call),
     /// which meet at a spinning barrier after each step. After a call the
     /// helper polls for the next one for up to 200 us, then sleeps.
-    /// Off by default: the gain is about 1.8x at batch 1 on an idle 2-core
+    /// Off by default: the gain is about 1.45x at batch 1 on an idle 2-core
     /// machine (`docs/PERFORMANCE.md`), and during a call the helper takes the
     /// second core from the game.
     pub fn set_two_lanes(&mut self, on: bool) {
@@ -664,7 +669,8 @@ fn half(n: usize, lane: usize) -> (usize, usize) {
 impl FoldedConv {
     /// This lane's half of the convolution `x (C, h, w) -> y (O, ho, wo)`:
     /// half of the im2col rows (by input channel), a barrier, half of the
-    /// output channels, a barrier.
+    /// output channels. The caller waits at the barrier after it, once `x`
+    /// is no longer borrowed (the other lane may write it in the next phase).
     fn run_lane(&self, lane: usize, x: &[f32], h: usize, w: usize, y: Shared, l: &Lanes) {
         if let Some(p) = &self.packed {
             self.direct_lane(p, lane, x, h, w, y, l);
@@ -699,7 +705,6 @@ impl FoldedConv {
             let yr = unsafe { y.range(o0 * hw, o1 * hw) };
             self.rows(o0..o1, src, hw, yr, 1);
         }
-        l.bar.wait();
     }
 }
 
@@ -708,7 +713,7 @@ impl FoldedConv {
     /// the input channels into col, a barrier, then convolves its half of
     /// the output channels (whole blocks of [`direct::WIDE`] on small planes,
     /// else of [`direct::ROWS`], whose flat output goes through col's region
-    /// after the planes) into `y`, a barrier.
+    /// after the planes) into `y`; the caller waits at the barrier after it.
     #[allow(clippy::too_many_arguments)]
     fn direct_lane(
         &self,
@@ -761,13 +766,12 @@ impl FoldedConv {
                 pg.unpad(flat, o1 - o0, yr);
             }
         }
-        l.bar.wait();
     }
 }
 
 impl WinoConv {
     /// This lane's half of the output blocks of the convolution of blocked
-    /// `x` into `y`, then a barrier. Each lane transforms the whole input
+    /// `x` into `y`; the caller waits at the barrier after it. Each lane transforms the whole input
     /// into its own region of col (cheaper than a barrier to share it).
     fn run_lane(&self, lane: usize, x: &[f32], g: Tiles, y: Shared, l: &Lanes) {
         // SAFETY: region `lane` of col is this lane's alone in the tail
@@ -779,7 +783,6 @@ impl WinoConv {
         // buffer from `x` and col.
         let yr = unsafe { y.range(b0 * per, b1 * per) };
         self.run(x, g, b0..b1, v, yr);
-        l.bar.wait();
     }
 }
 
@@ -800,9 +803,13 @@ impl Arch1Engine {
         let chans = |planes: usize| half(planes, lane);
 
         self.stem[0].run_lane(lane, x, 48, 48, l.a, l);
+        l.bar.wait();
         self.stem[1].run_lane(lane, r(&l.a), 48, 48, l.b, l);
+        l.bar.wait();
         self.stem[2].run_lane(lane, r(&l.b), 48, 48, l.a, l);
+        l.bar.wait();
         self.stem[3].run_lane(lane, r(&l.a), 48, 48, l.b, l);
+        l.bar.wait();
         let (c0, c1) = chans(16);
         // SAFETY: channels c0..c1 of trunk are this lane's.
         let t = unsafe { l.trunk.range(c0 * 576, c1 * 576) };
@@ -820,6 +827,7 @@ impl Arch1Engine {
         );
         l.bar.wait();
         self.pw1.run_lane(lane, r(&l.a), 24, 24, l.b, l);
+        l.bar.wait();
         let (c0, c1) = chans(32);
         // SAFETY: channels c0..c1 of a are this lane's.
         let y = unsafe { l.a.range(c0 * 576, c1 * 576) };
@@ -833,6 +841,7 @@ impl Arch1Engine {
         );
         l.bar.wait();
         self.pw2.run_lane(lane, r(&l.a), 24, 24, l.b, l);
+        l.bar.wait();
         // SAFETY: channels c0..c1 of a are this lane's.
         let y = unsafe { l.a.range(c0 * 144, c1 * 144) };
         kernels::maxpool2(&r(&l.b)[c0 * 576..], c1 - c0, 24, 24, y);
@@ -854,6 +863,7 @@ impl Arch1Engine {
         // pointwise convolution does not write col.
         let gathered = unsafe { &l.col.all()[..16 * 144] };
         self.res.run_lane(lane, gathered, 12, 12, l.res, l);
+        l.bar.wait();
         // The join of this lane's channels (one block of 16) into b, blocked.
         // SAFETY: channels c0..c1 of b are this lane's; a and res were
         // completed before the barriers above.
@@ -864,14 +874,18 @@ impl Arch1Engine {
         // Tail at 12x12 and 6x6, blocked, split by output blocks.
         let (t12, t6) = (Tiles { h: 12, w: 12 }, Tiles { h: 6, w: 6 });
         self.tail[0].run_lane(lane, r(&l.b), t12, l.a, l);
+        l.bar.wait();
         self.tail[1].run_lane(lane, r(&l.a), t12, l.b, l);
+        l.bar.wait();
         let (b0, b1) = half(4, lane);
         // SAFETY: blocks b0..b1 of a are this lane's.
         let y = unsafe { l.a.range(b0 * 16 * 36, b1 * 16 * 36) };
         winograd::maxpool2(r(&l.b), b0..b1, 12, 12, y);
         l.bar.wait();
         self.tail[2].run_lane(lane, r(&l.a), t6, l.b, l);
+        l.bar.wait();
         self.tail[3].run_lane(lane, r(&l.b), t6, l.a, l);
+        l.bar.wait();
         if let Some(logits) = logits {
             // SAFETY: lane 0's own region of col; lane 1 is done with col.
             let s = unsafe { l.col.range(0, 9 * 128) };

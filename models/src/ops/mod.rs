@@ -244,7 +244,8 @@ fn conv_geom(
 /// counts are whole blocks of 16 (ARCH-1's `conv2d_6..9`): 2.25x fewer
 /// multiply-adds than the direct kernel. Larger planes stay on the direct
 /// kernel, whose padded planes stay in cache where the transformed input of
-/// a large plane would not.
+/// a large plane would not. Like the direct kernel, this path is taken on
+/// CPUs with AVX2 and FMA only; elsewhere im2col + GEMM is used.
 const WINOGRAD_MAX_POSITIONS: usize = 144;
 
 /// The Winograd weights for a 3x3 convolution `g` with weights `w` (`o`

@@ -111,8 +111,8 @@ fn conv2d_matches_stock() {
         (2, 16, 6, 6, 32, 3, 1, 1),
         (2, 32, 12, 12, 16, 3, 1, 1),
         (1, 16, 5, 7, 32, 3, 1, 1),
-        // Whole blocks of outputs only: the wide kernel, forward and input
-        // gradient, then the input gradient alone.
+        // Whole blocks of outputs only: the wide kernel forward; then the
+        // wide kernel for the input gradient alone (16 inputs, 3 outputs).
         (2, 8, 6, 6, 16, 3, 1, 1),
         (1, 16, 5, 7, 3, 3, 1, 1),
     ];

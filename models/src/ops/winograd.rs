@@ -1,5 +1,6 @@
-//! Winograd F(2x2, 3x3) convolution (3x3, stride 1, padding 1) for the
-//! inference engine's small planes.
+//! Winograd F(2x2, 3x3) convolution (3x3, stride 1, padding 1) for small
+//! planes: the inference engine's 12x12 and 6x6 layers, and the training
+//! graph's forward pass and input gradient on the same layers.
 //!
 //! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch
 //! around it as `A^T [ (G g G^T) . (B^T d B) ] A`: the kernel `g` and the patch
@@ -309,9 +310,10 @@ multiversion! {
 /// The 16 transformed values of up to [`TB`] tiles for one output block.
 type Sums = [[Run; TB]; P];
 
-/// `m[p][k] = sum over ci of u[ci] * v[k * stride + ci]` for `k < NT`, the
-/// product for one transformed value `p`: `u` is the block's `[input][16]`
-/// weights at `p`, `v` the transformed inputs of the tiles from the first.
+/// The products for one transformed value `p` of up to [`TB`] tiles:
+/// `m[k][l] = sum over ci of u[ci * 16 + l] * v[k * c + ci]` for `k < NT`,
+/// where `u` is the output block's `[input][16]` weights at `p` and `v` the
+/// transformed inputs at `p` of the tiles, from the first (`c` per tile).
 #[inline(always)]
 fn products_portable<const NT: usize>(u: &[f32], v: &[f32], c: usize, m: &mut [Run; TB]) {
     for (k, acc) in m.iter_mut().enumerate().take(NT) {
@@ -387,7 +389,6 @@ fn output_tile(m: &Sums, k: usize, bias: &Run, relu: bool) -> [Run; 4] {
 
 /// Body of [`multiply`], compiled twice; `FAST` picks the AVX2 products.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn multiply_body<const FAST: bool>(
     u: &Winograd,
     v: &[f32],
@@ -442,8 +443,10 @@ fn products<const FAST: bool>(nt: usize, u: &[f32], v: &[f32], c: usize, m: &mut
     }
     #[cfg(target_arch = "x86_64")]
     if FAST {
-        // SAFETY: `FAST` is only set by `multiply` after checking that this
-        // CPU has AVX2 and FMA.
+        debug_assert!(has_avx2_fma(), "winograd: AVX2 product without AVX2");
+        // SAFETY: `FAST` is set only on paths that checked that this CPU has
+        // AVX2 and FMA first: `multiply_avx2`, reached through `multiply`'s
+        // check, and the product test, after its own check.
         unsafe { by_count!(products_avx2) };
         return;
     }
@@ -452,7 +455,6 @@ fn products<const FAST: bool>(nt: usize, u: &[f32], v: &[f32], c: usize, m: &mut
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 fn multiply_avx2(
     u: &Winograd,
     v: &[f32],
