@@ -741,11 +741,11 @@ fn grad_kernel_avx2(xp: &[f32], dyf: &[f32], o: usize, c: usize, g: Padded, dw: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Direct definition: `(o, h, w)` outputs of a 3x3, padding-1 convolution.
-    fn reference(
+    pub(crate) fn reference(
         x: &[f32],
         w: &[f32],
         b: &[f32],
@@ -803,7 +803,7 @@ mod tests {
         }
     }
 
-    fn values(n: usize, seed: f32) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
     }
 

@@ -90,16 +90,7 @@ impl Winograd {
     /// # Panics
     /// If `w` is shorter than `o * c * 9`.
     pub fn new(w: &[f32], o: usize, c: usize) -> Option<Self> {
-        if !fits(o, c) {
-            return None;
-        }
-        assert!(w.len() >= o * c * 9, "winograd: weights too short");
-        Some(Self::transform(
-            o,
-            c,
-            |oi, ci| &w[(oi * c + ci) * 9..][..9],
-            false,
-        ))
+        Self::from_kernel(w, o, c, false)
     }
 
     /// The weights of a convolution's input gradient: the convolution of the
@@ -109,17 +100,22 @@ impl Winograd {
     /// # Panics
     /// If `w` is shorter than `o * c * 9`.
     pub fn flipped(w: &[f32], o: usize, c: usize) -> Option<Self> {
-        if !fits(c, o) {
+        Self::from_kernel(w, o, c, true)
+    }
+
+    /// [`Winograd::new`], or [`Winograd::flipped`] if `flip`: output `a` of
+    /// the gradient reads input `b` through `w[b][a]`, flipped.
+    fn from_kernel(w: &[f32], o: usize, c: usize, flip: bool) -> Option<Self> {
+        let (outs, ins) = if flip { (c, o) } else { (o, c) };
+        if !fits(outs, ins) {
             return None;
         }
         assert!(w.len() >= o * c * 9, "winograd: weights too short");
-        // Output `ci` of the gradient reads input `oi` through w[oi][ci], flipped.
-        Some(Self::transform(
-            c,
-            o,
-            |ci, oi| &w[(oi * c + ci) * 9..][..9],
-            true,
-        ))
+        let kernel = |a: usize, b: usize| {
+            let (oi, ci) = if flip { (b, a) } else { (a, b) };
+            &w[(oi * c + ci) * 9..][..9]
+        };
+        Some(Self::transform(outs, ins, kernel, flip))
     }
 
     /// `G g G^T` for every pair, `g` from `kernel(output, input)` (row-major
@@ -140,15 +136,13 @@ impl Winograd {
                 for (l, oi) in (ob * BLOCK..(ob + 1) * BLOCK).enumerate() {
                     let k = kernel(oi, ci);
                     let g = |t: usize| if flip { k[8 - t] } else { k[t] };
-                    // G g: 4 rows of 3.
-                    let mut gg = [[0f32; 3]; 4];
-                    for j in 0..3 {
+                    // G g: 4 rows of 3, built column by column.
+                    let col = |j: usize| {
                         let (g0, g1, g2) = (g(j), g(3 + j), g(6 + j));
-                        gg[0][j] = g0;
-                        gg[1][j] = 0.5 * (g0 + g1 + g2);
-                        gg[2][j] = 0.5 * (g0 - g1 + g2);
-                        gg[3][j] = g2;
-                    }
+                        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+                    };
+                    let cols = [col(0), col(1), col(2)];
+                    let gg: [[f32; 3]; 4] = std::array::from_fn(|i| cols.map(|c| c[i]));
                     // (G g) G^T: 4 x 4.
                     for (i, r) in gg.iter().enumerate() {
                         run[i * 4][l] = r[0];
@@ -188,23 +182,7 @@ impl Winograd {
 /// # Panics
 /// If `c` is not a multiple of [`BLOCK`] or a slice is too short.
 pub fn to_blocked(x: &[f32], c: usize, hw: usize, y: &mut [f32]) {
-    assert!(
-        c.is_multiple_of(BLOCK),
-        "winograd: channels not whole blocks"
-    );
-    assert!(
-        x.len() >= c * hw && y.len() >= c * hw,
-        "winograd: slices too short"
-    );
-    for cb in 0..c / BLOCK {
-        let yb = &mut y[cb * hw * BLOCK..(cb + 1) * hw * BLOCK];
-        for l in 0..BLOCK {
-            let plane = &x[(cb * BLOCK + l) * hw..][..hw];
-            for (px, &v) in plane.iter().enumerate() {
-                yb[px * BLOCK + l] = v;
-            }
-        }
-    }
+    relayout(x, c, hw, y, true);
 }
 
 /// The inverse of [`to_blocked`].
@@ -212,6 +190,11 @@ pub fn to_blocked(x: &[f32], c: usize, hw: usize, y: &mut [f32]) {
 /// # Panics
 /// As [`to_blocked`].
 pub fn from_blocked(x: &[f32], c: usize, hw: usize, y: &mut [f32]) {
+    relayout(x, c, hw, y, false);
+}
+
+/// [`to_blocked`] if `to`, else [`from_blocked`].
+fn relayout(x: &[f32], c: usize, hw: usize, y: &mut [f32], to: bool) {
     assert!(
         c.is_multiple_of(BLOCK),
         "winograd: channels not whole blocks"
@@ -220,12 +203,14 @@ pub fn from_blocked(x: &[f32], c: usize, hw: usize, y: &mut [f32]) {
         x.len() >= c * hw && y.len() >= c * hw,
         "winograd: slices too short"
     );
-    for cb in 0..c / BLOCK {
-        let xb = &x[cb * hw * BLOCK..(cb + 1) * hw * BLOCK];
-        for l in 0..BLOCK {
-            let plane = &mut y[(cb * BLOCK + l) * hw..][..hw];
-            for (px, v) in plane.iter_mut().enumerate() {
-                *v = xb[px * BLOCK + l];
+    for ci in 0..c {
+        let (cb, l) = (ci / BLOCK, ci % BLOCK);
+        for px in 0..hw {
+            let (planar, blocked) = (ci * hw + px, (cb * hw + px) * BLOCK + l);
+            if to {
+                y[blocked] = x[planar];
+            } else {
+                y[planar] = x[blocked];
             }
         }
     }
@@ -656,53 +641,7 @@ multiversion! {
 mod tests {
     use super::*;
 
-    /// The definition: `y[o][py][px] = b[o] + sum w[o][c][ky][kx] x[c][py+ky-1][px+kx-1]`
-    /// on NCHW planes, in f64.
-    fn reference(
-        x: &[f32],
-        w: &[f32],
-        b: &[f32],
-        o: usize,
-        c: usize,
-        h: usize,
-        wd: usize,
-    ) -> Vec<f32> {
-        let mut y = vec![0f32; o * h * wd];
-        for oi in 0..o {
-            for py in 0..h {
-                for px in 0..wd {
-                    let mut acc = f64::from(b[oi]);
-                    for ci in 0..c {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = ((py + ky) as isize - 1, (px + kx) as isize - 1);
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                    continue;
-                                }
-                                let xv = x[(ci * h + iy as usize) * wd + ix as usize];
-                                acc +=
-                                    f64::from(w[((oi * c + ci) * 3 + ky) * 3 + kx]) * f64::from(xv);
-                            }
-                        }
-                    }
-                    y[(oi * h + py) * wd + px] = acc as f32;
-                }
-            }
-        }
-        y
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use super::super::direct::tests::{reference, values};
 
     fn close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
@@ -758,9 +697,9 @@ mod tests {
             (32, 32, 9, 4, 1),
         ];
         for (seed, &(o, c, h, wd, split)) in cases.iter().enumerate() {
-            let x = values(c * h * wd, seed as u32);
-            let w = values(o * c * 9, 100 + seed as u32);
-            let b = values(o, 200 + seed as u32);
+            let x = values(c * h * wd, seed as f32);
+            let w = values(o * c * 9, 100.0 + seed as f32);
+            let b = values(o, 200.0 + seed as f32);
             let want = reference(&x, &w, &b, o, c, h, wd);
             let what = format!("o {o} c {c} {h}x{wd}");
             close(&run(&x, &w, &b, o, c, h, wd, false, split), &want, &what);
@@ -776,8 +715,8 @@ mod tests {
     #[test]
     fn planes_and_the_input_gradient_match_the_definition() {
         let (o, c, h, w) = (32, 16, 7, 6);
-        let x = values(c * h * w, 40);
-        let wt = values(o * c * 9, 41);
+        let x = values(c * h * w, 40.0);
+        let wt = values(o * c * 9, 41.0);
         let g = Tiles { h, w };
         let mut scratch = Vec::new();
         let mut y = vec![f32::NAN; o * h * w];
@@ -786,7 +725,7 @@ mod tests {
         close(&y, &reference(&x, &wt, &vec![0.0; o], o, c, h, w), "planes");
         // The input gradient of y = conv(x, w) for an output gradient dy is
         // sum over o of dy[o] correlated with w[o][c] flipped.
-        let dy = values(o * h * w, 42);
+        let dy = values(o * h * w, 42.0);
         let mut wf = vec![0f32; o * c * 9];
         for oi in 0..o {
             for ci in 0..c {
@@ -805,8 +744,8 @@ mod tests {
     #[test]
     fn portable_products_match_the_simd_ones() {
         let c = 32;
-        let u = values(c * BLOCK, 1);
-        let v = values(TB * c, 2);
+        let u = values(c * BLOCK, 1.0);
+        let v = values(TB * c, 2.0);
         let mut want = [[0f32; BLOCK]; TB];
         products::<false>(TB, &u, &v, c, &mut want);
         // Checked against a plain sum, then against the fast kernel if any.
@@ -837,7 +776,7 @@ mod tests {
     #[test]
     fn blocked_pooling_matches_the_planar_one() {
         let (c, h, w) = (32, 7, 10);
-        let x = values(c * h * w, 5);
+        let x = values(c * h * w, 5.0);
         let mut want = vec![0f32; c * (h / 2) * (w / 2)];
         super::super::kernels::maxpool2(&x, c, h, w, &mut want);
         let mut xb = vec![0f32; x.len()];
@@ -858,9 +797,9 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let x = values(c * h * w, 10 + seed as u32);
-            let wt = values(o * c * 9, 20 + seed as u32);
-            let b = values(o, 30 + seed as u32);
+            let x = values(c * h * w, 10.0 + seed as f32);
+            let wt = values(o * c * 9, 20.0 + seed as f32);
+            let b = values(o, 30.0 + seed as f32);
             let full = reference(&x, &wt, &b, o, c, h, w);
             let want: Vec<f32> = full
                 .chunks_exact(h * w)
