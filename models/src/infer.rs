@@ -37,17 +37,20 @@ struct FoldedConv {
     stride: usize,
     relu: bool,
     /// `w` packed for the direct kernels (3x3, stride 1, on CPUs where they
-    /// are the faster path), else `None` (im2col + GEMM).
+    /// are the faster path) once [`FoldedConv::with_direct`] asked for it,
+    /// else `None` (im2col + GEMM).
     packed: Option<direct::Packed>,
 }
 
-/// The packed weights of a folded convolution that runs on the direct 3x3
-/// kernels, for any plane size, or nothing (im2col + GEMM).
-fn pack_direct(w: &[f32], o: usize, c: usize, k: usize, stride: usize) -> Option<direct::Packed> {
-    direct::handles(k, stride, k / 2).then(|| direct::Packed::new(w, o, c, None))
-}
-
 impl FoldedConv {
+    /// The same convolution with its weights packed for the direct 3x3
+    /// kernels, for any plane size, where they run it (else unchanged).
+    fn with_direct(mut self) -> Self {
+        let (w, o, c, k, stride) = (&self.w, self.o, self.c, self.k, self.stride);
+        self.packed = direct::handles(k, stride, k / 2).then(|| direct::Packed::new(w, o, c, None));
+        self
+    }
+
     fn geom(&self, h: usize, w: usize) -> ConvGeom {
         ConvGeom {
             c: self.c,
@@ -169,16 +172,10 @@ fn join_blocked(m: &[f32], r: &[f32], c: usize, hw: usize, y: &mut [f32]) {
         c.is_multiple_of(winograd::BLOCK) && m.len() >= n && r.len() >= n && y.len() >= n,
         "engine: bad shapes for the residual join"
     );
-    for (cb, yb) in y
-        .chunks_exact_mut(winograd::BLOCK * hw)
-        .take(c / winograd::BLOCK)
-        .enumerate()
-    {
-        for l in 0..winograd::BLOCK {
-            let ch = (cb * winograd::BLOCK + l) * hw;
-            for (px, (a, b)) in m[ch..ch + hw].iter().zip(&r[ch..ch + hw]).enumerate() {
-                yb[px * winograd::BLOCK + l] = (a + b).max(0.0);
-            }
+    for ci in 0..c {
+        for px in 0..hw {
+            let i = ci * hw + px;
+            y[winograd::blocked_index(ci, px, hw)] = (m[i] + r[i]).max(0.0);
         }
     }
 }
@@ -290,7 +287,7 @@ fn fold(
     }
     let b = (0..o).map(|oi| bias[oi] * scale[oi] + shift[oi]).collect();
     Ok(FoldedConv {
-        packed: pack_direct(&w, o, c, k, stride),
+        packed: None,
         w,
         b,
         o,
@@ -316,7 +313,8 @@ impl Arch1Engine {
             f("conv2d_2", "batch_normalization_2", (16, 8, 3, 1, true))?,
             // ReLU commutes with the max-pooling that follows, so it is fused here.
             f("conv2d_3", "batch_normalization_3", (16, 16, 3, 1, true))?,
-        ];
+        ]
+        .map(FoldedConv::with_direct);
         let dw1 = get(t, "separable_conv2d.depthwise.weight")?;
         let pw1 = fold(
             t,

@@ -193,6 +193,13 @@ pub fn from_blocked(x: &[f32], c: usize, hw: usize, y: &mut [f32]) {
     relayout(x, c, hw, y, false);
 }
 
+/// Where channel `ci` of pixel `px` (of `hw` per plane) sits in the blocked
+/// layout.
+#[inline(always)]
+pub fn blocked_index(ci: usize, px: usize, hw: usize) -> usize {
+    ((ci / BLOCK) * hw + px) * BLOCK + ci % BLOCK
+}
+
 /// [`to_blocked`] if `to`, else [`from_blocked`].
 fn relayout(x: &[f32], c: usize, hw: usize, y: &mut [f32], to: bool) {
     assert!(
@@ -204,9 +211,8 @@ fn relayout(x: &[f32], c: usize, hw: usize, y: &mut [f32], to: bool) {
         "winograd: slices too short"
     );
     for ci in 0..c {
-        let (cb, l) = (ci / BLOCK, ci % BLOCK);
         for px in 0..hw {
-            let (planar, blocked) = (ci * hw + px, (cb * hw + px) * BLOCK + l);
+            let (planar, blocked) = (ci * hw + px, blocked_index(ci, px, hw));
             if to {
                 y[blocked] = x[planar];
             } else {
