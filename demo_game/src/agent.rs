@@ -5,6 +5,37 @@
 use bevy::prelude::*;
 use bevy_emotion::Emotion;
 
+use crate::{Player, PlayerEmotionChanged};
+
+/// Ada's body and animation: spawned at start-up, animated every frame, her
+/// expression answering each change of the player's emotion, her gaze on the
+/// player's face.
+pub struct AgentPlugin;
+
+impl Plugin for AgentPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<AgentState>()
+            .add_systems(Startup, spawn)
+            .add_systems(Update, (answer, look_at_player, animate).chain());
+    }
+}
+
+/// Ada answers the player's new emotion with her own expression.
+fn answer(mut changes: MessageReader<PlayerEmotionChanged>, mut agent: ResMut<AgentState>) {
+    if let Some(c) = changes.read().last() {
+        agent.expression = crate::dialogue::agent_expression(c.0);
+    }
+}
+
+/// Ada looks where the player's main face is (mirrored), or drifts back to
+/// the centre when no face is seen.
+fn look_at_player(player: Res<Player>, mut agent: ResMut<AgentState>) {
+    match player.face_at {
+        Some(at) => agent.gaze = Vec2::new(-(at.x * 2.0 - 1.0), at.y * 2.0 - 1.0),
+        None => agent.gaze *= 0.95,
+    }
+}
+
 /// The face's animation parameters (all dimensionless, about -1..1.5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaceParams {
@@ -104,7 +135,7 @@ const EYE_X: f32 = 0.34;
 const MOUTH_Y: f32 = -0.42;
 
 /// Spawns the agent, its camera and lights.
-pub fn spawn(
+fn spawn(
     mut commands: Commands,
     mut meshes: ResMut<Assets<Mesh>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
@@ -237,7 +268,7 @@ fn hair_color(materials: &mut Assets<StandardMaterial>) -> Handle<StandardMateri
 
 /// Blends toward the target expression, blinks, breathes and looks at the
 /// player, then poses every part.
-pub fn animate(
+fn animate(
     time: Res<Time>,
     mut state: ResMut<AgentState>,
     mut parts: Query<(&Part, &mut Transform)>,

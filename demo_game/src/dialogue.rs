@@ -1,8 +1,33 @@
 //! The conversation: a small dialogue graph whose branches depend on the
-//! player's perceived emotion and on the replies they pick. Pure logic, no
-//! Bevy, so it is tested headless.
+//! player's perceived emotion and on the replies they pick. The graph and
+//! its state are plain logic, tested headless; [`DialoguePlugin`] drives
+//! them from [`PlayerEmotionChanged`] messages.
 
+use bevy::prelude::{App, MessageReader, Plugin, ResMut, Resource, Update};
 use bevy_emotion::Emotion;
+
+use crate::PlayerEmotionChanged;
+
+/// The conversation as a resource, advanced by the player's emotion changes
+/// (and by replies, from the UI).
+pub struct DialoguePlugin;
+
+impl Plugin for DialoguePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<Talk>().add_systems(Update, converse);
+    }
+}
+
+/// The conversation in progress.
+#[derive(Resource, Default)]
+pub struct Talk(pub Dialogue);
+
+/// Ada reacts to each change of the player's emotion (when the topic allows).
+fn converse(mut changes: MessageReader<PlayerEmotionChanged>, mut talk: ResMut<Talk>) {
+    for c in changes.read() {
+        talk.0.perceive(c.0);
+    }
+}
 
 /// A node of the dialogue graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,22 +9,27 @@
 //!
 //! Keys 1-7 set your emotion by hand (angry, disgust, fear, happy, sad,
 //! surprise, neutral); 0 gives control back to the camera.
+//!
+//! Feature plugins: [`agent::AgentPlugin`] (Ada's face), [`dialogue::DialoguePlugin`]
+//! (the conversation), [`ui::UiPlugin`] (consent screen and panels). This
+//! file holds the flow ([`Consent`], a Bevy state) and turns the plugin's
+//! messages about the main face into [`PlayerEmotionChanged`], which Ada and
+//! the dialogue react to.
+
+#![forbid(unsafe_code)]
 
 mod agent;
 mod dialogue;
+mod ui;
 
 use std::path::PathBuf;
 
 use bevy::asset::AssetPlugin;
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, save_to_disk};
-use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
+use bevy_egui::EguiPlugin;
 use bevy_emotion::prelude::*;
-use bevy_emotion::{EmotionStats, LatestFrame};
 use clap::Parser;
-
-use agent::AgentState;
-use dialogue::Dialogue;
 
 /// Ada, an animated agent that talks with you and reacts to your facial
 /// expression (webcam, a folder of photos, or keys 1-7).
@@ -52,71 +57,87 @@ struct Args {
     no_perception: bool,
 }
 
-/// Where the demo is in its flow.
-#[derive(Resource, Debug, Clone, PartialEq)]
+/// Where the demo is in its flow: whether the player let Ada use the camera.
+#[derive(States, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 enum Consent {
     /// The first screen asks.
+    #[default]
     Asking,
     /// The player allowed the camera.
     Camera,
-    /// Replaying photos (no camera).
-    Replay(String),
+    /// Photos instead of the camera (`--images`, the player's choice, or no
+    /// camera found); [`Notice`] says which.
+    Replay,
 }
 
-/// The player's emotion as the demo uses it.
+/// A line for the player about where frames come from.
+#[derive(Resource, Debug, Clone, Default)]
+struct Notice(Option<String>);
+
+/// The player's emotion changed: from the main face's messages or from the
+/// keys. Ada and the dialogue react to it.
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+struct PlayerEmotionChanged(Emotion);
+
+/// The player as the demo sees them.
 #[derive(Resource, Debug, Clone, Default)]
 struct Player {
     /// Set by keys 1-7 (overrides perception).
     manual: Option<Emotion>,
-    /// The newest perceived (smoothed) emotion and its confidence.
-    perceived: Option<(Emotion, f32)>,
-    /// Smoothed emotion over time, newest last (for the timeline).
+    /// The main face's smoothed emotion, as its messages last said.
+    perceived: Option<Emotion>,
+    /// The main face (the largest box).
+    main_face: Option<Entity>,
+    /// The face `perceived` belongs to.
+    perceived_face: Option<Entity>,
+    /// Where the main face is, as a fraction of the frame (0..1, 0..1).
+    face_at: Option<Vec2>,
+    /// The player's emotion over time, newest last (for the timeline).
     timeline: Vec<Emotion>,
-    /// Smoothed probabilities of the main face.
-    probs: Vec<f32>,
     /// `EmotionChanged` messages read.
     changes_seen: u32,
 }
 
 impl Player {
     fn emotion(&self) -> Option<Emotion> {
-        self.manual.or(self.perceived.map(|(e, _)| e))
+        self.manual.or(self.perceived)
+    }
+
+    /// After a change of `manual` or `perceived`: a different emotion goes on
+    /// the timeline and out as a [`PlayerEmotionChanged`].
+    fn set(&mut self, before: Option<Emotion>, out: &mut MessageWriter<PlayerEmotionChanged>) {
+        let now = self.emotion();
+        if now != before
+            && let Some(e) = now
+        {
+            self.timeline.push(e);
+            if self.timeline.len() > 40 {
+                self.timeline.remove(0);
+            }
+            out.write(PlayerEmotionChanged(e));
+        }
     }
 }
 
-#[derive(Resource, Default)]
-struct Run {
-    frames: u32,
-    fps: f32,
-    frame_ms_sum: f64,
-    frame_ms_n: u32,
-    shot_at: Option<u32>,
-}
-
-#[derive(Resource, Default)]
-struct Preview {
-    texture: Option<egui::TextureHandle>,
-    seq: u64,
-    size: [usize; 2],
-}
-
-#[derive(Resource)]
-struct Talk(Dialogue);
+/// The demo's own order: read perception, then react.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Perceive;
 
 fn main() -> AppExit {
     let args = Args::parse();
     let sample = perception::assets_dir().join("images/astronaut.png");
-    let (source, consent, enabled) = match (&args.images, args.consent) {
+    let (source, consent, notice, enabled) = match (&args.images, args.consent) {
         (Some(dir), _) => (
             SourceKind::Folder {
                 dir: dir.clone(),
                 fps: args.fps,
             },
-            Consent::Replay(format!("replaying photos from {}", dir.display())),
+            Consent::Replay,
+            Some(format!("replaying photos from {}", dir.display())),
             true,
         ),
-        (None, true) => (SourceKind::Webcam(default()), Consent::Camera, true),
-        (None, false) => (SourceKind::Image(sample), Consent::Asking, false),
+        (None, true) => (SourceKind::Webcam(default()), Consent::Camera, None, true),
+        (None, false) => (SourceKind::Image(sample), Consent::Asking, None, false),
     };
     let mut app = App::new();
     app.add_plugins(
@@ -143,71 +164,92 @@ fn main() -> AppExit {
         },
         ..default()
     })
+    .add_plugins((agent::AgentPlugin, dialogue::DialoguePlugin, ui::UiPlugin))
+    .insert_state(consent)
+    .insert_resource(Notice(notice))
     .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
-    .insert_resource(consent)
     .insert_resource(args)
     .init_resource::<Player>()
-    .init_resource::<AgentState>()
     .init_resource::<Run>()
-    .init_resource::<Preview>()
-    .insert_resource(Talk(Dialogue::default()))
-    .add_systems(Startup, agent::spawn)
+    .add_message::<PlayerEmotionChanged>()
+    .configure_sets(Update, Perceive.after(EmotionSystems::Publish))
+    .add_systems(OnEnter(Consent::Camera), start_camera)
+    .add_systems(OnEnter(Consent::Replay), start_replay)
     .add_systems(
         Update,
         (
-            (perceive, manual_keys, fall_back_without_camera, converse)
+            (follow_main_face, perceive, manual_keys)
                 .chain()
-                .after(EmotionSystems::Publish),
-            agent::animate,
+                .in_set(Perceive),
+            fall_back_without_camera.run_if(in_state(Consent::Camera)),
             frame_counter,
         ),
-    )
-    .add_systems(EguiPrimaryContextPass, ui);
+    );
     app.run()
 }
 
-/// Reads the main face (largest box) and the emotion messages.
-fn perceive(
-    faces: Query<(&FaceBox, &SmoothedEmotion)>,
-    latest: Option<Res<LatestFrame>>,
-    mut changes: MessageReader<EmotionChanged>,
-    mut player: ResMut<Player>,
-    mut agent: ResMut<AgentState>,
-) {
-    player.changes_seen += changes.read().count() as u32;
-    let main = faces.iter().max_by(|a, b| {
-        a.0.rect
-            .size()
-            .length()
-            .total_cmp(&b.0.rect.size().length())
-    });
-    match main {
-        Some((bx, s)) => {
-            player.perceived = Some((s.emotion, s.confidence));
-            player.probs = s.probs.clone();
-            if let Some(l) = latest {
-                let (w, h) = (l.frame.width() as f32, l.frame.height() as f32);
-                let c = bx.rect.center();
-                // Mirror x: the player sees Ada the way a mirror would.
-                agent.gaze = Vec2::new(-(c.x / w * 2.0 - 1.0), c.y / h * 2.0 - 1.0);
-            }
-        }
-        None => {
-            player.perceived = None;
-            agent.gaze *= 0.95;
-        }
+fn start_camera(mut settings: ResMut<EmotionSettings>, args: Res<Args>) {
+    if !matches!(settings.source, SourceKind::Webcam(_)) {
+        settings.source = SourceKind::Webcam(default());
     }
-    if let Some(e) = player.emotion()
-        && player.timeline.last() != Some(&e)
-    {
-        player.timeline.push(e);
-        if player.timeline.len() > 40 {
-            player.timeline.remove(0);
-        }
-    }
+    settings.enabled = !args.no_perception;
 }
 
-fn manual_keys(keys: Res<ButtonInput<KeyCode>>, mut player: ResMut<Player>) {
+fn start_replay(mut settings: ResMut<EmotionSettings>, args: Res<Args>) {
+    settings.enabled = !args.no_perception;
+}
+
+/// Which face is the player's (the largest) and where it is.
+fn follow_main_face(
+    faces: Query<(Entity, &FaceBox)>,
+    latest: Option<Res<LatestFrame>>,
+    mut player: ResMut<Player>,
+) {
+    let main = faces.iter().max_by(|a, b| {
+        a.1.rect
+            .size()
+            .length()
+            .total_cmp(&b.1.rect.size().length())
+    });
+    player.main_face = main.map(|(e, _)| e);
+    player.face_at = match (main, latest) {
+        (Some((_, bx)), Some(l)) => {
+            let size = Vec2::new(l.frame.width() as f32, l.frame.height() as f32);
+            Some(bx.rect.center() / size.max(Vec2::ONE))
+        }
+        _ => None,
+    };
+}
+
+/// The main face's emotion from the plugin: its smoothed emotion when it
+/// becomes the main face (it appeared, or the previous one left), then each
+/// [`EmotionChanged`] for it.
+fn perceive(
+    mut changed: MessageReader<EmotionChanged>,
+    smoothed: Query<&SmoothedEmotion>,
+    mut player: ResMut<Player>,
+    mut out: MessageWriter<PlayerEmotionChanged>,
+) {
+    let before = player.emotion();
+    let main = player.main_face;
+    if main != player.perceived_face {
+        player.perceived_face = main;
+        player.perceived = main.and_then(|f| smoothed.get(f).ok()).map(|s| s.emotion);
+    }
+    for c in changed.read() {
+        player.changes_seen += 1;
+        if Some(c.face) == main {
+            player.perceived = Some(c.to);
+        }
+    }
+    player.set(before, &mut out);
+}
+
+fn manual_keys(
+    keys: Res<ButtonInput<KeyCode>>,
+    mut player: ResMut<Player>,
+    mut out: MessageWriter<PlayerEmotionChanged>,
+) {
     const KEYS: [KeyCode; 7] = [
         KeyCode::Digit1,
         KeyCode::Digit2,
@@ -217,6 +259,7 @@ fn manual_keys(keys: Res<ButtonInput<KeyCode>>, mut player: ResMut<Player>) {
         KeyCode::Digit6,
         KeyCode::Digit7,
     ];
+    let before = player.emotion();
     for (k, e) in KEYS.iter().zip(Emotion::FER2013) {
         if keys.just_pressed(*k) {
             player.manual = Some(e);
@@ -225,30 +268,35 @@ fn manual_keys(keys: Res<ButtonInput<KeyCode>>, mut player: ResMut<Player>) {
     if keys.just_pressed(KeyCode::Digit0) {
         player.manual = None;
     }
+    player.set(before, &mut out);
 }
 
 /// No camera: say so and replay the sample portrait instead.
 fn fall_back_without_camera(
     status: Res<CameraStatus>,
     mut settings: ResMut<EmotionSettings>,
-    mut consent: ResMut<Consent>,
+    mut notice: ResMut<Notice>,
+    mut next: ResMut<NextState<Consent>>,
 ) {
     if let (CameraStatus::Unavailable { reason, .. }, SourceKind::Webcam(_)) =
         (&*status, &settings.source)
     {
-        let reason = reason.clone();
-        settings.source = SourceKind::Image(perception::assets_dir().join("images/astronaut.png"));
-        *consent = Consent::Replay(format!(
+        notice.0 = Some(format!(
             "No camera ({reason}): showing a sample photo. Keys 1-7 set your emotion."
         ));
+        settings.source = SourceKind::Image(perception::assets_dir().join("images/astronaut.png"));
+        next.set(Consent::Replay);
     }
 }
 
-fn converse(player: Res<Player>, mut talk: ResMut<Talk>, mut agent: ResMut<AgentState>) {
-    if let Some(e) = player.emotion() {
-        talk.0.perceive(e);
-        agent.expression = dialogue::agent_expression(e);
-    }
+/// Frame rate, the screenshot and the summary line the screenshot test reads.
+#[derive(Resource, Default)]
+struct Run {
+    frames: u32,
+    fps: f32,
+    frame_ms_sum: f64,
+    frame_ms_n: u32,
+    shot_at: Option<u32>,
 }
 
 fn frame_counter(
@@ -256,7 +304,7 @@ fn frame_counter(
     mut run: ResMut<Run>,
     args: Res<Args>,
     player: Res<Player>,
-    talk: Res<Talk>,
+    talk: Res<dialogue::Talk>,
     stats: Res<EmotionStats>,
     mut commands: Commands,
     mut exit: MessageWriter<AppExit>,
@@ -297,193 +345,4 @@ fn frame_counter(
         );
         exit.write(AppExit::Success);
     }
-}
-
-fn colour(e: Emotion) -> egui::Color32 {
-    match e {
-        Emotion::Angry => egui::Color32::from_rgb(230, 60, 60),
-        Emotion::Disgust => egui::Color32::from_rgb(120, 170, 40),
-        Emotion::Fear => egui::Color32::from_rgb(160, 80, 210),
-        Emotion::Happy => egui::Color32::from_rgb(250, 200, 30),
-        Emotion::Sad => egui::Color32::from_rgb(60, 120, 230),
-        Emotion::Surprise => egui::Color32::from_rgb(250, 130, 30),
-        _ => egui::Color32::from_rgb(190, 190, 190),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn ui(
-    mut contexts: EguiContexts,
-    mut settings: ResMut<EmotionSettings>,
-    mut consent: ResMut<Consent>,
-    status: Res<CameraStatus>,
-    model: Res<ModelStatus>,
-    latest: Option<Res<LatestFrame>>,
-    faces: Query<(&TrackedFace, &FaceBox, &SmoothedEmotion)>,
-    mut player: ResMut<Player>,
-    mut talk: ResMut<Talk>,
-    mut preview: ResMut<Preview>,
-    run: Res<Run>,
-    args: Res<Args>,
-) -> Result {
-    let ctx = contexts.ctx_mut()?;
-    if *consent == Consent::Asking {
-        egui::Window::new("Camera")
-            .collapsible(false)
-            .resizable(false)
-            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
-            .show(ctx, |ui| {
-                ui.label(
-                    "Ada can read your facial expression from your webcam.\n\
-                     Frames stay in this computer's memory: nothing is recorded or sent.\n\
-                     You can switch the camera off at any time.",
-                );
-                ui.horizontal(|ui| {
-                    if ui.button("Allow camera").clicked() {
-                        settings.source = SourceKind::Webcam(default());
-                        settings.enabled = !args.no_perception;
-                        *consent = Consent::Camera;
-                    }
-                    if ui.button("No camera: use a sample photo").clicked() {
-                        settings.enabled = !args.no_perception;
-                        *consent = Consent::Replay("showing a sample photo (no camera)".into());
-                    }
-                });
-            });
-    }
-    let mut root = egui::Ui::new(
-        ctx.clone(),
-        "root".into(),
-        egui::UiBuilder::new()
-            .layer_id(egui::LayerId::background())
-            .max_rect(ctx.viewport_rect()),
-    );
-    egui::Panel::left("perception")
-        .default_size(340.0)
-        .show(&mut root, |ui| {
-            ui.heading("What Ada sees");
-            let mut on = settings.enabled;
-            if ui
-                .checkbox(&mut on, "Perception on (camera or photos)")
-                .changed()
-            {
-                settings.enabled = on && !args.no_perception;
-            }
-            ui.label(match &*status {
-                CameraStatus::Off => "Capture: off".to_string(),
-                CameraStatus::Starting(s) => format!("Capture: starting {s}"),
-                CameraStatus::Running(s) => format!("Capture: {s}"),
-                CameraStatus::Unavailable { reason, retry_in } => {
-                    format!("Capture unavailable: {reason} (retry in {retry_in:.0} s)")
-                }
-            });
-            if let Consent::Replay(msg) = &*consent {
-                ui.colored_label(egui::Color32::LIGHT_YELLOW, msg);
-            }
-            if let ModelStatus::Failed(e) = &*model {
-                ui.colored_label(egui::Color32::LIGHT_RED, format!("Model: {e}"));
-            }
-            if let Some(l) = &latest {
-                if l.seq != preview.seq {
-                    let rgb = l.frame.to_rgb8();
-                    let size = [l.frame.width(), l.frame.height()];
-                    let img = egui::ColorImage::from_rgb(size, &rgb);
-                    match &mut preview.texture {
-                        Some(t) => t.set(img, egui::TextureOptions::LINEAR),
-                        None => {
-                            preview.texture = Some(ui.ctx().load_texture(
-                                "camera",
-                                img,
-                                egui::TextureOptions::LINEAR,
-                            ));
-                        }
-                    }
-                    preview.seq = l.seq;
-                    preview.size = size;
-                }
-                if let Some(t) = &preview.texture {
-                    let w = ui.available_width().min(320.0);
-                    let scale = w / preview.size[0].max(1) as f32;
-                    let h = preview.size[1] as f32 * scale;
-                    let resp = ui.add(egui::Image::new((t.id(), egui::vec2(w, h))));
-                    let o = resp.rect.min;
-                    for (face, bx, s) in &faces {
-                        let r = egui::Rect::from_min_max(
-                            o + egui::vec2(bx.rect.min.x * scale, bx.rect.min.y * scale),
-                            o + egui::vec2(bx.rect.max.x * scale, bx.rect.max.y * scale),
-                        );
-                        ui.painter().rect_stroke(
-                            r,
-                            0.0,
-                            egui::Stroke::new(2.0, colour(s.emotion)),
-                            egui::StrokeKind::Outside,
-                        );
-                        ui.painter().text(
-                            r.left_top() - egui::vec2(0.0, 2.0),
-                            egui::Align2::LEFT_BOTTOM,
-                            format!("#{} {}", face.id, s.emotion),
-                            egui::FontId::proportional(12.0),
-                            colour(s.emotion),
-                        );
-                    }
-                }
-            }
-            ui.separator();
-            ui.label("Main face, smoothed probabilities:");
-            for (i, e) in Emotion::FER2013.iter().enumerate() {
-                let p = player.probs.get(i).copied().unwrap_or(0.0);
-                ui.horizontal(|ui| {
-                    ui.add_sized([60.0, 14.0], egui::Label::new(e.name()));
-                    ui.add(
-                        egui::ProgressBar::new(p)
-                            .desired_width(200.0)
-                            .fill(colour(*e))
-                            .text(format!("{:.0}%", p * 100.0)),
-                    );
-                });
-            }
-            ui.label("Timeline (oldest left):");
-            let (rect, _) = ui.allocate_exact_size(egui::vec2(300.0, 14.0), egui::Sense::hover());
-            let n = player.timeline.len().max(1) as f32;
-            for (i, e) in player.timeline.iter().enumerate() {
-                let x0 = rect.left() + rect.width() * i as f32 / n;
-                let x1 = rect.left() + rect.width() * (i + 1) as f32 / n;
-                ui.painter().rect_filled(
-                    egui::Rect::from_min_max(
-                        egui::pos2(x0, rect.top()),
-                        egui::pos2(x1, rect.bottom()),
-                    ),
-                    0.0,
-                    colour(*e),
-                );
-            }
-            ui.separator();
-            match player.manual {
-                Some(e) => ui.label(format!("Manual mode: you are {e} (0 = back to camera)")),
-                None => ui.label("Keys 1-7 set your emotion by hand."),
-            };
-            ui.label(format!("{:.0} FPS", run.fps));
-        });
-    egui::Panel::bottom("dialogue")
-        .min_size(120.0)
-        .show(&mut root, |ui| {
-            let line = dialogue::line(talk.0.node);
-            ui.add_space(6.0);
-            ui.label(egui::RichText::new(format!("Ada: {}", line.text)).size(20.0));
-            ui.horizontal(|ui| {
-                for (i, (reply, _)) in line.replies.iter().enumerate() {
-                    if ui.button(*reply).clicked() {
-                        talk.0.reply(i);
-                    }
-                }
-            });
-            if let Some(e) = player.emotion() {
-                ui.label(format!("Ada sees: {e}"));
-            }
-        });
-    // Manual mode keys also work while egui has focus.
-    if ctx.input(|i| i.key_pressed(egui::Key::Num0)) {
-        player.manual = None;
-    }
-    Ok(())
 }

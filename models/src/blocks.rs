@@ -9,7 +9,7 @@ use crate::layers::{
     BatchNorm, BnConfig, Conv2d, Dense, SeparableConv2d, flatten_channels_last, global_avg_pool,
     max_pool2,
 };
-use crate::ops::BnThen;
+use kernels::BnThen;
 
 /// Receives each named intermediate output of a traced forward pass, in the
 /// order of the paper's tables.
@@ -39,7 +39,7 @@ fn pool_relu(tap: &mut Tap, pool_name: &str, act: &str, x: &Tensor) -> Result<Te
         let y = pool(tap, pool_name, x)?;
         return relu(tap, act, &y);
     }
-    crate::ops::max_pool2_relu(x)
+    kernels::max_pool2_relu(x)
 }
 
 /// A convolution followed by BatchNorm, tapped under both layer names.

@@ -4,7 +4,7 @@
 //! preallocated buffers reused across calls. The 48x48 and 24x24 layers work on
 //! NCHW planes (direct 3x3 kernels, depthwise, GEMM); the 12x12 and 6x6 3x3
 //! convolutions, which are 60% of the multiply-adds, run as Winograd F(2x2, 3x3)
-//! on blocked activations ([`crate::ops::winograd`]), and the last convolution,
+//! on blocked activations ([`kernels::winograd`]), and the last convolution,
 //! which only feeds the global average, is never computed plane by plane: its
 //! average comes from window sums ([`winograd::conv3x3_mean`]). After the
 //! first call at a given batch size, [`Arch1Engine::run`] allocates nothing.
@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::helper::Helper;
 use crate::layers::BnConfig;
-use crate::ops::direct::{self, Padded};
-use crate::ops::kernels::{self, ConvGeom, Mat};
-use crate::ops::winograd::{self, Tiles, Winograd};
 use crate::weights::WeightsError;
+use kernels::direct::{self, Padded};
+use kernels::helper::Helper;
+use kernels::slice::{self, ConvGeom, Mat};
+use kernels::winograd::{self, Tiles, Winograd};
 
 /// A convolution with BatchNorm folded in: `y = relu?(W x + b)`.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ impl FoldedConv {
             row.fill(b);
         }
         let wm = Mat::row_major(&self.w[o.start * kk..o.end * kk], o.len(), kk);
-        kernels::matmul(y, wm, Mat::row_major(src, kk, hw), true, threads);
+        slice::matmul(y, wm, Mat::row_major(src, kk, hw), true, threads);
         if self.relu {
             for v in y.iter_mut() {
                 *v = v.max(0.0);
@@ -112,7 +112,7 @@ impl FoldedConv {
             if col.len() < kk * hw {
                 col.resize(kk * hw, 0.0);
             }
-            kernels::im2col(x, &g, col);
+            slice::im2col(x, &g, col);
             &col[..kk * hw]
         };
         self.rows(0..self.o, src, hw, &mut y[..self.o * hw], threads);
@@ -352,7 +352,7 @@ impl Arch1Engine {
             eps,
         )?;
         let mut w = vec![0f32; 32 * 16];
-        kernels::matmul(
+        slice::matmul(
             &mut w,
             Mat::row_major(&r5.w, 32, 16),
             Mat::row_major(&r4.w, 16, 16),
@@ -455,13 +455,13 @@ impl Arch1Engine {
         self.stem[1].run(a, 48, 48, b, col, threads);
         self.stem[2].run(b, 48, 48, a, col, threads);
         self.stem[3].run(a, 48, 48, b, col, threads);
-        kernels::maxpool2(b, 16, 48, 48, trunk);
+        slice::maxpool2(b, 16, 48, 48, trunk);
         // Main branch at 24x24.
-        kernels::depthwise3x3(trunk, &self.dw1, 16, 24, 24, a);
+        slice::depthwise3x3(trunk, &self.dw1, 16, 24, 24, a);
         self.pw1.run(a, 24, 24, b, col, threads);
-        kernels::depthwise3x3(b, &self.dw2, 32, 24, 24, a);
+        slice::depthwise3x3(b, &self.dw2, 32, 24, 24, a);
         self.pw2.run(a, 24, 24, b, col, threads);
-        kernels::maxpool2(b, 32, 24, 24, a);
+        slice::maxpool2(b, 32, 24, 24, a);
         // Residual branch at the stride-2 positions of the trunk.
         for c in 0..16 {
             for y in 0..12 {
@@ -498,7 +498,7 @@ impl Arch1Engine {
         // Within one image the matrices are too small for a second thread to
         // pay for its synchronisation (measured: 2 threads were slower than 1),
         // so threads split the batch, never an image.
-        let threads = crate::ops::num_threads();
+        let threads = kernels::num_threads();
         let parts = threads.min(n).max(1);
         if self.scratch.len() < parts {
             self.scratch.resize_with(parts, || {
@@ -592,7 +592,10 @@ impl Shared {
     /// # Safety
     /// Until the next barrier, no other lane touches `lo..hi` and this lane
     /// reads nothing of the buffer through another view.
-    #[allow(clippy::mut_from_ref)]
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "lanes write disjoint ranges between barriers (see Safety)"
+    )]
     unsafe fn range(&self, lo: usize, hi: usize) -> &mut [f32] {
         assert!(lo <= hi && hi <= self.len, "lane range out of bounds");
         // SAFETY: in bounds (asserted); exclusive for this phase (caller).
@@ -685,7 +688,7 @@ impl FoldedConv {
                 // SAFETY: this lane writes col rows of channels c0..c1 only;
                 // nothing reads col in this phase.
                 let dst = unsafe { l.col.range(c0 * per, c1 * per) };
-                kernels::im2col(&x[c0 * h * w..c1 * h * w], &sub, dst);
+                slice::im2col(&x[c0 * h * w..c1 * h * w], &sub, dst);
             }
             l.bar.wait();
         }
@@ -712,7 +715,6 @@ impl FoldedConv {
     /// the output channels (whole blocks of [`direct::WIDE`] on small planes,
     /// else of [`direct::ROWS`], whose flat output goes through col's region
     /// after the planes) into `y`; the caller waits at the barrier after it.
-    #[allow(clippy::too_many_arguments)]
     fn direct_lane(
         &self,
         p: &direct::Packed,
@@ -811,11 +813,11 @@ impl Arch1Engine {
         let (c0, c1) = chans(16);
         // SAFETY: channels c0..c1 of trunk are this lane's.
         let t = unsafe { l.trunk.range(c0 * 576, c1 * 576) };
-        kernels::maxpool2(&r(&l.b)[c0 * 2304..], c1 - c0, 48, 48, t);
+        slice::maxpool2(&r(&l.b)[c0 * 2304..], c1 - c0, 48, 48, t);
         l.bar.wait();
         // SAFETY: channels c0..c1 of a are this lane's.
         let y = unsafe { l.a.range(c0 * 576, c1 * 576) };
-        kernels::depthwise3x3(
+        slice::depthwise3x3(
             &r(&l.trunk)[c0 * 576..],
             &self.dw1[c0 * 9..],
             c1 - c0,
@@ -829,7 +831,7 @@ impl Arch1Engine {
         let (c0, c1) = chans(32);
         // SAFETY: channels c0..c1 of a are this lane's.
         let y = unsafe { l.a.range(c0 * 576, c1 * 576) };
-        kernels::depthwise3x3(
+        slice::depthwise3x3(
             &r(&l.b)[c0 * 576..],
             &self.dw2[c0 * 9..],
             c1 - c0,
@@ -842,7 +844,7 @@ impl Arch1Engine {
         l.bar.wait();
         // SAFETY: channels c0..c1 of a are this lane's.
         let y = unsafe { l.a.range(c0 * 144, c1 * 144) };
-        kernels::maxpool2(&r(&l.b)[c0 * 576..], c1 - c0, 24, 24, y);
+        slice::maxpool2(&r(&l.b)[c0 * 576..], c1 - c0, 24, 24, y);
         // Residual input: the trunk at stride-2 positions, into col.
         let (r0, r1) = chans(16);
         // SAFETY: col rows r0..r1 (144 each) are this lane's; col is not

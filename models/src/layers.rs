@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::BnThen;
+use kernels::BnThen;
 
 /// BatchNorm hyper-parameters, Keras conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -78,11 +78,11 @@ impl Conv2d {
     /// `(N, C_in, H, W) -> (N, C_out, H', W')`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let bias = self.bias.as_ref();
-        crate::ops::conv2d_maybe_bias(x, &self.weight, bias, self.stride, self.padding)
+        kernels::conv2d_maybe_bias(x, &self.weight, bias, self.stride, self.padding)
     }
 
     /// `then(bn(self(x)))`; in train mode one fused op on the CPU (see
-    /// [`crate::ops::conv_bn_train`]).
+    /// [`kernels::conv_bn_train`]).
     pub fn forward_bn(
         &self,
         x: &Tensor,
@@ -122,7 +122,7 @@ impl SeparableConv2d {
 
     /// `(N, C, H, W) -> (N, P, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
+        let y = kernels::depthwise3x3(x, &self.depthwise)?;
         self.pointwise.forward(&y)
     }
 
@@ -135,7 +135,7 @@ impl SeparableConv2d {
         train: bool,
         then: BnThen,
     ) -> Result<Tensor> {
-        let y = crate::ops::depthwise3x3(x, &self.depthwise)?;
+        let y = kernels::depthwise3x3(x, &self.depthwise)?;
         self.pointwise.forward_bn(&y, bn, train, then)
     }
 }
@@ -185,7 +185,7 @@ impl BatchNorm {
         let c = self.gamma.dim(0)?;
         if train {
             let (y, stats) =
-                crate::ops::batch_norm_train(x, &self.gamma, &self.beta, self.cfg.eps, relu)?;
+                kernels::batch_norm_train(x, &self.gamma, &self.beta, self.cfg.eps, relu)?;
             self.update_moving(stats)?;
             return Ok(y);
         }
@@ -198,7 +198,7 @@ impl BatchNorm {
     }
 
     /// Folds a train-mode batch's statistics into the moving averages.
-    fn update_moving(&self, stats: crate::ops::BatchStats) -> Result<()> {
+    fn update_moving(&self, stats: kernels::BatchStats) -> Result<()> {
         let (m, c, dev) = (self.cfg.momentum, self.gamma.dim(0)?, self.gamma.device());
         let mean = Tensor::from_vec(stats.mean, c, dev)?;
         let var = Tensor::from_vec(stats.var, c, dev)?;
@@ -210,7 +210,7 @@ impl BatchNorm {
     }
 
     /// Train mode: `then(self(conv(x)))` for the convolution `(weight,
-    /// bias, stride, padding)`, as one op ([`crate::ops::conv_bn_train`]).
+    /// bias, stride, padding)`, as one op ([`kernels::conv_bn_train`]).
     fn conv_train(
         &self,
         x: &Tensor,
@@ -218,8 +218,7 @@ impl BatchNorm {
         then: BnThen,
     ) -> Result<Tensor> {
         let (gamma, beta, eps) = (&self.gamma, &self.beta, self.cfg.eps);
-        let (y, stats) =
-            crate::ops::conv_bn_train(x, w, bias, gamma, beta, (stride, pad), eps, then)?;
+        let (y, stats) = kernels::conv_bn_train(x, w, bias, gamma, beta, (stride, pad), eps, then)?;
         self.update_moving(stats)?;
         Ok(y)
     }
@@ -228,7 +227,7 @@ impl BatchNorm {
     fn eval_then(&self, x: &Tensor, then: BnThen) -> Result<Tensor> {
         let y = self.forward_fused(x, false, then == BnThen::Relu)?;
         match then {
-            BnThen::PoolRelu => crate::ops::max_pool2_relu(&y),
+            BnThen::PoolRelu => kernels::max_pool2_relu(&y),
             _ => Ok(y),
         }
     }
@@ -273,7 +272,7 @@ pub fn is_trainable(name: &str) -> bool {
 
 /// 2x2 max-pooling with stride 2.
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    crate::ops::max_pool2(x)
+    kernels::max_pool2(x)
 }
 
 /// Global average pooling: `(N, C, H, W) -> (N, C)`.

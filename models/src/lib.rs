@@ -20,13 +20,17 @@
 //! Inputs are NCHW `f32` tensors of 48x48 gray faces normalised as the weights'
 //! metadata says ([`Normalization`]); outputs are logits over [`FER2013_CLASSES`].
 
+#![deny(unsafe_code)]
+
 pub mod blocks;
-mod helper;
+#[expect(
+    unsafe_code,
+    reason = "the two lanes share scratch buffers through raw pointers"
+)]
 pub mod infer;
 pub mod layers;
 pub mod mtcnn;
 pub mod nets;
-pub mod ops;
 pub mod summary;
 pub mod weights;
 

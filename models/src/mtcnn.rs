@@ -121,7 +121,7 @@ impl Conv {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::ops::conv2d_bias(x, &self.w, &self.b, 1, 0)
+        kernels::conv2d_bias(x, &self.w, &self.b, 1, 0)
     }
 }
 

@@ -9,8 +9,9 @@
 
 use crate::GrayCrop;
 use crate::PerceptionError;
+use crate::crop::luma;
 use crate::detect::{Detection, Detector};
-use crate::frame::{Frame, PixelFormat, luma};
+use crate::frame::{Frame, PixelFormat};
 use models::INPUT_SIZE;
 
 /// Mean landmark positions of FER2013's 48x48 faces (left eye, right eye, nose,

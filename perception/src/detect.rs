@@ -256,6 +256,13 @@ impl Detector {
         Self::new(Mtcnn::from_bytes(bytes, &Device::Cpu)?, config)
     }
 
+    /// A detector whose networks have all-zero weights: it finds no face.
+    /// For tests and benchmarks that need a detector of the right shape,
+    /// never for predictions.
+    pub fn zeroed(config: DetectorConfig) -> Result<Self, PerceptionError> {
+        Self::new(Mtcnn::new_zeroed(&Device::Cpu)?, config)
+    }
+
     /// The settings.
     pub fn config(&self) -> &DetectorConfig {
         &self.config

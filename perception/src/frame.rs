@@ -170,12 +170,6 @@ fn image_limits() -> image::Limits {
     limits
 }
 
-/// ITU-R 601 luma as PIL's `convert("L")` computes it (FER2013's crops are gray).
-#[inline]
-pub fn luma(rgb: [f32; 3]) -> f32 {
-    rgb[0] * 0.299 + rgb[1] * 0.587 + rgb[2] * 0.114
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

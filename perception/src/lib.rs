@@ -38,10 +38,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod align;
+pub mod crop;
 pub mod detect;
+pub mod emotion;
 pub mod frame;
 pub mod pipeline;
+pub mod track;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -52,9 +58,16 @@ use std::sync::{Mutex, PoisonError};
 use models::infer::Arch1Engine;
 use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
 
+pub use crop::GrayCrop;
 pub use detect::{Detection, Detector, DetectorConfig};
+pub use emotion::Emotion;
 pub use frame::{Frame, PixelFormat};
 pub use pipeline::{Face, Pipeline, PipelineConfig};
+pub use track::{Observation, Track, TrackUpdate, Tracker, TrackerConfig};
+pub use weights::Weights;
+
+/// The paper's four architectures (for [`Classifier::untrained`]).
+pub use models::Arch;
 
 /// Index of the largest value (the most probable class); 0 for an empty slice.
 pub fn argmax(probs: &[f32]) -> usize {
@@ -138,37 +151,20 @@ pub enum PerceptionError {
         /// Why.
         reason: String,
     },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
     /// The landmarks are degenerate (all in one point), so no alignment exists.
     #[error("cannot align a face whose landmarks coincide")]
     Align,
-}
-
-/// A 48x48 gray face crop, row-major, one byte per pixel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrayCrop {
-    pixels: Vec<u8>,
-}
-
-impl GrayCrop {
-    /// Wraps 48 * 48 pixels.
-    pub fn new(pixels: Vec<u8>) -> Result<Self, PerceptionError> {
-        let expected = INPUT_SIZE * INPUT_SIZE;
-        if pixels.len() != expected {
-            return Err(PerceptionError::CropSize {
-                expected,
-                found: pixels.len(),
-            });
-        }
-        Ok(Self { pixels })
-    }
-
-    /// The pixels, row-major.
-    pub fn pixels(&self) -> &[u8] {
-        &self.pixels
-    }
 }
 
 /// Classifies face crops with one of the paper's networks.
@@ -216,7 +212,7 @@ impl Classifier {
     /// A classifier of `arch` with freshly initialised, untrained weights: for
     /// benchmarks and tests that need a network of the right shape, never for
     /// predictions.
-    pub fn untrained(arch: models::Arch) -> Result<Self, PerceptionError> {
+    pub fn untrained(arch: Arch) -> Result<Self, PerceptionError> {
         Self::from_weights(LoadedWeights::untrained(arch, &Device::Cpu)?)
     }
 
@@ -229,7 +225,7 @@ impl Classifier {
         }
         let device = Device::Cpu;
         let net = w.build(&device)?;
-        let engine = if w.meta.arch() == models::Arch::Arch1 {
+        let engine = if w.meta.arch() == Arch::Arch1 {
             Some(Mutex::new(Arch1Engine::from_weights(&w)?))
         } else {
             None
@@ -260,7 +256,7 @@ impl Classifier {
         let norm = self.meta.normalization;
         let data: Vec<f32> = crops
             .iter()
-            .flat_map(|c| c.pixels.iter().map(|&p| norm.apply(p)))
+            .flat_map(|c| c.pixels().iter().map(|&p| norm.apply(p)))
             .collect();
         if let Some(engine) = &self.engine {
             // A panic inside `run` cannot leave the buffers inconsistent for
@@ -295,17 +291,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrong_crop_size_is_an_error() {
-        let err = GrayCrop::new(vec![0; 10]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "a face crop must have 2304 pixels (48x48 gray), got 10"
-        );
-    }
-
-    #[test]
     fn probabilities_sum_to_one_and_batch_matches_singles() {
-        let c = Classifier::untrained(models::Arch::Arch1).unwrap();
+        let c = Classifier::untrained(Arch::Arch1).unwrap();
         let a = GrayCrop::new((0..2304).map(|i| (i % 251) as u8).collect()).unwrap();
         let b = GrayCrop::new(vec![200; 2304]).unwrap();
         let both = c.classify(&[a.clone(), b]).unwrap();
@@ -319,9 +306,9 @@ mod tests {
 
     #[test]
     fn engine_and_graph_give_the_same_probabilities() {
-        for arch in [models::Arch::Arch1, models::Arch::Arch3] {
+        for arch in [Arch::Arch1, Arch::Arch3] {
             let c = Classifier::untrained(arch).unwrap();
-            assert_eq!(c.engine.is_some(), arch == models::Arch::Arch1);
+            assert_eq!(c.engine.is_some(), arch == Arch::Arch1);
             let crops: Vec<GrayCrop> = (0..3)
                 .map(|k| {
                     GrayCrop::new((0..2304).map(|i| ((i * (k + 3)) % 256) as u8).collect()).unwrap()
@@ -331,7 +318,7 @@ mod tests {
             let norm = c.meta.normalization;
             let data = crops
                 .iter()
-                .flat_map(|c| c.pixels.iter().map(|&p| norm.apply(p)))
+                .flat_map(|c| c.pixels().iter().map(|&p| norm.apply(p)))
                 .collect();
             let graph = c.classify_graph(data, crops.len()).unwrap();
             for (a, b) in fast.iter().flatten().zip(graph.iter().flatten()) {

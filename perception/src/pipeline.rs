@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::align::align;
+use crate::crop::face_crop;
 use crate::detect::{Detection, Detector, DetectorConfig};
 use crate::frame::Frame;
 use crate::{Classifier, GrayCrop, PerceptionError};
@@ -104,7 +104,7 @@ impl Pipeline {
         dets.truncate(self.max_faces);
         let crops = dets
             .iter()
-            .map(|d| align(frame, &d.landmarks))
+            .map(|d| face_crop(frame, &d.landmarks))
             .collect::<Result<Vec<_>, _>>()?;
         let probs = self.classifier.classify(&crops)?;
         Ok(dets

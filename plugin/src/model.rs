@@ -1,26 +1,22 @@
-//! Weights as Bevy assets: one loader for `.safetensors` files that reads
-//! either the MTCNN detector or an emotion classifier (told apart by the
-//! file's `format` metadata), and the system that assembles the
+//! The model stage: weights as Bevy assets (one loader for `.safetensors`
+//! files that reads either the MTCNN detector or an emotion classifier, told
+//! apart by `perception::Weights`), and the system that assembles the
 //! [`Pipeline`] once both are loaded, again whenever either file changes
-//! (hot reload with Bevy's `file_watcher` feature).
+//! (hot reload with Bevy's `file_watcher` feature), or a pipeline the app
+//! built itself ([`ModelSource::Preloaded`]).
 
 use std::sync::Arc;
 
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext, LoadState};
 use bevy::prelude::*;
-use models::WeightsError;
-use models::mtcnn::Mtcnn;
-use perception::{Classifier, Detector, DetectorConfig, Pipeline, PipelineConfig};
+use perception::{DetectorConfig, Pipeline, PipelineConfig, Weights};
 
-/// A loaded weights file.
+use crate::settings::{EmotionSettings, EmotionSystems, stage_setup};
+
+/// A loaded weights file: the detector or a classifier.
 #[derive(Asset, TypePath, Debug, Clone)]
-pub enum EmotionModel {
-    /// MTCNN (`format: mtcnn/1`).
-    Detector(Box<Mtcnn>),
-    /// An ARCH-1..4 classifier (`format: emotion-cnn/1`).
-    Classifier(Box<Classifier>),
-}
+pub struct EmotionModel(pub Weights);
 
 /// Why a weights file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +27,7 @@ pub enum ModelLoadError {
     Io(#[from] std::io::Error),
     /// The file is not valid weights (truncated, foreign, mismatched).
     #[error("invalid weights: {0}")]
-    Weights(#[from] WeightsError),
-    /// The classifier's weights are invalid.
-    #[error("invalid classifier weights: {0}")]
-    Perception(#[from] perception::PerceptionError),
+    Weights(#[from] perception::PerceptionError),
 }
 
 /// Loads [`EmotionModel`]s from `.safetensors` files.
@@ -62,15 +55,9 @@ impl AssetLoader for EmotionModelLoader {
     }
 }
 
-/// Reads detector or classifier weights from bytes, by their `format`
-/// metadata (anything but `mtcnn/1` is read, and checked, as a classifier).
+/// Reads detector or classifier weights from bytes ([`Weights::from_bytes`]).
 pub fn parse_model(bytes: &[u8]) -> Result<EmotionModel, ModelLoadError> {
-    if models::weights::format_of(bytes)?.as_deref() == Some(models::mtcnn::FORMAT) {
-        let nets = Mtcnn::from_bytes(bytes, &candle_core::Device::Cpu)?;
-        return Ok(EmotionModel::Detector(Box::new(nets)));
-    }
-    let classifier = Classifier::from_bytes(bytes)?;
-    Ok(EmotionModel::Classifier(Box::new(classifier)))
+    Ok(EmotionModel(Weights::from_bytes(bytes)?))
 }
 
 /// Where the plugin's networks come from.
@@ -101,7 +88,8 @@ impl Default for ModelSource {
 pub struct EmotionPipeline(pub Arc<Pipeline>);
 
 /// Whether the networks are ready.
-#[derive(Resource, Debug, Clone, PartialEq, Default)]
+#[derive(Resource, Reflect, Debug, Clone, PartialEq, Default)]
+#[reflect(Resource)]
 pub enum ModelStatus {
     /// Waiting for the weights.
     #[default]
@@ -150,7 +138,7 @@ pub(crate) fn assemble_pipeline(
     server: Res<AssetServer>,
     mut events: MessageReader<AssetEvent<EmotionModel>>,
     mut status: ResMut<ModelStatus>,
-    settings: Res<crate::EmotionSettings>,
+    settings: Res<EmotionSettings>,
 ) {
     let Some(handles) = handles else {
         return;
@@ -183,7 +171,7 @@ pub(crate) fn assemble_pipeline(
     ) else {
         return;
     };
-    let (EmotionModel::Detector(mtcnn), EmotionModel::Classifier(classifier)) = (det, cls) else {
+    let (Weights::Detector(detector), Weights::Classifier(classifier)) = (&det.0, &cls.0) else {
         let msg = format!(
             "{} must be MTCNN weights and {} classifier weights",
             handles.detector_path, handles.classifier_path
@@ -193,8 +181,9 @@ pub(crate) fn assemble_pipeline(
         return;
     };
     let config = pipeline_config(&settings);
-    match Detector::new((**mtcnn).clone(), config.detector) {
-        Ok(detector) => {
+    let mut detector = (**detector).clone();
+    match detector.set_config(config.detector) {
+        Ok(()) => {
             commands.insert_resource(EmotionPipeline(Arc::new(Pipeline::new(
                 detector,
                 (**classifier).clone(),
@@ -211,13 +200,62 @@ pub(crate) fn assemble_pipeline(
 }
 
 /// The perception settings `settings` asks for.
-pub(crate) fn pipeline_config(settings: &crate::EmotionSettings) -> PipelineConfig {
+pub(crate) fn pipeline_config(settings: &EmotionSettings) -> PipelineConfig {
     PipelineConfig {
         detector: DetectorConfig {
             min_face_size: settings.min_face_size,
             ..Default::default()
         },
         max_faces: settings.max_faces,
+    }
+}
+
+/// Loads the networks ([`ModelSource`]) and keeps the pipeline's settings in
+/// line with [`EmotionSettings`].
+pub struct EmotionModelPlugin {
+    /// Where the networks come from.
+    pub source: ModelSource,
+}
+
+impl Plugin for EmotionModelPlugin {
+    fn build(&self, app: &mut App) {
+        stage_setup(app);
+        app.init_resource::<ModelStatus>()
+            .register_type::<ModelStatus>();
+        match &self.source {
+            ModelSource::Preloaded(p) => {
+                app.insert_resource(EmotionPipeline(p.clone()))
+                    .insert_resource(ModelStatus::Ready);
+            }
+            ModelSource::Assets { .. } => {
+                app.init_asset::<EmotionModel>()
+                    .init_asset_loader::<EmotionModelLoader>()
+                    .insert_resource(ModelSourceRes(self.source.clone()))
+                    .add_systems(Startup, load_models)
+                    .add_systems(Update, assemble_pipeline.before(EmotionSystems::Capture));
+            }
+        }
+        app.add_systems(
+            Update,
+            apply_pipeline_settings
+                .before(EmotionSystems::Detect)
+                .run_if(resource_changed::<EmotionSettings>),
+        );
+    }
+}
+
+/// Keeps the pipeline's detector settings in line with [`EmotionSettings`].
+fn apply_pipeline_settings(
+    settings: Res<EmotionSettings>,
+    pipeline: Option<ResMut<EmotionPipeline>>,
+) {
+    let Some(mut pipeline) = pipeline else {
+        return;
+    };
+    let mut p: Pipeline = (*pipeline.0).clone();
+    match p.set_config(pipeline_config(&settings)) {
+        Ok(()) => pipeline.0 = Arc::new(p),
+        Err(e) => warn!("ignoring invalid emotion settings: {e}"),
     }
 }
 
@@ -229,7 +267,10 @@ mod tests {
     fn loader_tells_detector_from_classifier_and_rejects_garbage() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models");
         let mtcnn = std::fs::read(dir.join("mtcnn.safetensors")).unwrap();
-        assert!(matches!(parse_model(&mtcnn), Ok(EmotionModel::Detector(_))));
+        assert!(matches!(
+            parse_model(&mtcnn),
+            Ok(EmotionModel(Weights::Detector(_)))
+        ));
         assert!(matches!(
             parse_model(b"garbage"),
             Err(ModelLoadError::Weights(_))

@@ -60,7 +60,7 @@ fn collect(
     mut l: MessageReader<FaceLost>,
     mut c: MessageReader<EmotionChanged>,
     mut d: MessageReader<EmotionDetected>,
-    mut s: MessageReader<bevy_emotion::CameraStatusChanged>,
+    mut s: MessageReader<CameraStatusChanged>,
 ) {
     log.appeared.extend(a.read().cloned());
     log.lost.extend(l.read().cloned());
@@ -183,12 +183,8 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
         ..Default::default()
     };
     let nets = Arc::new(Pipeline::new(
-        perception::Detector::new(
-            models::mtcnn::Mtcnn::new_zeroed(&candle_core::Device::Cpu).unwrap(),
-            Default::default(),
-        )
-        .unwrap(),
-        perception::Classifier::untrained(models::Arch::Arch1).unwrap(),
+        perception::Detector::zeroed(Default::default()).unwrap(),
+        perception::Classifier::untrained(perception::Arch::Arch1).unwrap(),
         4,
     ));
     let mut app = app(settings, ModelSource::Preloaded(nets));

@@ -16,7 +16,7 @@ use crate::output::line;
 /// Which implementations to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Impl {
-    /// The project's fast CPU ops (`models::ops`).
+    /// The project's fast CPU ops (`kernels`).
     Fast,
     /// candle 0.11's stock ops.
     Stock,
@@ -101,7 +101,7 @@ impl Figures {
 }
 
 fn measure(net: &EmotionNet, args: &BenchArgs, fast: bool) -> Result<Figures> {
-    models::ops::set_fast_ops(fast);
+    kernels::set_fast_ops(fast);
     let dev = Device::Cpu;
     let c = 1;
     let one = Tensor::rand(0f32, 1f32, (1, c, INPUT_SIZE, INPUT_SIZE), &dev)?;
@@ -159,7 +159,7 @@ fn train_bench(net: &EmotionNet, varmap: &VarMap, args: &BenchArgs) -> Result<()
     let ds = training::data::Dataset::new(classes, pixels, labels, None, origins)?;
     let augmenter = training::augment::Augmenter::new(Default::default(), 0)?;
     for &fast in impls {
-        models::ops::set_fast_ops(fast);
+        kernels::set_fast_ops(fast);
         let mut opt = training::optim::Adam::new(varmap, training::optim::AdamConfig::default())?;
         for batch in [64usize, 256] {
             for augment in [false, true] {
@@ -211,7 +211,7 @@ fn train_bench(net: &EmotionNet, varmap: &VarMap, args: &BenchArgs) -> Result<()
             }
         }
     }
-    models::ops::set_fast_ops(true);
+    kernels::set_fast_ops(true);
     Ok(())
 }
 
@@ -219,6 +219,7 @@ fn train_bench(net: &EmotionNet, varmap: &VarMap, args: &BenchArgs) -> Result<()
 /// `archN b1 median_ms: X` for the fastest path timed: for ARCH-1 the engine
 /// (on two lanes with two or more threads), otherwise the fast ops (or the
 /// only implementation timed).
+#[expect(unsafe_code, reason = "set_var before any thread pool exists")]
 pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.threads > 0, "--threads must be at least 1");
     ensure!(
@@ -267,7 +268,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ));
     }
     if args.arch == Arch::Arch1 && args.implementation != Impl::Stock {
-        models::ops::set_fast_ops(true);
+        kernels::set_fast_ops(true);
         let tensors = models::weights::varmap_tensors(&varmap)?;
         let mut engine = models::infer::Arch1Engine::new(&tensors, models::BnConfig::default(), 7)?;
         let one: Vec<f32> = Tensor::rand(0f32, 1f32, 48 * 48, &dev)?.to_vec1()?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
-use perception::align::align;
+use perception::crop::face_crop;
 use perception::{
     Classifier, Detector, DetectorConfig, Frame, PixelFormat, default_classifier_path,
     default_detector_path,
@@ -69,6 +69,7 @@ fn median_ms(v: &mut [Duration]) -> f64 {
 }
 
 /// Runs `training bench-pipeline`.
+#[expect(unsafe_code, reason = "set_var before any thread pool exists")]
 pub fn run(args: &BenchPipelineArgs) -> Result<()> {
     ensure!(args.threads > 0, "--threads must be at least 1");
     ensure!(args.runs > 0, "--runs must be at least 1");
@@ -106,7 +107,7 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         let t1 = Instant::now();
         let crops = dets
             .iter()
-            .map(|d| align(&frame, &d.landmarks))
+            .map(|d| face_crop(&frame, &d.landmarks))
             .collect::<Result<Vec<_>, _>>()?;
         let t2 = Instant::now();
         let probs = classifier.classify(&crops)?;

@@ -5,14 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use perception::align::{align, align_crop};
+use perception::crop::{face_crop, whole_image_crop};
 use perception::{
     Classifier, Detector, DetectorConfig, Frame, GrayCrop, Pipeline, default_classifier_path,
     default_detector_path,
 };
 use serde_json::{Map, Value, json};
-
-use training::features::frame_gray48;
 
 use crate::annotate;
 use crate::output::line;
@@ -218,14 +216,11 @@ fn probs_map(classes: &[String], probs: &[f32]) -> Value {
     Value::Object(m)
 }
 
-/// A whole image taken as one face: 48x48 crops are aligned (landmarks found on
-/// an upscaled copy), anything else is squared and resized.
+/// A whole image taken as one face ([`whole_image_crop`]): 48x48 crops are
+/// aligned (landmarks found on an upscaled copy), anything else is squared
+/// and resized.
 fn crop_of(detector: &Detector, frame: &Frame) -> Result<GrayCrop> {
-    let gray = frame_gray48(frame)?;
-    if frame.width() == 48 && frame.height() == 48 {
-        return Ok(align_crop(detector, &gray)?.0);
-    }
-    Ok(gray)
+    Ok(whole_image_crop(detector, frame)?.0)
 }
 
 /// Options of `training preprocess`.
@@ -307,7 +302,7 @@ pub fn preprocess(args: &PreprocessArgs) -> Result<()> {
             }
         };
         let crop = if frame.width() == 48 && frame.height() == 48 {
-            let (crop, aligned) = align_crop(&detector, &frame_gray48(&frame)?)?;
+            let (crop, aligned) = whole_image_crop(&detector, &frame)?;
             if !aligned {
                 none.push(path.display().to_string());
             }
@@ -327,7 +322,7 @@ pub fn preprocess(args: &PreprocessArgs) -> Result<()> {
                     }
                 }
             }
-            align(&frame, &dets[0].landmarks)?
+            face_crop(&frame, &dets[0].landmarks)?
         };
         let dir = args.output.join(class);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

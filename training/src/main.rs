@@ -8,6 +8,8 @@
 //! cargo run --release -p training -- evaluate --model runs/arch1/best.safetensors --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
 //! ```
 
+#![deny(unsafe_code)]
+
 mod annotate;
 mod bench;
 mod bench_pipeline;
@@ -39,6 +41,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `perf`, 10-20% more images per second without it (docs/PERFORMANCE.md).
 /// The process's memory stays at its peak, which a training run reaches in
 /// its first step anyway.
+#[expect(unsafe_code, reason = "sets an option of the linked mimalloc")]
 fn keep_freed_memory() {
     if !user_set_purge_delay() {
         // SAFETY: `mi_option_set` only stores an integer in mimalloc's option
@@ -68,6 +71,7 @@ fn user_set_purge_delay() -> bool {
 /// alternated rounds (docs/PERFORMANCE.md).
 const CANDLE_SPIN_LIMIT: &str = "500";
 
+#[expect(unsafe_code, reason = "set_var before any thread starts")]
 fn short_candle_spin() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // SAFETY: called first thing in `main`, before this program starts
@@ -233,8 +237,13 @@ fn main() -> Result<()> {
         }
         Command::Features(args) => {
             let (model, image, detector) = args.maps.paths();
-            let (maps, _) =
-                training::features::draw(&model, &image, &detector, &args.layer, &args.out)?;
+            let (maps, _) = training::report::features::draw(
+                &model,
+                &image,
+                &detector,
+                &args.layer,
+                &args.out,
+            )?;
             output::line(format!(
                 "{}: {} maps of {}x{} written to {}",
                 args.layer,
@@ -268,6 +277,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(unsafe_code, reason = "reads an option of the linked mimalloc")]
     fn purge_delay_option_is_the_one_we_set() {
         // Option 15 has mimalloc's documented purge-delay default (1000 ms)
         // before `keep_freed_memory` and -1 (never) after it. Only this test

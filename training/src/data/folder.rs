@@ -1,6 +1,6 @@
 //! Folders of class sub-folders (`<dir>/<class>/<image>`): CK+, IMED-like sets,
 //! a user's own photos. Any size and colour type of PNG or JPEG; every image
-//! becomes a 48x48 gray face ([`to_gray48`]).
+//! becomes a 48x48 gray face ([`perception::crop::to_gray48`]).
 //!
 //! # Classes
 //!
@@ -30,15 +30,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-use image::{DynamicImage, GrayImage};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use super::{
-    DataError, Dataset, ErrorPolicy, IMAGE_PIXELS, IMAGE_SIDE, LoadReport, Origin, SkippedFile,
-};
+use perception::crop::{ResizeMode, to_gray48};
+
+use super::{DataError, Dataset, ErrorPolicy, IMAGE_PIXELS, LoadReport, Origin, SkippedFile};
 
 /// How class sub-folders become labels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,18 +52,6 @@ pub enum ClassPolicy {
     /// Every sub-folder is a class of its own, labelled in sorted name order;
     /// the dataset's class names are the folder names.
     OwnClasses,
-}
-
-/// How a non-square image is made square before resizing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMode {
-    /// Resize the whole image to 48x48, changing its aspect ratio (what Keras'
-    /// `flow_from_directory` does).
-    #[default]
-    Stretch,
-    /// Cut the largest centred square out first, keeping the aspect ratio.
-    CenterCrop,
 }
 
 /// How to read an image folder.
@@ -105,47 +91,6 @@ pub fn ckplus_subject(file_name: &str) -> Option<&str> {
     let rest = file_name.strip_prefix('S')?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     (digits > 0 && rest.as_bytes().get(digits) == Some(&b'_')).then(|| &file_name[..=digits])
-}
-
-/// One colour pixel to gray with the ITU-R BT.601 weights (`0.299 R + 0.587 G +
-/// 0.114 B`, rounded), as `OpenCV`'s `cvtColor` and PIL's `convert("L")` do.
-pub fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
-    let y = (299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000;
-    // The weights sum to 1000, so y <= 255.
-    u8::try_from(y).unwrap_or(u8::MAX)
-}
-
-/// Any decoded image to a 48x48 gray face, row-major: gray images keep their
-/// values (16-bit ones are scaled to 8 bits), colour images go through
-/// [`rgb_to_gray`], alpha is ignored; then, unless the image is already 48x48,
-/// it is made square as `mode` says and resized with a Catmull-Rom filter
-/// (whose support widens when shrinking, so large photos are low-pass filtered
-/// rather than aliased).
-pub fn to_gray48(img: &DynamicImage, mode: ResizeMode) -> Vec<u8> {
-    let gray: GrayImage = if img.color().has_color() {
-        let rgb = img.to_rgb8();
-        let (w, h) = rgb.dimensions();
-        let data = rgb
-            .pixels()
-            .map(|p| rgb_to_gray(p[0], p[1], p[2]))
-            .collect();
-        GrayImage::from_raw(w, h, data).unwrap_or_else(|| GrayImage::new(w, h))
-    } else {
-        img.to_luma8()
-    };
-    let side = IMAGE_SIDE as u32;
-    let (w, h) = gray.dimensions();
-    if (w, h) == (side, side) {
-        return gray.into_raw();
-    }
-    let gray = match mode {
-        ResizeMode::CenterCrop if w != h => {
-            let s = w.min(h);
-            image::imageops::crop_imm(&gray, (w - s) / 2, (h - s) / 2, s, s).to_image()
-        }
-        _ => gray,
-    };
-    image::imageops::resize(&gray, side, side, FilterType::CatmullRom).into_raw()
 }
 
 fn is_image_name(name: &str) -> bool {
@@ -464,7 +409,8 @@ pub fn ckplus_folds(
 
 #[cfg(test)]
 mod tests {
-    use image::{ImageBuffer, Luma, Rgb, Rgba};
+    use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba};
+    use perception::crop::rgb_to_gray;
 
     use super::*;
 
@@ -488,38 +434,6 @@ mod tests {
         assert_eq!(ckplus_subject("S_001.png"), None);
         assert_eq!(ckplus_subject("S005.png"), None);
         assert_eq!(ckplus_subject("im12.png"), None);
-    }
-
-    #[test]
-    fn gray_conversion() {
-        assert_eq!(rgb_to_gray(255, 255, 255), 255);
-        assert_eq!(rgb_to_gray(0, 0, 0), 0);
-        assert_eq!(rgb_to_gray(255, 0, 0), 76);
-        assert_eq!(rgb_to_gray(0, 255, 0), 150);
-        assert_eq!(rgb_to_gray(0, 0, 255), 29);
-        // A 48x48 gray image passes through unchanged.
-        let img = GrayImage::from_fn(48, 48, |x, y| Luma([(x * 5 + y) as u8]));
-        let out = to_gray48(&DynamicImage::ImageLuma8(img.clone()), ResizeMode::Stretch);
-        assert_eq!(out, img.into_raw());
-        // A uniform colour image of any size becomes uniform gray.
-        let img = ImageBuffer::from_pixel(100, 37, Rgb([200u8, 100, 50]));
-        let out = to_gray48(&DynamicImage::ImageRgb8(img), ResizeMode::CenterCrop);
-        assert_eq!(out.len(), IMAGE_PIXELS);
-        assert!(out.iter().all(|&p| p == rgb_to_gray(200, 100, 50)));
-    }
-
-    #[test]
-    fn center_crop_keeps_the_middle() {
-        // 144 x 48: left third black, middle white, right third black.
-        let img = GrayImage::from_fn(144, 48, |x, _| {
-            Luma([if (48..96).contains(&x) { 255 } else { 0 }])
-        });
-        let img = DynamicImage::ImageLuma8(img);
-        let crop = to_gray48(&img, ResizeMode::CenterCrop);
-        assert!(crop.iter().all(|&p| p == 255));
-        let stretch = to_gray48(&img, ResizeMode::Stretch);
-        assert_eq!(stretch[0], 0);
-        assert_eq!(stretch[24], 255);
     }
 
     /// `root/happy/a.png` (gray 48x48), `root/Sadness/S010_002_3.jpg` (colour

@@ -55,9 +55,11 @@ pub use ferplus::{
     read_ferplus_votes,
 };
 pub use folder::{
-    ClassPolicy, FoldSplit, FolderOptions, ResizeMode, SubjectFolds, ckplus_folds, ckplus_subject,
-    fer2013_class_index, load_image_folder, rgb_to_gray, to_gray48,
+    ClassPolicy, FoldSplit, FolderOptions, SubjectFolds, ckplus_folds, ckplus_subject,
+    fer2013_class_index, load_image_folder,
 };
+/// The crop recipe datasets share with inference (`perception::crop`).
+pub use perception::crop::{ResizeMode, rgb_to_gray, to_gray48};
 
 /// Side length of a stored face, in pixels (= [`models::INPUT_SIZE`]).
 pub const IMAGE_SIDE: usize = models::INPUT_SIZE;

@@ -1,87 +1,14 @@
-//! Face tracking and per-face smoothing, as plain data structures (the ECS
-//! systems in `lib.rs` drive them): detections are matched to tracks by IoU
+//! Face tracking and per-face smoothing, as plain data structures (the
+//! plugin's face stage drives them): detections are matched to tracks by IoU
 //! against each track's motion-predicted box, probabilities are smoothed
 //! exponentially in time, and the label changes only with hysteresis.
 
-use std::fmt;
-
-use perception::argmax;
-use perception::detect::box_iou as iou;
-
-/// A facial expression, FER2013's seven plus CK+'s contempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Emotion {
-    /// Angry.
-    Angry,
-    /// Disgust.
-    Disgust,
-    /// Fear.
-    Fear,
-    /// Happy.
-    Happy,
-    /// Sad.
-    Sad,
-    /// Surprise.
-    Surprise,
-    /// Neutral.
-    Neutral,
-    /// Contempt (CK+ models only).
-    Contempt,
-    /// A class name this crate does not know (custom models).
-    Other,
-}
-
-impl Emotion {
-    /// FER2013's seven, in label order.
-    pub const FER2013: [Emotion; 7] = [
-        Emotion::Angry,
-        Emotion::Disgust,
-        Emotion::Fear,
-        Emotion::Happy,
-        Emotion::Sad,
-        Emotion::Surprise,
-        Emotion::Neutral,
-    ];
-
-    /// The emotion a model's class name stands for.
-    pub fn from_name(name: &str) -> Self {
-        match name.to_ascii_lowercase().as_str() {
-            "angry" | "anger" => Self::Angry,
-            "disgust" => Self::Disgust,
-            "fear" => Self::Fear,
-            "happy" | "happiness" => Self::Happy,
-            "sad" | "sadness" => Self::Sad,
-            "surprise" => Self::Surprise,
-            "neutral" => Self::Neutral,
-            "contempt" => Self::Contempt,
-            _ => Self::Other,
-        }
-    }
-
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Angry => "angry",
-            Self::Disgust => "disgust",
-            Self::Fear => "fear",
-            Self::Happy => "happy",
-            Self::Sad => "sad",
-            Self::Surprise => "surprise",
-            Self::Neutral => "neutral",
-            Self::Contempt => "contempt",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for Emotion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::argmax;
+use crate::detect::box_iou as iou;
 
 /// Tracking and smoothing settings.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
 pub struct TrackerConfig {
     /// A detection continues a track when its IoU with the track's predicted
     /// box is at least this.
@@ -352,14 +279,5 @@ mod tests {
         assert_eq!(tr.update(1.7, &[]).lost, vec![1]);
         assert!(tr.tracks().is_empty());
         assert_eq!(tr.update(1.8, &[obs(0.0, A)]).appeared, vec![2]);
-    }
-
-    #[test]
-    fn emotion_names_round_trip() {
-        for e in Emotion::FER2013 {
-            assert_eq!(Emotion::from_name(e.name()), e);
-        }
-        assert_eq!(Emotion::from_name("Happiness"), Emotion::Happy);
-        assert_eq!(Emotion::from_name("joy"), Emotion::Other);
     }
 }

@@ -23,8 +23,8 @@
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
-use super::kernels::has_avx2_fma;
-use super::kernels::multiversion;
+use crate::slice::has_avx2_fma;
+use crate::slice::multiversion;
 
 /// Channels per block of the blocked layout, and output channels per block
 /// of the weights.
@@ -647,7 +647,7 @@ multiversion! {
 mod tests {
     use super::*;
 
-    use super::super::direct::tests::{reference, values};
+    use crate::direct::tests::{reference, values};
 
     fn close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
@@ -661,7 +661,6 @@ mod tests {
 
     /// One layer through transform, product (in two parts, as two threads
     /// split it) and back to planes.
-    #[allow(clippy::too_many_arguments)]
     fn run(
         x: &[f32],
         w: &[f32],
@@ -784,7 +783,7 @@ mod tests {
         let (c, h, w) = (32, 7, 10);
         let x = values(c * h * w, 5.0);
         let mut want = vec![0f32; c * (h / 2) * (w / 2)];
-        super::super::kernels::maxpool2(&x, c, h, w, &mut want);
+        crate::slice::maxpool2(&x, c, h, w, &mut want);
         let mut xb = vec![0f32; x.len()];
         to_blocked(&x, c, h * w, &mut xb);
         let mut yb = vec![0f32; want.len()];

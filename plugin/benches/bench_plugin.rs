@@ -2,7 +2,7 @@
 //! from capture to message, and how many faces per second it reads.
 //!
 //! ```text
-//! cargo run --release -p bevy_emotion --example bench_plugin -- [PHOTO] [SECONDS]
+//! cargo bench -p bevy_emotion --bench bench_plugin -- [PHOTO] [SECONDS]
 //! ```
 //!
 //! A headless app is paced at 30 updates per second and a photo (default: the
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_emotion::prelude::*;
-use bevy_emotion::{EmotionStats, ModelSource};
 use perception::{Frame, Pipeline, PipelineConfig};
 
 fn median(v: &mut [f64]) -> f64 {
@@ -51,7 +50,8 @@ fn run(app: &mut App, frame: Option<&Frame>, seconds: f64) -> (Vec<f64>, Vec<f64
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` adds `--bench`: flags are skipped.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let photo = args
         .next()
         .map(std::path::PathBuf::from)

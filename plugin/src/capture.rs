@@ -1,14 +1,23 @@
-//! Frame sources: the webcam (nokhwa, on its own thread), still images or a
-//! folder of images played at a rate, and frames pushed by the app. All behind
-//! [`FrameSource`], so tests and demos run without a camera.
+//! The capture stage ([`EmotionSystems::Capture`]): frame sources and the
+//! system that takes the newest frame from the active one.
+//!
+//! Sources: the webcam (nokhwa, on its own thread; Cargo feature `webcam`,
+//! on by default), still images or a folder of images played at a rate, and
+//! frames pushed by the app ([`FramePusher`]). All behind [`FrameSource`], so
+//! tests and demos run without a camera. The stage's output is the
+//! [`LatestFrame`] resource; its state for the player is [`CameraStatus`].
 
 use std::path::PathBuf;
+#[cfg(feature = "webcam")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use bevy::prelude::Resource;
+use bevy::prelude::*;
 use perception::Frame;
+
+use crate::settings::{EmotionSystems, perception_disabled, perception_enabled, stage_setup};
 
 /// What a source has for the capture system right now.
 #[derive(Debug)]
@@ -38,9 +47,10 @@ pub trait FrameSource: Send + Sync + 'static {
 
 /// Which frame source the capture stage runs (a runtime setting: changing it
 /// in [`EmotionSettings`](crate::EmotionSettings) swaps the source).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Reflect)]
 pub enum SourceKind {
-    /// The webcam, through nokhwa.
+    /// The webcam, through nokhwa (without the `webcam` feature, a source
+    /// that reports it is unavailable).
     Webcam(WebcamConfig),
     /// One still image, shown repeatedly.
     Image(PathBuf),
@@ -63,7 +73,7 @@ impl Default for SourceKind {
 }
 
 /// Webcam settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Reflect)]
 pub struct WebcamConfig {
     /// Device index (0: the system's first camera).
     pub index: u32,
@@ -91,6 +101,10 @@ impl Default for WebcamConfig {
 #[derive(Debug, Default)]
 struct Slot {
     frame: Mutex<Option<Frame>>,
+    #[cfg_attr(
+        not(feature = "webcam"),
+        expect(dead_code, reason = "only the webcam fails")
+    )]
     failure: Mutex<Option<String>>,
 }
 
@@ -106,10 +120,12 @@ impl Slot {
             .take()
     }
 
+    #[cfg(feature = "webcam")]
     fn fail(&self, reason: String) {
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 
+    #[cfg(feature = "webcam")]
     fn failure(&self) -> Option<String> {
         self.failure
             .lock()
@@ -288,6 +304,7 @@ impl FrameSource for ImageSource {
 
 /// [`SourceKind::Webcam`]: nokhwa on a thread of its own that opens the
 /// camera, decodes frames to RGB and leaves the newest in a one-slot mailbox.
+#[cfg(feature = "webcam")]
 pub struct WebcamSource {
     config: WebcamConfig,
     slot: Arc<Slot>,
@@ -295,6 +312,7 @@ pub struct WebcamSource {
     thread: Option<JoinHandle<()>>,
 }
 
+#[cfg(feature = "webcam")]
 impl WebcamSource {
     /// A source for the camera `config` describes (opened on `start`).
     pub fn new(config: WebcamConfig) -> Self {
@@ -307,6 +325,7 @@ impl WebcamSource {
     }
 }
 
+#[cfg(feature = "webcam")]
 impl FrameSource for WebcamSource {
     fn start(&mut self) {
         if self.thread.is_some() {
@@ -365,12 +384,14 @@ impl FrameSource for WebcamSource {
     }
 }
 
+#[cfg(feature = "webcam")]
 impl Drop for WebcamSource {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
+#[cfg(feature = "webcam")]
 fn camera_loop(cfg: &WebcamConfig, slot: &Slot, stop: &AtomicBool) -> Result<(), String> {
     use nokhwa::Camera;
     use nokhwa::pixel_format::RgbFormat;
@@ -417,13 +438,236 @@ fn camera_loop(cfg: &WebcamConfig, slot: &Slot, stop: &AtomicBool) -> Result<(),
     result
 }
 
+/// What [`SourceKind::Webcam`] gives in a build without the `webcam`
+/// feature: a source that fails at once, saying why.
+#[cfg(not(feature = "webcam"))]
+struct NoWebcam;
+
+#[cfg(not(feature = "webcam"))]
+impl FrameSource for NoWebcam {
+    fn start(&mut self) {}
+
+    fn stop(&mut self) {}
+
+    fn poll(&mut self, _now: f64) -> SourcePoll {
+        SourcePoll::Failed(
+            "this build has no camera backend (bevy_emotion's `webcam` feature is off)".into(),
+        )
+    }
+
+    fn describe(&self) -> String {
+        "webcam (not built in)".into()
+    }
+}
+
 /// Builds the source for `kind`.
 pub fn make_source(kind: &SourceKind, pusher: &FramePusher) -> Box<dyn FrameSource> {
     match kind {
+        #[cfg(feature = "webcam")]
         SourceKind::Webcam(cfg) => Box::new(WebcamSource::new(cfg.clone())),
+        #[cfg(not(feature = "webcam"))]
+        SourceKind::Webcam(_) => Box::new(NoWebcam),
         SourceKind::Image(path) => Box::new(ImageSource::still(path.clone(), 10.0)),
         SourceKind::Folder { dir, fps } => Box::new(ImageSource::folder(dir.clone(), *fps)),
         SourceKind::Pushed => Box::new(PushedSource::new(pusher)),
+    }
+}
+
+/// The camera (or other source) as the app should show it to the player.
+#[derive(Resource, Reflect, Debug, Clone, PartialEq, Default)]
+#[reflect(Resource)]
+pub enum CameraStatus {
+    /// Capture is switched off ([`EmotionSettings::enabled`](crate::EmotionSettings::enabled)).
+    #[default]
+    Off,
+    /// The source is starting (opening the camera, decoding images).
+    Starting(String),
+    /// Frames are arriving.
+    Running(String),
+    /// The source failed (no camera, permission denied, unplugged, no
+    /// readable images); it is retried after `retry_in` seconds.
+    Unavailable {
+        /// What failed.
+        reason: String,
+        /// Seconds until the next attempt.
+        retry_in: f32,
+    },
+}
+
+/// Sent whenever [`CameraStatus`] changes.
+#[derive(Message, Debug, Clone, PartialEq)]
+pub struct CameraStatusChanged(pub CameraStatus);
+
+/// Counters, for overlays and tests. The capture stage counts frames, the
+/// face stage counts processed frames and failures.
+#[derive(Resource, Reflect, Debug, Clone, Default)]
+#[reflect(Resource)]
+pub struct EmotionStats {
+    /// Frames taken from the source.
+    pub frames_captured: u64,
+    /// Frames run through detection and classification.
+    pub frames_processed: u64,
+    /// Sequence number of the newest processed frame.
+    pub last_processed: u64,
+    /// Time from capture to results of the newest processed frame.
+    pub last_latency: Duration,
+    /// Inferences that failed (logged).
+    pub failures: u64,
+}
+
+/// The newest captured frame (kept in memory only): the capture stage's
+/// output, which the inference stage reads.
+#[derive(Resource, Clone)]
+pub struct LatestFrame {
+    /// The frame.
+    pub frame: Arc<Frame>,
+    /// Sequence number, counting from 1.
+    pub seq: u64,
+    /// App time when it was captured, seconds.
+    pub time: f64,
+    /// Wall-clock capture instant (for latency).
+    pub instant: Instant,
+}
+
+#[derive(Resource, Default)]
+struct CaptureState {
+    source: Option<Box<dyn FrameSource>>,
+    kind: Option<SourceKind>,
+    retry_at: f64,
+    backoff: f32,
+    seq: u64,
+}
+
+/// Owns the frame source ([`EmotionSystems::Capture`]).
+pub struct EmotionCapturePlugin;
+
+impl Plugin for EmotionCapturePlugin {
+    fn build(&self, app: &mut App) {
+        stage_setup(app);
+        app.init_resource::<CaptureState>()
+            .init_resource::<FramePusher>()
+            .init_resource::<CameraStatus>()
+            .init_resource::<EmotionStats>()
+            .register_type::<CameraStatus>()
+            .register_type::<EmotionStats>()
+            .add_message::<CameraStatusChanged>()
+            .add_systems(
+                Update,
+                (
+                    release_source.run_if(perception_disabled),
+                    capture.run_if(perception_enabled),
+                )
+                    .in_set(EmotionSystems::Capture),
+            );
+    }
+}
+
+fn set_status(
+    status: &mut CameraStatus,
+    new: CameraStatus,
+    writer: &mut MessageWriter<CameraStatusChanged>,
+) {
+    if *status != new {
+        match &new {
+            CameraStatus::Unavailable { reason, retry_in } => {
+                warn!("frame source unavailable: {reason} (retrying in {retry_in:.0} s)");
+            }
+            other => debug!("frame source: {other:?}"),
+        }
+        *status = new.clone();
+        writer.write(CameraStatusChanged(new));
+    }
+}
+
+/// Capture switched off: stops the source (releasing the device) and drops
+/// the last frame.
+fn release_source(
+    mut commands: Commands,
+    mut state: ResMut<CaptureState>,
+    mut status: ResMut<CameraStatus>,
+    mut writer: MessageWriter<CameraStatusChanged>,
+) {
+    if let Some(mut s) = state.source.take() {
+        s.stop();
+        state.kind = None;
+        commands.remove_resource::<LatestFrame>();
+    }
+    set_status(&mut status, CameraStatus::Off, &mut writer);
+}
+
+fn capture(
+    mut commands: Commands,
+    mut state: ResMut<CaptureState>,
+    settings: Res<crate::EmotionSettings>,
+    time: Res<Time>,
+    pusher: Res<FramePusher>,
+    mut status: ResMut<CameraStatus>,
+    mut stats: ResMut<EmotionStats>,
+    mut writer: MessageWriter<CameraStatusChanged>,
+) {
+    let now = time.elapsed_secs_f64();
+    if state.kind.as_ref() != Some(&settings.source) {
+        if let Some(mut s) = state.source.take() {
+            s.stop();
+        }
+        state.kind = Some(settings.source.clone());
+        state.retry_at = now;
+        state.backoff = 1.0;
+    }
+    if state.source.is_none() {
+        if now < state.retry_at {
+            if let CameraStatus::Unavailable { reason, .. } = &*status {
+                let new = CameraStatus::Unavailable {
+                    reason: reason.clone(),
+                    retry_in: (state.retry_at - now).ceil() as f32,
+                };
+                // Only the countdown changed: update without a message.
+                *status = new;
+            }
+            return;
+        }
+        let mut s = make_source(&settings.source, &pusher);
+        s.start();
+        set_status(
+            &mut status,
+            CameraStatus::Starting(s.describe()),
+            &mut writer,
+        );
+        state.source = Some(s);
+    }
+    let Some(source) = state.source.as_mut() else {
+        return;
+    };
+    match source.poll(now) {
+        SourcePoll::Frame(frame) => {
+            let what = source.describe();
+            state.seq += 1;
+            state.backoff = 1.0;
+            stats.frames_captured += 1;
+            commands.insert_resource(LatestFrame {
+                frame: Arc::new(frame),
+                seq: state.seq,
+                time: now,
+                instant: Instant::now(),
+            });
+            set_status(&mut status, CameraStatus::Running(what), &mut writer);
+        }
+        SourcePoll::Pending => {}
+        SourcePoll::Failed(reason) => {
+            source.stop();
+            state.source = None;
+            let wait = state.backoff;
+            state.retry_at = now + f64::from(wait);
+            state.backoff = (wait * 2.0).min(30.0);
+            set_status(
+                &mut status,
+                CameraStatus::Unavailable {
+                    reason,
+                    retry_in: wait,
+                },
+                &mut writer,
+            );
+        }
     }
 }
 
@@ -459,7 +703,7 @@ mod tests {
             if !matches!(polled, SourcePoll::Pending) {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
             matches!(polled, SourcePoll::Failed(ref e) if e.contains("no PNG")),

@@ -6,6 +6,9 @@
 //! The output depends only on those files, the feature-map model and image:
 //! running the command again on the same inputs rewrites the same bytes.
 
+pub mod features;
+pub mod plot;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,10 +17,9 @@ use anyhow::{Context, Result, bail};
 use models::{Arch, ModelConfig, Summary};
 use serde::Deserialize;
 
-use crate::features;
 use crate::metrics::Confusion;
-use crate::plot::{self, Bar, Series};
 use crate::train::{EpochMetrics, MachineRecord, Schedule, TrainConfig};
+use plot::{Bar, Series};
 
 /// What the report is made from and where it goes.
 #[derive(Debug, Clone)]

@@ -5,12 +5,12 @@
 //! unpadding copies. All run in the same process, alternated over three
 //! rounds (the last one is printed), so the ratios hold on a noisy machine.
 //!
-//! `cargo run --release -p models --example conv_ab`
+//! `cargo bench -p kernels --bench conv_ab`
 
 use std::time::Instant;
 
-use models::ops::direct::{self, Padded};
-use models::ops::kernels::{self, ConvGeom, Mat};
+use kernels::direct::{self, Padded};
+use kernels::slice::{self, ConvGeom, Mat};
 
 /// `(outputs, inputs, side)` of ARCH-1's 3x3 convolutions (Table 1).
 const LAYERS: [(usize, usize, usize); 9] = [
@@ -55,9 +55,9 @@ fn main() {
             let reps = (20_000_000 / macs).max(5);
             let mut col = vec![0f32; g.col_rows() * s * s];
             let gemm = seconds_per_call(reps, || {
-                kernels::im2col(&x, &g, &mut col);
+                slice::im2col(&x, &g, &mut col);
                 let wm = Mat::row_major(&w, o, c * 9);
-                kernels::matmul(&mut y, wm, Mat::row_major(&col, c * 9, s * s), false, 1);
+                slice::matmul(&mut y, wm, Mat::row_major(&col, c * 9, s * s), false, 1);
             });
             let pg = Padded { h: s, w: s };
             let wp = direct::pack(&w, o, c);

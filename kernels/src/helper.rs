@@ -52,7 +52,7 @@ struct Worker {
 /// helper (a thread belongs to one owner: [`Helper::join`] takes `&mut self`,
 /// so one call at a time waits for its own job).
 #[derive(Default)]
-pub(crate) struct Helper {
+pub struct Helper {
     /// In a mutex only to make the owner `Sync` (a `Receiver` is not);
     /// `join` reaches it through `&mut self`, without locking.
     worker: Mutex<Option<Worker>>,
@@ -125,7 +125,7 @@ impl Helper {
     /// finished. If the helper thread cannot be started, `there` runs on a
     /// scoped thread instead. A panic in either closure is re-raised here
     /// after both have stopped.
-    pub(crate) fn join<'s>(&mut self, here: impl FnOnce(), there: impl FnOnce() + Send + 's) {
+    pub fn join<'s>(&mut self, here: impl FnOnce(), there: impl FnOnce() + Send + 's) {
         let slot = self
             .worker
             .get_mut()

@@ -2,7 +2,7 @@
 //! im2col/col2im, depthwise 3x3, 2x2 max-pooling and BatchNorm statistics.
 //!
 //! These are shared by the candle custom ops ([`super`]) and the deployment
-//! engine ([`crate::infer`]). Each function documents the layout it expects and
+//! engine (`models::infer`). Each function documents the layout it expects and
 //! checks slice lengths before touching memory.
 
 use gemm::Parallelism;

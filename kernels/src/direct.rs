@@ -21,7 +21,7 @@
 //! broadcast once per tap, and only valid positions are computed.
 
 #[cfg(target_arch = "x86_64")]
-use super::kernels::has_avx2_fma;
+use crate::slice::has_avx2_fma;
 
 /// 8-lane vectors per tile.
 const VECS: usize = 2;
@@ -323,7 +323,6 @@ fn pack_blocks(block: usize, o: usize, c: usize, src: Source<'_>) -> Vec<f32> {
 /// # Panics
 /// If a slice is too short for the shapes (a bug in the caller: all sizes come
 /// from tensor shapes).
-#[allow(clippy::too_many_arguments)]
 pub fn conv(
     xp: &[f32],
     wp: &[f32],
@@ -394,7 +393,6 @@ pub fn conv_image(
 /// # Panics
 /// If `o` is not a multiple of [`WIDE`] or a slice is too short for the
 /// shapes (a bug in the caller).
-#[allow(clippy::too_many_arguments)]
 pub fn conv_wide(
     xp: &[f32],
     wq: &[f32],
@@ -439,7 +437,6 @@ fn window(g: Padded, p: usize) -> usize {
 }
 
 /// [`conv_wide`] without SIMD (CPUs without AVX2, and the reference in tests).
-#[allow(clippy::too_many_arguments)]
 fn conv_wide_portable(
     xp: &[f32],
     wq: &[f32],
@@ -460,7 +457,6 @@ fn conv_wide_portable(
 
 /// One output of the portable kernels: output channel `oi` at window `j` of
 /// the padded planes `xp`, with weights packed in blocks of `block` channels.
-#[allow(clippy::too_many_arguments)]
 fn portable_output(
     xp: &[f32],
     wp: &[f32],
@@ -488,7 +484,6 @@ fn portable_output(
 /// position's input value into 12 accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 fn conv_wide_avx2(
     xp: &[f32],
     wq: &[f32],
@@ -584,7 +579,6 @@ fn taps(row: usize) -> [usize; 9] {
 
 /// [`conv`] without SIMD: one output at a time (CPUs without AVX2, and the
 /// reference in tests).
-#[allow(clippy::too_many_arguments)]
 fn conv_portable(
     xp: &[f32],
     wp: &[f32],
@@ -607,7 +601,6 @@ fn conv_portable(
 /// accumulate in 8 registers over all input channels and taps, then bias, ReLU and store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 fn conv_avx2(
     xp: &[f32],
     wp: &[f32],
@@ -779,7 +772,6 @@ pub(crate) mod tests {
 
     /// A test convolution: planes, input, weights, bias and the definition's
     /// output, from values seeded with `seed`.
-    #[allow(clippy::type_complexity)]
     fn case(
         o: usize,
         c: usize,
@@ -809,7 +801,6 @@ pub(crate) mod tests {
 
     type ConvFn = fn(&[f32], &[f32], Option<&[f32]>, usize, usize, Padded, bool, &mut [f32]);
 
-    #[allow(clippy::too_many_arguments)]
     fn run(
         which: ConvFn,
         x: &[f32],

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::{
+use crate::{
     BatchStats, BnGrad, DataGrad, FilterGrad, FilterScratch, batch_norm_train, bn_affine,
-    bn_forward, bn_param_grads, conv_forward, conv_geom, conv2d_maybe_bias, dims4, kernels, lock,
+    bn_forward, bn_param_grads, conv_forward, conv_geom, conv2d_maybe_bias, dims4, lock,
     max_pool2_relu, num_threads, owned_part, par_ranges, ranges, slice, sum_parts, use_fast_path,
 };
 
@@ -39,7 +39,6 @@ pub enum BnThen {
 /// Returns the output and the statistics used (for the moving averages); the
 /// same values and gradients as [`conv2d_maybe_bias`], [`batch_norm_train`]
 /// and [`max_pool2_relu`] in a row, which it runs on other devices and dtypes.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_bn_train(
     x: &Tensor,
     w: &Tensor,
@@ -269,7 +268,7 @@ impl CustomOp3 for ConvBnBwd {
                     .image(up.planes(i, &mut bufs), &sums, count, &mut dz);
                 if self.bias {
                     for (d, plane) in db.iter_mut().zip(dz.chunks_exact(hw)) {
-                        *d += f64::from(kernels::sum(plane));
+                        *d += f64::from(slice::sum(plane));
                     }
                 }
                 if let Some(data) = &data {
@@ -328,8 +327,8 @@ impl Upstream<'_> {
         let (full, grad) = bufs;
         full.resize(zs, 0.0);
         grad.resize(zs, 0.0);
-        kernels::affine_channels(zi, scale, shift, 1, o, h * w, false, full);
-        kernels::maxpool2_backward(full, dyi, Some(yi), o, h, w, grad);
+        slice::affine_channels(zi, scale, shift, 1, o, h * w, false, full);
+        slice::maxpool2_backward(full, dyi, Some(yi), o, h, w, grad);
         (zi, full, grad)
     }
 }

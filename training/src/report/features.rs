@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use models::{INPUT_SIZE, LoadedWeights};
-use perception::align::{align, align_crop};
+use perception::crop::main_face_crop;
 use perception::{Detector, DetectorConfig, Frame, GrayCrop};
 use plotters::prelude::*;
 
-use crate::plot;
+use super::plot;
 
 /// One layer's output for one face: `channels` maps of `height x width`.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,37 +28,19 @@ pub struct FeatureMaps {
     pub values: Vec<f32>,
 }
 
-/// The 48x48 face of an image: used as it is when the image is already a
-/// 48x48 crop (aligned to FER2013's framing first), otherwise the largest face
-/// MTCNN finds, aligned. An image without a face is an error.
+/// The 48x48 face of an image ([`perception::crop::main_face_crop`]): a
+/// 48x48 crop aligned to FER2013's framing, otherwise the largest face MTCNN
+/// finds, aligned. An image without a face is an error.
 pub fn face_of(image: &Path, detector: &Path) -> Result<GrayCrop> {
     let frame = Frame::open(image).with_context(|| format!("reading {}", image.display()))?;
     let detector = Detector::from_file(detector, DetectorConfig::default())
         .with_context(|| format!("loading the face detector {}", detector.display()))?;
-    if frame.width() == INPUT_SIZE && frame.height() == INPUT_SIZE {
-        return Ok(align_crop(&detector, &frame_gray48(&frame)?)?.0);
-    }
-    let faces = detector.detect(&frame)?;
-    let Some(face) = faces.first() else {
-        bail!(
+    main_face_crop(&detector, &frame)?.with_context(|| {
+        format!(
             "no face found in {} (give a photo with a face, or a 48x48 face crop)",
             image.display()
-        );
-    };
-    Ok(align(&frame, &face.landmarks)?)
-}
-
-/// A whole frame as one 48x48 gray face: gray as the training data is made
-/// ([`crate::data::to_gray48`]: BT.601 weights, centre square, Catmull-Rom
-/// resize unless it is already 48x48).
-pub fn frame_gray48(frame: &Frame) -> Result<GrayCrop> {
-    let img =
-        image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
-            .context("image buffer")?;
-    Ok(GrayCrop::new(crate::data::to_gray48(
-        &image::DynamicImage::ImageRgb8(img),
-        crate::data::ResizeMode::CenterCrop,
-    ))?)
+        )
+    })
 }
 
 /// The output of `layer` when the network of `weights` classifies `face`.

@@ -1,5 +1,13 @@
-//! Fast CPU operations as candle custom ops, with forward and backward, so the
-//! networks, training and the plugin use them through the ordinary candle graph.
+//! The compute backend: CPU kernels on plain slices and the candle custom
+//! ops built on them, with forward and backward, so the networks, training
+//! and the plugin use them through the ordinary candle graph.
+//!
+//! - [`slice`]: GEMM (through `gemm`), im2col/col2im, depthwise 3x3, 2x2
+//!   max-pooling and BatchNorm statistics on NCHW `f32` slices;
+//! - [`direct`]: direct 3x3 convolutions (AVX2 + FMA, portable fallback);
+//! - [`winograd`]: Winograd F(2x2, 3x3) on channel-blocked activations;
+//! - [`helper`]: a persistent second thread for two-lane batch-1 inference;
+//! - the ops below, used by `models`' layers.
 //!
 //! | op | replaces | why |
 //! | --- | --- | --- |
@@ -13,9 +21,19 @@
 //! and for non-`f32` tensors. Each is tested against the stock op (values and
 //! gradients) in this module's tests.
 
+#![deny(unsafe_code)]
+
 mod conv_bn;
+#[expect(unsafe_code, reason = "AVX2 intrinsics and raw-pointer row loops")]
 pub mod direct;
-pub mod kernels;
+#[expect(
+    unsafe_code,
+    reason = "a job borrowing the caller's stack is sent to the helper thread"
+)]
+pub mod helper;
+#[expect(unsafe_code, reason = "AVX2 intrinsics")]
+pub mod slice;
+#[expect(unsafe_code, reason = "AVX2 intrinsics")]
 pub mod winograd;
 
 pub use conv_bn::{BnThen, conv_bn_train};
@@ -28,7 +46,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use kernels::{ConvGeom, Mat};
+use slice::{ConvGeom, Mat};
 
 /// Threads candle (and these kernels) use: `RAYON_NUM_THREADS`, else all cores.
 pub fn num_threads() -> usize {
@@ -96,6 +114,10 @@ fn ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Zeroes `chunk`, which is then initialised.
+#[expect(
+    unsafe_code,
+    reason = "a slice of initialised MaybeUninit viewed as f32"
+)]
 fn zeroed(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
     for v in chunk.iter_mut() {
         v.write(0.0);
@@ -112,6 +134,7 @@ fn zeroed(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
 /// output serially on the thread that runs the op (mimalloc reuses freed
 /// memory, so the zeroing is a real `memset`), which the second thread spent
 /// waiting for.
+#[expect(unsafe_code, reason = "set_len after every chunk was written")]
 fn par_output<S>(
     n: usize,
     size: usize,
@@ -139,6 +162,7 @@ fn par_output<S>(
 /// [`num_threads`] jobs, each filling the chunks of a contiguous range of
 /// items (zeroed first, by the job) and returning a partial result, such as
 /// its share of a kernel gradient; then `extra` zeros.
+#[expect(unsafe_code, reason = "set_len after every chunk was written")]
 fn par_ranges<R: Send>(
     n: usize,
     size: usize,
@@ -309,11 +333,11 @@ fn conv_forward(
         let wm = Mat::row_major(w, o, kk);
         let acc = bias.is_some();
         if g.is_pointwise() {
-            kernels::matmul(y, wm, Mat::row_major(xi, kk, hw), acc, 1);
+            slice::matmul(y, wm, Mat::row_major(xi, kk, hw), acc, 1);
         } else {
             col.resize(kk * hw, 0.0);
-            kernels::im2col(xi, &g, col);
-            kernels::matmul(y, wm, Mat::row_major(col, kk, hw), acc, 1);
+            slice::im2col(xi, &g, col);
+            slice::matmul(y, wm, Mat::row_major(col, kk, hw), acc, 1);
         }
     });
     Ok((out, dims))
@@ -438,7 +462,7 @@ impl CustomOp1 for ChannelSum {
         let sums = (0..c)
             .map(|ch| {
                 (0..n)
-                    .map(|i| f64::from(kernels::sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw])))
+                    .map(|i| f64::from(slice::sum(&x[(i * c + ch) * hw..(i * c + ch + 1) * hw])))
                     .sum::<f64>() as f32
             })
             .collect();
@@ -484,11 +508,11 @@ impl<'a> DataGrad<'a> {
                 let (kk, hw) = (g.col_rows(), g.col_cols());
                 let dyi = Mat::row_major(dyi, dyi.len() / hw, hw);
                 if g.is_pointwise() {
-                    kernels::matmul(dxi, *wt, dyi, false, 1);
+                    slice::matmul(dxi, *wt, dyi, false, 1);
                 } else {
                     scratch.resize(kk * hw, 0.0);
-                    kernels::matmul(scratch, *wt, dyi, false, 1);
-                    kernels::col2im(scratch, g, dxi);
+                    slice::matmul(scratch, *wt, dyi, false, 1);
+                    slice::col2im(scratch, g, dxi);
                 }
             }
         }
@@ -583,11 +607,11 @@ impl FilterGrad {
         }
         let dyi = Mat::row_major(dyi, o, hw);
         if g.is_pointwise() {
-            kernels::matmul(acc, dyi, Mat::transposed(xi, hw, kk), true, 1);
+            slice::matmul(acc, dyi, Mat::transposed(xi, hw, kk), true, 1);
         } else {
             s.col.resize(kk * hw, 0.0);
-            kernels::im2col(xi, g, &mut s.col);
-            kernels::matmul(acc, dyi, Mat::transposed(&s.col, hw, kk), true, 1);
+            slice::im2col(xi, g, &mut s.col);
+            slice::matmul(acc, dyi, Mat::transposed(&s.col, hw, kk), true, 1);
         }
     }
 }
@@ -697,7 +721,7 @@ impl CustomOp2 for DepthwiseOp {
             0,
             || (),
             |_, i, yi| {
-                kernels::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi);
+                slice::depthwise3x3(&x[i * size..(i + 1) * size], w, c, h, wd, yi);
             },
         );
         Ok((CpuStorage::F32(y), Shape::from(xd)))
@@ -749,7 +773,7 @@ impl CustomOp3 for DepthwiseBwd {
             .map(|(i, dxi)| {
                 let mut dw = vec![0f32; c * 9];
                 let r = i * size..(i + 1) * size;
-                kernels::depthwise3x3_backward(&x[r.clone()], w, &dy[r], c, h, wd, dxi, &mut dw);
+                slice::depthwise3x3_backward(&x[r.clone()], w, &dy[r], c, h, wd, dxi, &mut dw);
                 dw
             })
             .collect();
@@ -797,7 +821,7 @@ fn pool(x: &Tensor, relu: bool) -> Result<Tensor> {
 /// One image's 2x2 max-pooling of `c` planes of `h x w` into `y`, then ReLU
 /// when `relu` is set.
 fn pool_image(x: &[f32], (c, h, w): (usize, usize, usize), relu: bool, y: &mut [f32]) {
-    kernels::maxpool2(x, c, h, w, y);
+    slice::maxpool2(x, c, h, w, y);
     if relu {
         for v in y.iter_mut() {
             *v = v.max(0.0);
@@ -874,7 +898,7 @@ impl CustomOp3 for MaxPool2Bwd {
             |_, i, dxi| {
                 let (r, o) = (i * size..(i + 1) * size, i * osize..(i + 1) * osize);
                 let yi = self.relu.then(|| &y[o.clone()]);
-                kernels::maxpool2_backward(&x[r], &dy[o], yi, c, h, w, dxi);
+                slice::maxpool2_backward(&x[r], &dy[o], yi, c, h, w, dxi);
             },
         );
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
@@ -946,13 +970,10 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32
         .map(|ch| {
             let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
             let count = (n * hw) as f64;
-            let mean = (0..n)
-                .map(|i| f64::from(kernels::sum(plane(i))))
-                .sum::<f64>()
-                / count;
+            let mean = (0..n).map(|i| f64::from(slice::sum(plane(i)))).sum::<f64>() / count;
             let m = mean as f32;
             let sq: f64 = (0..n)
-                .map(|i| f64::from(kernels::sum_sq_dev(plane(i), m)))
+                .map(|i| f64::from(slice::sum_sq_dev(plane(i), m)))
                 .sum();
             (m, (sq / count) as f32)
         })
@@ -979,7 +1000,7 @@ fn bn_forward(
     let y = if then == BnThen::PoolRelu {
         par_output(n, c * (h / 2) * (w / 2), 0, Vec::new, |full, i, yi| {
             full.resize(size, 0.0);
-            kernels::affine_channels(image(i), &scale, &shift, 1, c, hw, false, full);
+            slice::affine_channels(image(i), &scale, &shift, 1, c, hw, false, full);
             pool_image(full, (c, h, w), true, yi);
         })
     } else {
@@ -990,7 +1011,7 @@ fn bn_forward(
             0,
             || (),
             |_, i, yi| {
-                kernels::affine_channels(image(i), &scale, &shift, 1, c, hw, relu, yi);
+                slice::affine_channels(image(i), &scale, &shift, 1, c, hw, relu, yi);
             },
         )
     };
@@ -1116,7 +1137,7 @@ impl BnGrad {
         acc: (f64, f64),
     ) -> (f64, f64) {
         let (m, s) = (self.mean[ch], self.inv_std[ch]);
-        let (sg, sgx) = kernels::bn_backward_sums(x, y, dy, m, s, self.relu);
+        let (sg, sgx) = slice::bn_backward_sums(x, y, dy, m, s, self.relu);
         (acc.0 + f64::from(sg), acc.1 + f64::from(sgx))
     }
 
@@ -1141,7 +1162,7 @@ impl BnGrad {
                 (sgx / count) as f32,
             );
             let r = ch * hw..(ch + 1) * hw;
-            kernels::bn_backward_dx(
+            slice::bn_backward_dx(
                 &x[r.clone()],
                 &y[r.clone()],
                 &dy[r.clone()],

@@ -1,0 +1,69 @@
+//! Weights files of either kind, told apart by their `format` metadata: the
+//! MTCNN detector (`mtcnn/1`) or an emotion classifier (`emotion-cnn/1`,
+//! ARCH-1..4). What the plugin's asset loader and the CLI read.
+
+use std::path::Path;
+
+use crate::{Classifier, Detector, DetectorConfig, PerceptionError};
+
+/// A loaded weights file.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// MTCNN (`format: mtcnn/1`), with [`DetectorConfig::default`] settings.
+    Detector(Box<Detector>),
+    /// An ARCH-1..4 classifier (`format: emotion-cnn/1`).
+    Classifier(Box<Classifier>),
+}
+
+impl Weights {
+    /// Reads detector or classifier weights from bytes, by their `format`
+    /// metadata (anything but `mtcnn/1` is read, and checked, as a
+    /// classifier). Truncated, foreign or mismatched files are errors.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PerceptionError> {
+        if models::weights::format_of(bytes)?.as_deref() == Some(models::mtcnn::FORMAT) {
+            let detector = Detector::from_bytes(bytes, DetectorConfig::default())?;
+            return Ok(Self::Detector(Box::new(detector)));
+        }
+        Ok(Self::Classifier(Box::new(Classifier::from_bytes(bytes)?)))
+    }
+
+    /// Reads a weights file of either kind.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PerceptionError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| PerceptionError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// `"detector"` or `"classifier"`, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Detector(_) => "detector",
+            Self::Classifier(_) => "classifier",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_detector_from_classifier_and_rejects_garbage() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models");
+        let mtcnn = std::fs::read(dir.join("mtcnn.safetensors")).unwrap();
+        assert!(matches!(
+            Weights::from_bytes(&mtcnn),
+            Ok(Weights::Detector(_))
+        ));
+        let arch1 = Weights::from_file(dir.join("arch1_fer2013.safetensors")).unwrap();
+        assert_eq!(arch1.kind(), "classifier");
+        assert!(matches!(
+            Weights::from_bytes(b"garbage"),
+            Err(PerceptionError::Weights(_))
+        ));
+        assert!(Weights::from_bytes(&mtcnn[..mtcnn.len() / 2]).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The inference stage ([`EmotionSystems::Detect`] and
+//! [`EmotionSystems::Infer`]): detection, alignment and classification of
+//! the newest [`LatestFrame`] on the `AsyncComputeTaskPool`, at most
+//! `inference_hz` times a second, one frame at a time. The main thread only
+//! starts tasks and polls them; each finished one becomes an
+//! [`InferenceFinished`] message for the face stage.
+
+use std::time::Instant;
+
+use bevy::prelude::*;
+use bevy::tasks::futures::check_ready;
+use bevy::tasks::{AsyncComputeTaskPool, Task};
+use perception::Observation;
+
+use crate::capture::LatestFrame;
+use crate::model::EmotionPipeline;
+use crate::settings::{EmotionSettings, EmotionSystems, perception_enabled, stage_setup};
+
+/// What one inference produced: the inference stage's output, read by the
+/// face stage.
+#[derive(Message, Debug, Clone)]
+pub struct InferenceFinished {
+    /// Sequence number of the frame ([`LatestFrame::seq`]).
+    pub seq: u64,
+    /// App time when the frame was captured, seconds.
+    pub time: f64,
+    /// Wall-clock capture instant (for latency).
+    pub captured: Instant,
+    /// The faces found, or why the frame could not be processed.
+    pub faces: Result<Vec<Observation>, String>,
+}
+
+#[derive(Resource, Default)]
+struct InferenceState {
+    task: Option<Task<InferenceFinished>>,
+    last_seq: u64,
+    last_start: Option<f64>,
+}
+
+/// Runs the pipeline off the main thread.
+pub struct EmotionInferencePlugin;
+
+impl Plugin for EmotionInferencePlugin {
+    fn build(&self, app: &mut App) {
+        stage_setup(app);
+        app.init_resource::<InferenceState>()
+            .add_message::<InferenceFinished>()
+            .add_systems(
+                Update,
+                (
+                    start_inference
+                        .in_set(EmotionSystems::Detect)
+                        .run_if(perception_enabled),
+                    collect_inference.in_set(EmotionSystems::Infer),
+                ),
+            );
+    }
+}
+
+fn start_inference(
+    mut state: ResMut<InferenceState>,
+    latest: Option<Res<LatestFrame>>,
+    pipeline: Option<Res<EmotionPipeline>>,
+    settings: Res<EmotionSettings>,
+    time: Res<Time>,
+) {
+    let (Some(latest), Some(pipeline)) = (latest, pipeline) else {
+        return;
+    };
+    if state.task.is_some() || latest.seq == state.last_seq {
+        return;
+    }
+    let now = time.elapsed_secs_f64();
+    if let Some(last) = state.last_start {
+        let period = 1.0 / f64::from(settings.inference_hz.max(0.1));
+        if now - last < period - 1e-9 {
+            return;
+        }
+    }
+    let (frame, pipeline) = (latest.frame.clone(), pipeline.0.clone());
+    let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
+    state.last_seq = seq;
+    state.last_start = Some(now);
+    state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
+        let faces = pipeline
+            .process(&frame)
+            .map(|faces| {
+                faces
+                    .into_iter()
+                    .map(|f| Observation {
+                        bbox: f.detection.bbox,
+                        score: f.detection.score,
+                        landmarks: f.detection.landmarks,
+                        probs: f.probs,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
+        InferenceFinished {
+            seq,
+            time: time_s,
+            captured,
+            faces,
+        }
+    }));
+}
+
+/// Polls the running task; a finished one is written as a message. Runs
+/// while perception is off too, so a task started before the switch ends
+/// cleanly (the face stage ignores its result).
+fn collect_inference(
+    mut state: ResMut<InferenceState>,
+    mut finished: MessageWriter<InferenceFinished>,
+) {
+    let Some(task) = state.task.as_mut() else {
+        return;
+    };
+    if let Some(result) = check_ready(task) {
+        state.task = None;
+        finished.write(result);
+    }
+}

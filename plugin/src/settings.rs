@@ -1,0 +1,101 @@
+//! Runtime switches ([`EmotionSettings`]), the stage order
+//! ([`EmotionSystems`]) and the run conditions every stage shares.
+
+use bevy::prelude::*;
+use perception::TrackerConfig;
+
+use crate::capture::SourceKind;
+
+/// Runtime switches (change them at any time through `ResMut<EmotionSettings>`).
+#[derive(Resource, Reflect, Debug, Clone, PartialEq)]
+#[reflect(Resource)]
+pub struct EmotionSettings {
+    /// Capture and inference run only while this is true; switching it off
+    /// stops the camera thread, releases the device and forgets all faces.
+    pub enabled: bool,
+    /// Where frames come from.
+    pub source: SourceKind,
+    /// Smallest face side looked for, in frame pixels.
+    pub min_face_size: f32,
+    /// At most this many faces per frame, largest first.
+    pub max_faces: usize,
+    /// At most this many inferences per second (each on the newest frame).
+    pub inference_hz: f32,
+    /// Tracking and smoothing.
+    pub tracker: TrackerConfig,
+}
+
+impl Default for EmotionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            source: SourceKind::default(),
+            min_face_size: 40.0,
+            max_faces: 4,
+            inference_hz: 15.0,
+            tracker: TrackerConfig::default(),
+        }
+    }
+}
+
+/// The stages, chained in `Update` in this order. Order your systems
+/// `.after(EmotionSystems::Publish)` to see this frame's messages.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmotionSystems {
+    /// Takes the newest frame from the source ([`crate::capture`]).
+    Capture,
+    /// Starts detection + alignment + classification on a background task
+    /// ([`crate::inference`]).
+    Detect,
+    /// Collects finished inferences as [`InferenceFinished`](crate::inference::InferenceFinished).
+    Infer,
+    /// Tracks faces, smooths their emotions and writes the face messages
+    /// ([`crate::faces`]).
+    Smooth,
+    /// Despawns lost faces and updates [`FacePresence`](crate::faces::FacePresence).
+    Publish,
+}
+
+/// Run condition: perception is switched on ([`EmotionSettings::enabled`]).
+pub fn perception_enabled(settings: Res<EmotionSettings>) -> bool {
+    settings.enabled
+}
+
+/// Run condition: perception is switched off; the stages' release systems
+/// (stop the source, forget the faces) run under it and do nothing once
+/// released.
+pub fn perception_disabled(settings: Res<EmotionSettings>) -> bool {
+    !settings.enabled
+}
+
+/// Inserts the settings and orders the stages. Each stage plugin also calls
+/// [`stage_setup`], so a stage added on its own still finds both.
+pub struct EmotionSettingsPlugin {
+    /// Initial settings.
+    pub settings: EmotionSettings,
+}
+
+impl Plugin for EmotionSettingsPlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(self.settings.clone());
+        stage_setup(app);
+    }
+}
+
+/// What every stage needs: the settings (defaults unless inserted before)
+/// and the stage order.
+pub(crate) fn stage_setup(app: &mut App) {
+    app.init_resource::<EmotionSettings>()
+        .register_type::<EmotionSettings>()
+        .configure_sets(
+            Update,
+            (
+                EmotionSystems::Capture,
+                EmotionSystems::Detect,
+                EmotionSystems::Infer,
+                EmotionSystems::Smooth,
+                EmotionSystems::Publish,
+            )
+                .chain(),
+        );
+}
