@@ -6,7 +6,7 @@
 use bevy::prelude::{App, MessageReader, Plugin, ResMut, Resource, Update};
 use bevy_emotion::Emotion;
 
-use crate::PlayerEmotionChanged;
+use crate::{PlayerEmotionChanged, PlayerUnsure};
 
 /// The conversation as a resource, advanced by the player's emotion changes
 /// (and by replies, from the UI).
@@ -22,8 +22,16 @@ impl Plugin for DialoguePlugin {
 #[derive(Resource, Default)]
 pub struct Talk(pub Dialogue);
 
-/// Ada reacts to each change of the player's emotion (when the topic allows).
-fn converse(mut changes: MessageReader<PlayerEmotionChanged>, mut talk: ResMut<Talk>) {
+/// Ada reacts to each change of the player's emotion (when the topic
+/// allows), and says when she cannot see the player well.
+fn converse(
+    mut changes: MessageReader<PlayerEmotionChanged>,
+    mut unsure: MessageReader<PlayerUnsure>,
+    mut talk: ResMut<Talk>,
+) {
+    if unsure.read().last().is_some() {
+        talk.0.cannot_see();
+    }
     for c in changes.read() {
         talk.0.perceive(c.0);
     }
@@ -60,6 +68,12 @@ pub enum Node {
     Disgust,
     /// Reaction to a neutral face.
     Calm,
+    /// The plugin cannot read the player's face well (quality gate).
+    CantSee,
+    /// Calibration: Ada asks for a relaxed face.
+    Relax,
+    /// Calibration done.
+    Calibrated,
 }
 
 /// What the agent says at a node, and the replies the player can choose.
@@ -126,6 +140,18 @@ pub fn line(node: Node) -> Line {
         Calm => (
             "You look calm and focused. What would you like to talk about?",
             &[("Just chatting", Listening)],
+        ),
+        CantSee => (
+            "I can't see you very well right now. Could you face the camera, in a bit more light?",
+            &[("Better now?", Listening)],
+        ),
+        Relax => (
+            "Before we start: relax your face for a few seconds, so I learn how you look at rest.",
+            &[("Skip this", Listening)],
+        ),
+        Calibrated => (
+            "Thanks, I know your resting face now. So, how are you today?",
+            &[("Good", Listening)],
         ),
     };
     Line { text, replies }
@@ -207,25 +233,52 @@ impl Dialogue {
         if self.reacted_to == Some(e) {
             return false;
         }
-        let interruptible = matches!(
-            self.node,
-            Node::Hello
-                | Node::Listening
-                | Node::Calm
-                | Node::Smile
-                | Node::Frown
-                | Node::Anger
-                | Node::Surprise
-                | Node::Fear
-                | Node::Disgust
-        );
-        if !interruptible {
+        if !self.interruptible() {
             return false;
         }
         self.reacted_to = Some(e);
         self.reactions += 1;
         self.go(reaction(e));
         true
+    }
+
+    /// Whether a new observation of the player may change the topic now
+    /// (not while the player must answer, nor during calibration).
+    fn interruptible(&self) -> bool {
+        matches!(
+            self.node,
+            Node::Hello
+                | Node::Listening
+                | Node::Calm
+                | Node::CantSee
+                | Node::Calibrated
+                | Node::Smile
+                | Node::Frown
+                | Node::Anger
+                | Node::Surprise
+                | Node::Fear
+                | Node::Disgust
+        )
+    }
+
+    /// The player's face cannot be read well: Ada says so (once, until the
+    /// player's expression is read again).
+    pub fn cannot_see(&mut self) -> bool {
+        if self.node == Node::CantSee || !self.interruptible() {
+            return false;
+        }
+        self.reacted_to = None;
+        self.go(Node::CantSee);
+        true
+    }
+
+    /// Calibration started (`true`) or ended.
+    pub fn calibration(&mut self, started: bool) {
+        self.go(if started {
+            Node::Relax
+        } else {
+            Node::Calibrated
+        });
     }
 
     /// The player picks reply `i` of the current line.
@@ -273,6 +326,20 @@ mod tests {
         assert!(line(d.node).text.contains("down"));
         assert_eq!((d.steps, d.reactions), (4, 2));
         assert!(!d.reply(7));
+    }
+
+    #[test]
+    fn she_says_when_she_cannot_see_and_waits_during_calibration() {
+        let mut d = Dialogue::default();
+        d.calibration(true);
+        assert_eq!(d.node, Node::Relax);
+        assert!(!d.perceive(Emotion::Happy), "no reaction while calibrating");
+        assert!(!d.cannot_see());
+        d.calibration(false);
+        assert!(d.cannot_see());
+        assert!(!d.cannot_see(), "said once");
+        assert!(d.perceive(Emotion::Happy));
+        assert_eq!(d.node, Node::Smile);
     }
 
     #[test]

@@ -55,6 +55,16 @@ struct Args {
     /// Do not run perception at all (to measure the plugin's cost).
     #[arg(long)]
     no_perception: bool,
+    /// Record what perception sees (faces, probabilities, quality; no
+    /// pixels) to this JSON Lines file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Play back a file written by --record instead of using a camera.
+    #[arg(long, conflicts_with = "images")]
+    replay: Option<PathBuf>,
+    /// Skip the "relax your face" calibration at the start.
+    #[arg(long)]
+    no_calibration: bool,
 }
 
 /// Where the demo is in its flow: whether the player let Ada use the camera.
@@ -70,14 +80,37 @@ enum Consent {
     Replay,
 }
 
+/// The "relax your face" step: the player's resting face becomes their
+/// neutral baseline (`bevy_emotion`'s calibration).
+#[derive(States, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+enum Calibration {
+    /// Not started (no consent yet, or photos that are not the player).
+    #[default]
+    Off,
+    /// Waiting for the player's face.
+    Waiting,
+    /// Gathering the resting face.
+    Running,
+    /// Done, failed or skipped.
+    Done,
+}
+
+/// How long the player holds a resting face.
+const CALIBRATION_SECONDS: f32 = 3.0;
+
 /// A line for the player about where frames come from.
 #[derive(Resource, Debug, Clone, Default)]
 struct Notice(Option<String>);
 
-/// The player's emotion changed: from the main face's messages or from the
-/// keys. Ada and the dialogue react to it.
+/// The player's emotion changed: an expression's onset on the main face,
+/// its end, or the keys. Ada and the dialogue react to it.
 #[derive(Message, Debug, Clone, Copy, PartialEq)]
 struct PlayerEmotionChanged(Emotion);
+
+/// The main face has been unreadable for a while (the quality gate's
+/// reason): Ada says she cannot see the player well.
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+struct PlayerUnsure(UnsureReason);
 
 /// The player as the demo sees them.
 #[derive(Resource, Debug, Clone, Default)]
@@ -126,18 +159,25 @@ struct Perceive;
 fn main() -> AppExit {
     let args = Args::parse();
     let sample = perception::assets_dir().join("images/astronaut.png");
-    let (source, consent, notice, enabled) = match (&args.images, args.consent) {
-        (Some(dir), _) => (
+    let (source, consent, notice) = match (&args.images, &args.replay, args.consent) {
+        (Some(dir), _, _) => (
             SourceKind::Folder {
                 dir: dir.clone(),
                 fps: args.fps,
             },
             Consent::Replay,
             Some(format!("replaying photos from {}", dir.display())),
-            true,
         ),
-        (None, true) => (SourceKind::Webcam(default()), Consent::Camera, None, true),
-        (None, false) => (SourceKind::Image(sample), Consent::Asking, None, false),
+        (None, Some(file), _) => (
+            SourceKind::Replay {
+                path: file.clone(),
+                realtime: true,
+            },
+            Consent::Replay,
+            Some(format!("replaying the recording {}", file.display())),
+        ),
+        (None, None, true) => (SourceKind::Webcam(default()), Consent::Camera, None),
+        (None, None, false) => (SourceKind::Image(sample), Consent::Asking, None),
     };
     let mut app = App::new();
     app.add_plugins(
@@ -158,7 +198,7 @@ fn main() -> AppExit {
     .add_plugins(EguiPlugin::default())
     .add_plugins(EmotionPlugin {
         settings: EmotionSettings {
-            enabled: enabled && !args.no_perception,
+            enabled: !args.no_perception,
             source,
             ..default()
         },
@@ -166,21 +206,30 @@ fn main() -> AppExit {
     })
     .add_plugins((agent::AgentPlugin, dialogue::DialoguePlugin, ui::UiPlugin))
     .insert_state(consent)
+    .init_state::<Calibration>()
     .insert_resource(Notice(notice))
     .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
     .insert_resource(args)
     .init_resource::<Player>()
     .init_resource::<Run>()
     .add_message::<PlayerEmotionChanged>()
+    .add_message::<PlayerUnsure>()
     .configure_sets(Update, Perceive.after(EmotionSystems::Publish))
-    .add_systems(OnEnter(Consent::Camera), start_camera)
-    .add_systems(OnEnter(Consent::Replay), start_replay)
+    .add_systems(Startup, start_recording)
+    .add_systems(OnEnter(Consent::Camera), (start_camera, grant))
+    .add_systems(OnEnter(Consent::Replay), grant)
     .add_systems(
         Update,
         (
-            (follow_main_face, perceive, manual_keys)
+            (follow_main_face, perceive, watch_quality, manual_keys)
                 .chain()
                 .in_set(Perceive),
+            calibrate_when_seen
+                .in_set(Perceive)
+                .run_if(in_state(Calibration::Waiting)),
+            calibration_finished
+                .in_set(Perceive)
+                .run_if(in_state(Calibration::Running)),
             fall_back_without_camera.run_if(in_state(Consent::Camera)),
             frame_counter,
         ),
@@ -188,15 +237,69 @@ fn main() -> AppExit {
     app.run()
 }
 
-fn start_camera(mut settings: ResMut<EmotionSettings>, args: Res<Args>) {
+/// `--record`: what perception sees goes to a file (only then).
+fn start_recording(args: Res<Args>, mut recorder: ResMut<EmotionRecorder>) {
+    if let Some(path) = &args.record
+        && let Err(e) = recorder.start(path)
+    {
+        error!("cannot record to {}: {e}", path.display());
+    }
+}
+
+/// The player chose: capture may start (the plugin captures nothing before).
+fn grant(
+    mut consent: ResMut<EmotionConsent>,
+    state: Res<State<Consent>>,
+    args: Res<Args>,
+    mut next: ResMut<NextState<Calibration>>,
+) {
+    *consent = EmotionConsent::Granted;
+    // Calibrate on the player's own face: the camera, not photos of others.
+    if *state.get() == Consent::Camera && !args.no_calibration && !args.no_perception {
+        next.set(Calibration::Waiting);
+    }
+}
+
+fn start_camera(mut settings: ResMut<EmotionSettings>) {
     if !matches!(settings.source, SourceKind::Webcam(_)) {
         settings.source = SourceKind::Webcam(default());
     }
-    settings.enabled = !args.no_perception;
 }
 
-fn start_replay(mut settings: ResMut<EmotionSettings>, args: Res<Args>) {
-    settings.enabled = !args.no_perception;
+/// The first face seen is asked to relax; Ada explains.
+fn calibrate_when_seen(
+    player: Res<Player>,
+    mut ask: MessageWriter<CalibrateNeutral>,
+    mut talk: ResMut<dialogue::Talk>,
+    mut next: ResMut<NextState<Calibration>>,
+) {
+    if let Some(face) = player.main_face {
+        ask.write(CalibrateNeutral {
+            face,
+            seconds: CALIBRATION_SECONDS,
+        });
+        talk.0.calibration(true);
+        next.set(Calibration::Running);
+    }
+}
+
+/// The baseline becomes the player's (kept when the face is lost and found
+/// again); a failure leaves perception uncalibrated and says why.
+fn calibration_finished(
+    mut done: MessageReader<CalibrationFinished>,
+    mut baseline: ResMut<PlayerBaseline>,
+    mut notice: ResMut<Notice>,
+    mut talk: ResMut<dialogue::Talk>,
+    mut next: ResMut<NextState<Calibration>>,
+) {
+    if let Some(d) = done.read().last() {
+        match &d.result {
+            Ok(b) => baseline.0 = Some(b.clone()),
+            Err(e) => notice.0 = Some(format!("Calibration failed ({e}); not calibrated.")),
+        }
+        talk.0.calibration(false);
+        next.set(Calibration::Done);
+    }
 }
 
 /// Which face is the player's (the largest) and where it is.
@@ -221,28 +324,60 @@ fn follow_main_face(
     };
 }
 
-/// The main face's emotion from the plugin: its smoothed emotion when it
-/// becomes the main face (it appeared, or the previous one left), then each
-/// [`EmotionChanged`] for it.
+/// The main face's emotion from the plugin's expression events: its
+/// smoothed emotion when it becomes the main face, then the emotion of each
+/// onset, and back to its smoothed emotion when that expression ends. Ada
+/// reacts to expressions that start, not to every flicker of the label.
 fn perceive(
     mut changed: MessageReader<EmotionChanged>,
+    mut onsets: MessageReader<ExpressionOnset>,
+    mut offsets: MessageReader<ExpressionOffset>,
     smoothed: Query<&SmoothedEmotion>,
     mut player: ResMut<Player>,
     mut out: MessageWriter<PlayerEmotionChanged>,
 ) {
     let before = player.emotion();
     let main = player.main_face;
+    let resting = main.and_then(|f| smoothed.get(f).ok()).map(|s| s.emotion);
     if main != player.perceived_face {
         player.perceived_face = main;
-        player.perceived = main.and_then(|f| smoothed.get(f).ok()).map(|s| s.emotion);
+        player.perceived = resting;
     }
-    for c in changed.read() {
-        player.changes_seen += 1;
-        if Some(c.face) == main {
-            player.perceived = Some(c.to);
+    player.changes_seen += changed.read().count() as u32;
+    for o in onsets.read() {
+        if Some(o.face) == main {
+            player.perceived = Some(o.emotion);
+        }
+    }
+    for o in offsets.read() {
+        if Some(o.face) == main && player.perceived == Some(o.emotion) {
+            player.perceived = resting
+                .filter(|e| *e != o.emotion)
+                .or(Some(Emotion::Neutral));
         }
     }
     player.set(before, &mut out);
+}
+
+/// The main face unreadable for 1.5 s in a row: say so, once.
+fn watch_quality(
+    player: Res<Player>,
+    states: Query<&ExpressionState>,
+    time: Res<Time<Real>>,
+    mut unsure_for: Local<f32>,
+    mut out: MessageWriter<PlayerUnsure>,
+) {
+    let state = player.main_face.and_then(|f| states.get(f).ok());
+    match state {
+        Some(ExpressionState::Unsure { reason }) => {
+            let before = *unsure_for;
+            *unsure_for += time.delta_secs();
+            if before < 1.5 && *unsure_for >= 1.5 {
+                out.write(PlayerUnsure(*reason));
+            }
+        }
+        _ => *unsure_for = 0.0,
+    }
 }
 
 fn manual_keys(
@@ -277,6 +412,7 @@ fn fall_back_without_camera(
     mut settings: ResMut<EmotionSettings>,
     mut notice: ResMut<Notice>,
     mut next: ResMut<NextState<Consent>>,
+    mut calibration: ResMut<NextState<Calibration>>,
 ) {
     if let (CameraStatus::Unavailable { reason, .. }, SourceKind::Webcam(_)) =
         (&*status, &settings.source)
@@ -286,6 +422,8 @@ fn fall_back_without_camera(
         ));
         settings.source = SourceKind::Image(perception::assets_dir().join("images/astronaut.png"));
         next.set(Consent::Replay);
+        // The sample is not the player: no calibration on it.
+        calibration.set(Calibration::Off);
     }
 }
 

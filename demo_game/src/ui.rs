@@ -8,7 +8,7 @@ use bevy_emotion::overlay::{FramePreview, emotion_colour, probability_bars, stat
 use bevy_emotion::prelude::*;
 
 use crate::dialogue::{self, Talk};
-use crate::{Args, Consent, Notice, Player, Run};
+use crate::{Args, Calibration, Consent, Notice, Player, Run};
 
 /// Consent window, side panel and dialogue bar.
 pub struct UiPlugin;
@@ -54,7 +54,15 @@ fn consent_window(
 
 fn panels(
     mut contexts: EguiContexts,
+    mut commands: Commands,
     mut settings: ResMut<EmotionSettings>,
+    (mut consent, indicator): (ResMut<EmotionConsent>, Res<CaptureIndicator>),
+    (calibration, mut next_calibration, mut next_consent): (
+        Res<State<Calibration>>,
+        ResMut<NextState<Calibration>>,
+        ResMut<NextState<Consent>>,
+    ),
+    states: Query<&ExpressionState>,
     notice: Res<Notice>,
     status: Res<CameraStatus>,
     model: Res<ModelStatus>,
@@ -86,6 +94,39 @@ fn panels(
                 settings.enabled = on && !args.no_perception;
             }
             ui.label(status_line(&status));
+            if indicator.live {
+                ui.horizontal(|ui| {
+                    ui.colored_label(egui::Color32::RED, "● capturing");
+                    if *consent == EmotionConsent::Granted && ui.button("Stop and forget").clicked()
+                    {
+                        // Revoking consent stops capture and drops every frame and face.
+                        *consent = EmotionConsent::Denied;
+                        next_consent.set(Consent::Asking);
+                    }
+                });
+            }
+            match calibration.get() {
+                Calibration::Waiting => {
+                    ui.label("Calibration: waiting for your face");
+                }
+                Calibration::Running => {
+                    ui.horizontal(|ui| {
+                        ui.label("Calibration: relax your face...");
+                        if ui.button("Skip").clicked() {
+                            if let Some(face) = player.main_face {
+                                commands.entity(face).remove::<Calibrating>();
+                            }
+                            next_calibration.set(Calibration::Done);
+                        }
+                    });
+                }
+                Calibration::Done | Calibration::Off => {}
+            }
+            if let Some(ExpressionState::Unsure { reason }) =
+                player.main_face.and_then(|f| states.get(f).ok())
+            {
+                ui.colored_label(egui::Color32::LIGHT_YELLOW, format!("Unsure: {reason}"));
+            }
             if let Some(msg) = &notice.0 {
                 ui.colored_label(egui::Color32::LIGHT_YELLOW, msg);
             }

@@ -41,11 +41,15 @@
 #![forbid(unsafe_code)]
 
 pub mod align;
+pub mod calibrate;
 pub mod crop;
 pub mod detect;
 pub mod emotion;
+pub mod episodes;
 pub mod frame;
 pub mod pipeline;
+pub mod quality;
+pub mod record;
 pub mod track;
 pub mod weights;
 
@@ -58,11 +62,14 @@ use std::sync::{Mutex, PoisonError};
 use models::infer::Arch1Engine;
 use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
 
+pub use calibrate::{CalibrationConfig, CalibrationError, NeutralBaseline};
 pub use crop::GrayCrop;
 pub use detect::{Detection, Detector, DetectorConfig};
 pub use emotion::Emotion;
+pub use episodes::{EpisodeConfig, EpisodeEvent, Episodes};
 pub use frame::{Frame, PixelFormat};
-pub use pipeline::{Face, Pipeline, PipelineConfig};
+pub use pipeline::{Face, FrameFaces, Pipeline, PipelineConfig};
+pub use quality::{FaceQuality, QualityGate, Unsure, UnsureReason};
 pub use track::{Observation, Track, TrackUpdate, Tracker, TrackerConfig};
 pub use weights::Weights;
 

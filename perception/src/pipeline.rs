@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::crop::face_crop;
 use crate::detect::{Detection, Detector, DetectorConfig};
 use crate::frame::Frame;
+use crate::quality::FaceQuality;
 use crate::{Classifier, GrayCrop, PerceptionError};
 
 /// Pipeline settings.
@@ -34,6 +35,19 @@ pub struct Face {
     pub crop: GrayCrop,
     /// Class probabilities, in the classifier's class order.
     pub probs: Vec<f32>,
+    /// What was measured of the face and of the classifier's answer.
+    pub quality: FaceQuality,
+}
+
+/// Everything one frame gave: the classified faces, and the faces that were
+/// detected but could not be classified (degenerate landmarks), each with
+/// its reason. One bad face never costs the others.
+#[derive(Debug, Default)]
+pub struct FrameFaces {
+    /// Classified faces, largest first.
+    pub faces: Vec<Face>,
+    /// Detected faces that could not be aligned, and why.
+    pub failed: Vec<(Detection, PerceptionError)>,
 }
 
 impl Face {
@@ -98,24 +112,42 @@ impl Pipeline {
     }
 
     /// The faces in `frame`, largest first, at most `max_faces`, each aligned
-    /// and classified (all crops in one batch).
+    /// and classified (all crops in one batch). Faces that cannot be aligned
+    /// are left out ([`Pipeline::process_all`] reports them).
     pub fn process(&self, frame: &Frame) -> Result<Vec<Face>, PerceptionError> {
+        Ok(self.process_all(frame)?.faces)
+    }
+
+    /// Like [`Pipeline::process`], with the faces that were detected but
+    /// could not be aligned listed beside the classified ones. Errors are
+    /// only frame-wide failures (detection, classification).
+    pub fn process_all(&self, frame: &Frame) -> Result<FrameFaces, PerceptionError> {
         let mut dets = self.detector.detect(frame)?;
         dets.truncate(self.max_faces);
-        let crops = dets
-            .iter()
-            .map(|d| face_crop(frame, &d.landmarks))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = FrameFaces::default();
+        let mut kept = Vec::with_capacity(dets.len());
+        let mut crops = Vec::with_capacity(dets.len());
+        for d in dets {
+            match face_crop(frame, &d.landmarks) {
+                Ok(c) => {
+                    crops.push(c);
+                    kept.push(d);
+                }
+                Err(e) => out.failed.push((d, e)),
+            }
+        }
         let probs = self.classifier.classify(&crops)?;
-        Ok(dets
+        out.faces = kept
             .into_iter()
             .zip(crops)
             .zip(probs)
             .map(|((detection, crop), probs)| Face {
+                quality: FaceQuality::measure(&detection, &crop, &probs),
                 detection,
                 crop,
                 probs,
             })
-            .collect())
+            .collect();
+        Ok(out)
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::argmax;
 use crate::detect::box_iou as iou;
+use crate::quality::{FaceQuality, UnsureReason};
 
 /// Tracking and smoothing settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +35,8 @@ impl Default for TrackerConfig {
     }
 }
 
-/// One face as the detector saw it in one frame.
-#[derive(Debug, Clone, PartialEq)]
+/// One face as the pipeline saw it in one frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Observation {
     /// `[x1, y1, x2, y2]` in frame pixels.
     pub bbox: [f32; 4],
@@ -43,8 +44,16 @@ pub struct Observation {
     pub score: f32,
     /// Five landmarks.
     pub landmarks: [[f32; 2]; 5],
-    /// Class probabilities.
+    /// Class probabilities (empty when the face could not be classified).
     pub probs: Vec<f32>,
+    /// What was measured of the face (absent when it could not be aligned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<FaceQuality>,
+    /// Set when the expression of this observation must not be used (the
+    /// quality gate refused it, or it could not be classified): the tracker
+    /// follows the face but holds its smoothed probabilities and label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsure: Option<UnsureReason>,
 }
 
 /// A tracked face.
@@ -64,6 +73,9 @@ pub struct Track {
     pub smoothed: Vec<f32>,
     /// The smoothed label (index into the classes).
     pub label: usize,
+    /// Whether any observation so far was sure (until then `smoothed` and
+    /// `label` are placeholders).
+    pub sure: bool,
 }
 
 impl Track {
@@ -121,6 +133,18 @@ impl Tracker {
 
     /// Feeds the faces of the frame taken at `t` seconds.
     pub fn update(&mut self, t: f64, observations: &[Observation]) -> TrackUpdate {
+        self.update_with(t, observations, |_, p| p.to_vec())
+    }
+
+    /// [`Tracker::update`], smoothing `correct(track id, probabilities)`
+    /// instead of the observed probabilities (per-face calibration); the
+    /// observations themselves are kept as they are in [`Track::last`].
+    pub fn update_with(
+        &mut self,
+        t: f64,
+        observations: &[Observation],
+        mut correct: impl FnMut(u64, &[f32]) -> Vec<f32>,
+    ) -> TrackUpdate {
         let mut out = TrackUpdate::default();
         // Greedy matching, best IoU first.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
@@ -153,17 +177,31 @@ impl Tracker {
                     track.velocity[k] = 0.5 * track.velocity[k] + 0.5 * v;
                 }
             }
+            track.last = o.clone();
+            track.last_seen = t;
+            out.observed.push((track.id, oi));
+            if o.unsure.is_some() || o.probs.is_empty() {
+                // Follow the face, hold its expression.
+                continue;
+            }
+            let probs = correct(track.id, &o.probs);
+            if !track.sure {
+                track.sure = true;
+                track.label = argmax(&probs);
+                track.smoothed = probs;
+                continue;
+            }
             let alpha = if cfg.smoothing > 0.0 && dt > 0.0 {
                 1.0 - (-dt / cfg.smoothing).exp()
             } else {
                 1.0
             };
-            if track.smoothed.len() == o.probs.len() {
-                for (s, p) in track.smoothed.iter_mut().zip(&o.probs) {
+            if track.smoothed.len() == probs.len() {
+                for (s, p) in track.smoothed.iter_mut().zip(&probs) {
                     *s += alpha * (p - *s);
                 }
             } else {
-                track.smoothed = o.probs.clone();
+                track.smoothed = probs;
             }
             let best = argmax(&track.smoothed);
             let current = track.smoothed.get(track.label).copied().unwrap_or(0.0);
@@ -171,9 +209,6 @@ impl Tracker {
                 out.changed.push((track.id, track.label, best));
                 track.label = best;
             }
-            track.last = o.clone();
-            track.last_seen = t;
-            out.observed.push((track.id, oi));
         }
         for (oi, o) in observations.iter().enumerate() {
             if obs_used[oi] {
@@ -181,27 +216,39 @@ impl Tracker {
             }
             let id = self.next_id.max(1);
             self.next_id = id + 1;
+            let sure = o.unsure.is_none() && !o.probs.is_empty();
+            let probs = correct(id, &o.probs);
             self.tracks.push(Track {
                 id,
                 last: o.clone(),
                 velocity: [0.0; 4],
                 first_seen: t,
                 last_seen: t,
-                smoothed: o.probs.clone(),
-                label: argmax(&o.probs),
+                label: argmax(&probs),
+                smoothed: probs,
+                sure,
             });
             out.appeared.push(id);
             out.observed.push((id, oi));
         }
+        out.lost = self.expire(t);
+        out
+    }
+
+    /// Ends the tracks not seen for longer than `lost_after` at time `t`
+    /// (called when no result arrives, so tracks expire on time even when
+    /// the source stops delivering).
+    pub fn expire(&mut self, t: f64) -> Vec<u64> {
         let lost_after = f64::from(self.config.lost_after);
+        let mut lost = Vec::new();
         self.tracks.retain(|tr| {
             let keep = t - tr.last_seen <= lost_after;
             if !keep {
-                out.lost.push(tr.id);
+                lost.push(tr.id);
             }
             keep
         });
-        out
+        lost
     }
 
     /// Drops every track (e.g. when capture is switched off).
@@ -220,6 +267,8 @@ mod tests {
             score: 0.99,
             landmarks: [[0.0; 2]; 5],
             probs: probs.to_vec(),
+            quality: None,
+            unsure: None,
         }
     }
 
@@ -266,6 +315,33 @@ mod tests {
             changes.extend(u.changed);
         }
         assert_eq!(changes, vec![(1, 0, 1)]);
+    }
+
+    #[test]
+    fn unsure_frames_follow_the_face_but_hold_its_expression() {
+        let mut tr = Tracker::new(TrackerConfig::default());
+        let dt = 1.0 / 15.0;
+        // The first frames are unsure: the track exists, without a label.
+        let mut u = obs(0.0, B);
+        u.unsure = Some(UnsureReason::Blurry);
+        assert_eq!(tr.update(0.0, std::slice::from_ref(&u)).appeared, vec![1]);
+        assert!(!tr.get(1).unwrap().sure);
+        tr.update(dt, &[obs(1.0, A)]);
+        assert!(tr.get(1).unwrap().sure);
+        assert_eq!(tr.get(1).unwrap().label, 0);
+        // Twenty unsure frames of B: no change, smoothed held, box followed.
+        for i in 2..22 {
+            let mut o = obs(i as f32, B);
+            o.unsure = Some(UnsureReason::LowConfidence);
+            let up = tr.update(f64::from(i) * dt, &[o]);
+            assert!(up.changed.is_empty() && up.observed == vec![(1, 0)]);
+        }
+        let t = tr.get(1).unwrap();
+        assert_eq!((t.label, t.smoothed.clone()), (0, A.to_vec()));
+        assert_eq!(t.last.bbox[0], 21.0);
+        // Expiry without updates.
+        assert!(tr.expire(21.0 * dt + 0.5).is_empty());
+        assert_eq!(tr.expire(21.0 * dt + 1.5), vec![1]);
     }
 
     #[test]

@@ -71,14 +71,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut base, _) = run(&mut baseline, None, seconds);
 
     let mut app = App::new();
-    app.add_plugins(MinimalPlugins).add_plugins(EmotionPlugin {
-        settings: EmotionSettings {
-            source: SourceKind::Pushed,
-            inference_hz: 30.0,
-            ..default()
-        },
-        models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
-    });
+    app.add_plugins(MinimalPlugins)
+        .add_plugins(EmotionPlugin {
+            settings: EmotionSettings {
+                source: SourceKind::Pushed,
+                inference_hz: 30.0,
+                ..default()
+            },
+            models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
+        })
+        .insert_resource(EmotionConsent::Granted);
     let (mut with, mut latency) = run(&mut app, Some(&frame), seconds);
     let processed = app.world().resource::<EmotionStats>().frames_processed;
     let (b, w) = (median(&mut base), median(&mut with));

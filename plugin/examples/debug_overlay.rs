@@ -45,6 +45,8 @@ fn main() -> AppExit {
             },
             ..default()
         })
+        // Starting this example is the user's consent to capture.
+        .insert_resource(EmotionConsent::Granted)
         .add_systems(Startup, |mut commands: Commands| {
             commands.spawn(Camera2d);
         })

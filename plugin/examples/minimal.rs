@@ -1,4 +1,4 @@
-//! Headless: prints one line per emotion message, from a folder of photos or
+//! Headless: prints one line per face per processed frame, from photos or
 //! the webcam. `cargo run -p bevy_emotion --example minimal -- --images DIR`
 use bevy::{app::ScheduleRunnerPlugin, asset::AssetPlugin, prelude::*};
 use bevy_emotion::prelude::*;
@@ -23,6 +23,7 @@ fn main() -> AppExit {
         source,
         ..default()
     };
+    // Starting this example is the user's consent to capture.
     let file_path = perception::assets_dir().to_string_lossy().into_owned();
     let tick = ScheduleRunnerPlugin::run_loop(std::time::Duration::from_millis(33));
     App::new()
@@ -35,15 +36,13 @@ fn main() -> AppExit {
             settings,
             ..default()
         })
+        .insert_resource(EmotionConsent::Granted)
         .add_systems(Update, print.after(EmotionSystems::Publish))
         .run()
 }
 
-fn print(mut seen: MessageReader<EmotionDetected>, mut changed: MessageReader<EmotionChanged>) {
+fn print(mut seen: MessageReader<EmotionDetected>) {
     for m in seen.read() {
         println!("face {} {} {:.2}", m.id, m.emotion, m.confidence);
-    }
-    for m in changed.read() {
-        println!("face {} changed {} -> {}", m.id, m.from, m.to);
     }
 }

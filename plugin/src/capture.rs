@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use perception::Frame;
 
-use crate::settings::{EmotionSystems, perception_disabled, perception_enabled, stage_setup};
+use crate::settings::{EmotionSystems, stage_setup};
 
 /// What a source has for the capture system right now.
 #[derive(Debug)]
@@ -26,6 +26,9 @@ pub enum SourcePoll {
     Frame(Frame),
     /// Nothing new yet (starting, or between frames).
     Pending,
+    /// Running, with nothing to hand over as a frame: a source that feeds
+    /// the pipeline's results directly (a replayed perception stream).
+    Alive,
     /// The source failed (no camera, permission denied, camera unplugged,
     /// unreadable images): the capture system stops it and retries later.
     Failed(String),
@@ -64,6 +67,14 @@ pub enum SourceKind {
     },
     /// Frames the app hands to [`FramePusher`].
     Pushed,
+    /// A recorded perception stream (`crate::record`), played back through
+    /// the tracker, calibration and events without any frame or network.
+    Replay {
+        /// The JSON Lines file the recorder wrote.
+        path: PathBuf,
+        /// At the recorded pace (true) or one recorded frame per update.
+        realtime: bool,
+    },
 }
 
 impl Default for SourceKind {
@@ -460,8 +471,12 @@ impl FrameSource for NoWebcam {
     }
 }
 
-/// Builds the source for `kind`.
-pub fn make_source(kind: &SourceKind, pusher: &FramePusher) -> Box<dyn FrameSource> {
+/// Builds the source for `kind`; a replay hands its frames to `feed`.
+pub fn make_source(
+    kind: &SourceKind,
+    pusher: &FramePusher,
+    feed: &crate::record::ReplayFeed,
+) -> Box<dyn FrameSource> {
     match kind {
         #[cfg(feature = "webcam")]
         SourceKind::Webcam(cfg) => Box::new(WebcamSource::new(cfg.clone())),
@@ -470,7 +485,55 @@ pub fn make_source(kind: &SourceKind, pusher: &FramePusher) -> Box<dyn FrameSour
         SourceKind::Image(path) => Box::new(ImageSource::still(path.clone(), 10.0)),
         SourceKind::Folder { dir, fps } => Box::new(ImageSource::folder(dir.clone(), *fps)),
         SourceKind::Pushed => Box::new(PushedSource::new(pusher)),
+        SourceKind::Replay { path, realtime } => Box::new(crate::record::ReplaySource::new(
+            path.clone(),
+            *realtime,
+            feed.clone(),
+        )),
     }
+}
+
+/// Whether the player allowed capture. Nothing is captured (no camera is
+/// opened, no image read, no pushed frame taken) until the game sets it to
+/// [`EmotionConsent::Granted`], typically after asking the player; setting
+/// it back to [`EmotionConsent::Denied`] stops the camera thread, drops every
+/// cached frame and forgets every face within one update.
+#[derive(Resource, Reflect, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[reflect(Resource)]
+pub enum EmotionConsent {
+    /// Not asked yet, or refused (the default).
+    #[default]
+    Denied,
+    /// The player agreed.
+    Granted,
+}
+
+/// What a game shows so the player knows when they are watched: `live` is
+/// true while a source is open (a camera streaming, images being read,
+/// frames accepted from the app).
+#[derive(Resource, Reflect, Debug, Clone, PartialEq, Eq, Default)]
+#[reflect(Resource)]
+pub struct CaptureIndicator {
+    /// A source is open.
+    pub live: bool,
+    /// What it is (empty when not live).
+    pub source: String,
+}
+
+/// Run condition: perception is on and the player consented.
+pub fn capture_allowed(
+    settings: Res<crate::EmotionSettings>,
+    consent: Res<EmotionConsent>,
+) -> bool {
+    settings.enabled && *consent == EmotionConsent::Granted
+}
+
+/// Run condition: the opposite of [`capture_allowed`].
+pub fn capture_stopped(
+    settings: Res<crate::EmotionSettings>,
+    consent: Res<EmotionConsent>,
+) -> bool {
+    !capture_allowed(settings, consent)
 }
 
 /// The camera (or other source) as the app should show it to the player.
@@ -523,7 +586,7 @@ pub struct LatestFrame {
     pub frame: Arc<Frame>,
     /// Sequence number, counting from 1.
     pub seq: u64,
-    /// App time when it was captured, seconds.
+    /// Real time (`Time<Real>`) when it was captured, seconds.
     pub time: f64,
     /// Wall-clock capture instant (for latency).
     pub instant: Instant,
@@ -546,16 +609,21 @@ impl Plugin for EmotionCapturePlugin {
         stage_setup(app);
         app.init_resource::<CaptureState>()
             .init_resource::<FramePusher>()
+            .init_resource::<crate::record::ReplayFeed>()
             .init_resource::<CameraStatus>()
             .init_resource::<EmotionStats>()
+            .init_resource::<CaptureIndicator>()
+            .init_resource::<EmotionConsent>()
             .register_type::<CameraStatus>()
             .register_type::<EmotionStats>()
+            .register_type::<EmotionConsent>()
+            .register_type::<CaptureIndicator>()
             .add_message::<CameraStatusChanged>()
             .add_systems(
                 Update,
                 (
-                    release_source.run_if(perception_disabled),
-                    capture.run_if(perception_enabled),
+                    release_source.run_if(capture_stopped),
+                    capture.run_if(capture_allowed),
                 )
                     .in_set(EmotionSystems::Capture),
             );
@@ -579,18 +647,29 @@ fn set_status(
     }
 }
 
-/// Capture switched off: stops the source (releasing the device) and drops
-/// the last frame.
+/// Capture switched off or consent revoked: stops the source (releasing the
+/// device) and drops every cached frame.
 fn release_source(
     mut commands: Commands,
     mut state: ResMut<CaptureState>,
     mut status: ResMut<CameraStatus>,
+    mut indicator: ResMut<CaptureIndicator>,
+    pusher: Res<FramePusher>,
+    feed: Res<crate::record::ReplayFeed>,
+    latest: Option<Res<LatestFrame>>,
     mut writer: MessageWriter<CameraStatusChanged>,
 ) {
     if let Some(mut s) = state.source.take() {
         s.stop();
         state.kind = None;
+    }
+    if latest.is_some() {
         commands.remove_resource::<LatestFrame>();
+    }
+    pusher.0.take();
+    feed.clear();
+    if indicator.live {
+        *indicator = CaptureIndicator::default();
     }
     set_status(&mut status, CameraStatus::Off, &mut writer);
 }
@@ -599,10 +678,11 @@ fn capture(
     mut commands: Commands,
     mut state: ResMut<CaptureState>,
     settings: Res<crate::EmotionSettings>,
-    time: Res<Time>,
-    pusher: Res<FramePusher>,
+    time: Res<Time<Real>>,
+    (pusher, feed): (Res<FramePusher>, Res<crate::record::ReplayFeed>),
     mut status: ResMut<CameraStatus>,
     mut stats: ResMut<EmotionStats>,
+    mut indicator: ResMut<CaptureIndicator>,
     mut writer: MessageWriter<CameraStatusChanged>,
 ) {
     let now = time.elapsed_secs_f64();
@@ -626,8 +706,12 @@ fn capture(
             }
             return;
         }
-        let mut s = make_source(&settings.source, &pusher);
+        let mut s = make_source(&settings.source, &pusher, &feed);
         s.start();
+        *indicator = CaptureIndicator {
+            live: true,
+            source: s.describe(),
+        };
         set_status(
             &mut status,
             CameraStatus::Starting(s.describe()),
@@ -653,9 +737,14 @@ fn capture(
             set_status(&mut status, CameraStatus::Running(what), &mut writer);
         }
         SourcePoll::Pending => {}
+        SourcePoll::Alive => {
+            let what = source.describe();
+            set_status(&mut status, CameraStatus::Running(what), &mut writer);
+        }
         SourcePoll::Failed(reason) => {
             source.stop();
             state.source = None;
+            *indicator = CaptureIndicator::default();
             let wait = state.backoff;
             state.retry_at = now + f64::from(wait);
             state.backoff = (wait * 2.0).min(30.0);

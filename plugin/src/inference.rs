@@ -10,11 +10,12 @@ use std::time::Instant;
 use bevy::prelude::*;
 use bevy::tasks::futures::check_ready;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
-use perception::Observation;
+use perception::{Observation, UnsureReason};
 
 use crate::capture::LatestFrame;
+use crate::capture::capture_allowed;
 use crate::model::EmotionPipeline;
-use crate::settings::{EmotionSettings, EmotionSystems, perception_enabled, stage_setup};
+use crate::settings::{EmotionSettings, EmotionSystems, stage_setup};
 
 /// What one inference produced: the inference stage's output, read by the
 /// face stage.
@@ -22,7 +23,7 @@ use crate::settings::{EmotionSettings, EmotionSystems, perception_enabled, stage
 pub struct InferenceFinished {
     /// Sequence number of the frame ([`LatestFrame::seq`]).
     pub seq: u64,
-    /// App time when the frame was captured, seconds.
+    /// Real time (`Time<Real>`) when the frame was captured, seconds.
     pub time: f64,
     /// Wall-clock capture instant (for latency).
     pub captured: Instant,
@@ -44,13 +45,14 @@ impl Plugin for EmotionInferencePlugin {
     fn build(&self, app: &mut App) {
         stage_setup(app);
         app.init_resource::<InferenceState>()
+            .init_resource::<crate::capture::EmotionConsent>()
             .add_message::<InferenceFinished>()
             .add_systems(
                 Update,
                 (
                     start_inference
                         .in_set(EmotionSystems::Detect)
-                        .run_if(perception_enabled),
+                        .run_if(capture_allowed),
                     collect_inference.in_set(EmotionSystems::Infer),
                 ),
             );
@@ -62,7 +64,7 @@ fn start_inference(
     latest: Option<Res<LatestFrame>>,
     pipeline: Option<Res<EmotionPipeline>>,
     settings: Res<EmotionSettings>,
-    time: Res<Time>,
+    time: Res<Time<Real>>,
 ) {
     let (Some(latest), Some(pipeline)) = (latest, pipeline) else {
         return;
@@ -83,17 +85,26 @@ fn start_inference(
     state.last_start = Some(now);
     state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
         let faces = pipeline
-            .process(&frame)
-            .map(|faces| {
-                faces
-                    .into_iter()
-                    .map(|f| Observation {
-                        bbox: f.detection.bbox,
-                        score: f.detection.score,
-                        landmarks: f.detection.landmarks,
-                        probs: f.probs,
-                    })
-                    .collect()
+            .process_all(&frame)
+            .map(|found| {
+                let classified = found.faces.into_iter().map(|f| Observation {
+                    bbox: f.detection.bbox,
+                    score: f.detection.score,
+                    landmarks: f.detection.landmarks,
+                    probs: f.probs,
+                    quality: Some(f.quality),
+                    unsure: None,
+                });
+                // A face that cannot be aligned is followed, not classified.
+                let failed = found.failed.into_iter().map(|(d, _)| Observation {
+                    bbox: d.bbox,
+                    score: d.score,
+                    landmarks: d.landmarks,
+                    probs: Vec::new(),
+                    quality: None,
+                    unsure: Some(UnsureReason::AlignmentFailed),
+                });
+                classified.chain(failed).collect()
             })
             .map_err(|e| e.to_string());
         InferenceFinished {

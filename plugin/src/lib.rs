@@ -40,6 +40,11 @@
 //!    [`EmotionDetected`], [`EmotionChanged`] and [`FaceLost`] are written.
 //! 5. **Publish** ([`faces`]): lost faces are despawned.
 //!
+//! Perception's clocks (capture pacing, inference rate, retries,
+//! smoothing, track expiry, calibration) run on `Time<Real>`: pausing or
+//! slowing the game's virtual time does not freeze or distort them, and
+//! message timestamps are seconds of real time since the app started.
+//!
 //! The networks come from the model stage ([`model`]). Frames stay in
 //! memory: nothing is written to disk or sent anywhere. While
 //! [`EmotionSettings::enabled`] is false (a run condition of every stage)
@@ -62,34 +67,45 @@ pub mod inference;
 pub mod model;
 #[cfg(feature = "egui")]
 pub mod overlay;
+pub mod record;
 pub mod settings;
 
 use bevy::app::PluginGroupBuilder;
 use bevy::prelude::*;
 pub use perception;
-pub use perception::{Emotion, Observation, Tracker, TrackerConfig};
+pub use perception::{
+    CalibrationConfig, CalibrationError, Emotion, EpisodeConfig, FaceQuality, NeutralBaseline,
+    Observation, QualityGate, Tracker, TrackerConfig, UnsureReason,
+};
 
 pub use capture::{
-    CameraStatus, CameraStatusChanged, EmotionCapturePlugin, EmotionStats, FramePusher,
-    FrameSource, LatestFrame, SourceKind, SourcePoll, WebcamConfig,
+    CameraStatus, CameraStatusChanged, CaptureIndicator, EmotionCapturePlugin, EmotionConsent,
+    EmotionStats, FramePusher, FrameSource, LatestFrame, SourceKind, SourcePoll, WebcamConfig,
 };
 pub use faces::{
-    EmotionChanged, EmotionDetected, EmotionFacesPlugin, FaceAppeared, FaceBox, FaceLandmarks,
-    FaceLost, FacePresence, RawEmotion, SmoothedEmotion, TrackedFace,
+    CalibrateNeutral, Calibrating, CalibrationFinished, EmotionChanged, EmotionDetected,
+    EmotionFacesPlugin, ExpressionApex, ExpressionOffset, ExpressionOnset, ExpressionState,
+    FaceAppeared, FaceBox, FaceLandmarks, FaceLost, FacePresence, NeutralCalibration,
+    PlayerBaseline, Quality, RawEmotion, SmoothedEmotion, TrackedFace,
 };
 pub use inference::{EmotionInferencePlugin, InferenceFinished};
 pub use model::{
     EmotionModel, EmotionModelLoader, EmotionModelPlugin, EmotionPipeline, ModelSource, ModelStatus,
 };
+pub use record::{EmotionRecordPlugin, EmotionRecorder};
 pub use settings::{EmotionSettings, EmotionSettingsPlugin, EmotionSystems};
 
 /// Everything a game needs in one import.
 pub mod prelude {
     pub use crate::{
-        CameraStatus, CameraStatusChanged, Emotion, EmotionChanged, EmotionDetected, EmotionPlugin,
-        EmotionSettings, EmotionStats, EmotionSystems, FaceAppeared, FaceBox, FaceLandmarks,
-        FaceLost, FacePresence, FramePusher, LatestFrame, ModelSource, ModelStatus, RawEmotion,
-        SmoothedEmotion, SourceKind, TrackedFace, WebcamConfig,
+        CalibrateNeutral, Calibrating, CalibrationError, CalibrationFinished, CameraStatus,
+        CameraStatusChanged, CaptureIndicator, Emotion, EmotionChanged, EmotionConsent,
+        EmotionDetected, EmotionPlugin, EmotionRecorder, EmotionSettings, EmotionStats,
+        EmotionSystems, ExpressionApex, ExpressionOffset, ExpressionOnset, ExpressionState,
+        FaceAppeared, FaceBox, FaceLandmarks, FaceLost, FacePresence, FramePusher, FrameSource,
+        LatestFrame, ModelSource, ModelStatus, NeutralBaseline, NeutralCalibration, PlayerBaseline,
+        Quality, QualityGate, RawEmotion, SmoothedEmotion, SourceKind, SourcePoll, TrackedFace,
+        UnsureReason, WebcamConfig,
     };
 }
 
@@ -115,5 +131,6 @@ impl PluginGroup for EmotionPlugin {
             .add(EmotionCapturePlugin)
             .add(EmotionInferencePlugin)
             .add(EmotionFacesPlugin)
+            .add(EmotionRecordPlugin)
     }
 }

@@ -2,7 +2,7 @@
 //! ([`EmotionSystems`]) and the run conditions every stage shares.
 
 use bevy::prelude::*;
-use perception::TrackerConfig;
+use perception::{CalibrationConfig, EpisodeConfig, QualityGate, TrackerConfig};
 
 use crate::capture::SourceKind;
 
@@ -23,6 +23,13 @@ pub struct EmotionSettings {
     pub inference_hz: f32,
     /// Tracking and smoothing.
     pub tracker: TrackerConfig,
+    /// What a face must pass for its expression to be reported (otherwise
+    /// it is [`ExpressionState::Unsure`](crate::ExpressionState::Unsure)).
+    pub quality: QualityGate,
+    /// Neutral calibration.
+    pub calibration: CalibrationConfig,
+    /// Onset, apex and offset detection.
+    pub episodes: EpisodeConfig,
 }
 
 impl Default for EmotionSettings {
@@ -34,6 +41,9 @@ impl Default for EmotionSettings {
             max_faces: 4,
             inference_hz: 15.0,
             tracker: TrackerConfig::default(),
+            quality: QualityGate::default(),
+            calibration: CalibrationConfig::default(),
+            episodes: EpisodeConfig::default(),
         }
     }
 }
@@ -54,18 +64,6 @@ pub enum EmotionSystems {
     Smooth,
     /// Despawns lost faces and updates [`FacePresence`](crate::faces::FacePresence).
     Publish,
-}
-
-/// Run condition: perception is switched on ([`EmotionSettings::enabled`]).
-pub fn perception_enabled(settings: Res<EmotionSettings>) -> bool {
-    settings.enabled
-}
-
-/// Run condition: perception is switched off; the stages' release systems
-/// (stop the source, forget the faces) run under it and do nothing once
-/// released.
-pub fn perception_disabled(settings: Res<EmotionSettings>) -> bool {
-    !settings.enabled
 }
 
 /// Inserts the settings and orders the stages. Each stage plugin also calls

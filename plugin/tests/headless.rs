@@ -4,101 +4,16 @@
 //! without stopping the app. Uses the shipped weights and the shared photos
 //! (fails loudly without them).
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_emotion::prelude::*;
-use bevy_emotion::{EmotionStats, ModelSource, WebcamConfig};
-use perception::{Frame, Pipeline, PipelineConfig, PixelFormat};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn pipeline() -> Arc<Pipeline> {
-    Arc::new(
-        Pipeline::from_files(
-            repo().join("assets/models/mtcnn.safetensors"),
-            repo().join("assets/models/arch1_fer2013.safetensors"),
-            PipelineConfig::default(),
-        )
-        .unwrap(),
-    )
-}
-
-fn photo() -> Frame {
-    let path = repo().join("../shared/data/faces-fullframe/2008_002506.jpg");
-    assert!(path.is_file(), "shared data missing: {}", path.display());
-    Frame::open(path).unwrap()
-}
-
-/// A `w x h` window of `frame` with its top-left corner at `(x0, y0)`.
-fn window(frame: &Frame, x0: usize, y0: usize, w: usize, h: usize) -> Frame {
-    let rgb = frame.to_rgb8();
-    let mut out = Vec::with_capacity(w * h * 3);
-    for y in y0..y0 + h {
-        out.extend_from_slice(&rgb[(y * frame.width() + x0) * 3..][..w * 3]);
-    }
-    Frame::new(w, h, PixelFormat::Rgb8, out).unwrap()
-}
-
-#[derive(Resource, Default)]
-struct Log {
-    appeared: Vec<FaceAppeared>,
-    lost: Vec<FaceLost>,
-    changed: Vec<EmotionChanged>,
-    detected: Vec<EmotionDetected>,
-    status: Vec<CameraStatus>,
-}
-
-fn collect(
-    mut log: ResMut<Log>,
-    mut a: MessageReader<FaceAppeared>,
-    mut l: MessageReader<FaceLost>,
-    mut c: MessageReader<EmotionChanged>,
-    mut d: MessageReader<EmotionDetected>,
-    mut s: MessageReader<CameraStatusChanged>,
-) {
-    log.appeared.extend(a.read().cloned());
-    log.lost.extend(l.read().cloned());
-    log.changed.extend(c.read().cloned());
-    log.detected.extend(d.read().cloned());
-    log.status.extend(s.read().map(|m| m.0.clone()));
-}
-
-fn app(settings: EmotionSettings, models: ModelSource) -> App {
-    let mut app = App::new();
-    app.add_plugins(MinimalPlugins)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
-            1000 / 15,
-        )))
-        .add_plugins(EmotionPlugin { settings, models })
-        .init_resource::<Log>()
-        .add_systems(Update, collect.after(EmotionSystems::Publish));
-    app
-}
-
-/// Pushes `frame` and updates until it has been processed.
-fn feed(app: &mut App, frame: &Frame) {
-    app.world().resource::<FramePusher>().push(frame.clone());
-    let target = app.world().resource::<EmotionStats>().frames_captured + 1;
-    let start = Instant::now();
-    loop {
-        app.update();
-        let stats = app.world().resource::<EmotionStats>();
-        if stats.frames_captured >= target && stats.last_processed >= target {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "frame not processed"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+use common::{Log, app, feed_paced, photo, pipeline, window};
+use perception::{Frame, Pipeline, PixelFormat, QualityGate};
 
 #[test]
 fn faces_are_tracked_and_emotion_changes_are_published() {
@@ -119,11 +34,13 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
     let settings = EmotionSettings {
         source: SourceKind::Pushed,
         inference_hz: 1000.0,
+        // Every frame counts here; the gate has tests of its own.
+        quality: QualityGate::open(),
         ..Default::default()
     };
     let mut app = app(settings, ModelSource::Preloaded(p.clone()));
     for _ in 0..8 {
-        feed(&mut app, &a);
+        feed_paced(&mut app, &a);
     }
     {
         let log = app.world().resource::<Log>();
@@ -134,7 +51,7 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
     }
     let id = app.world().resource::<Log>().appeared[0].id;
     for _ in 0..12 {
-        feed(&mut app, &b);
+        feed_paced(&mut app, &b);
     }
     {
         let log = app.world().resource::<Log>();
@@ -161,7 +78,7 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
     // The face leaves: gray frames until FaceLost.
     let empty = Frame::new(200, 240, PixelFormat::Rgb8, vec![128; 200 * 240 * 3]).unwrap();
     for _ in 0..40 {
-        feed(&mut app, &empty);
+        feed_paced(&mut app, &empty);
         if !app.world().resource::<Log>().lost.is_empty() {
             break;
         }
@@ -188,6 +105,10 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
         4,
     ));
     let mut app = app(settings, ModelSource::Preloaded(nets));
+    // Manual time: the back-off is counted in updates of 1/15 s.
+    app.insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
+        1000 / 15,
+    )));
     let start = Instant::now();
     let mut updates = 0;
     while start.elapsed() < Duration::from_secs(20) {

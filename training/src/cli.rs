@@ -121,6 +121,13 @@ pub struct EvaluateArgs {
     /// accuracy line).
     #[arg(long)]
     json: bool,
+    /// Abstention: print the risk-coverage curve of the classifier's
+    /// confidence gate (accuracy on the faces answered as the gate moves),
+    /// the image statistics the plugin's quality gate uses, and, as the last
+    /// line, `selective accuracy: A coverage: C (threshold T)` for the
+    /// plugin's default gate. With --json, the curve is in the JSON object.
+    #[arg(long)]
+    abstain: bool,
     /// Faces per batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
@@ -169,6 +176,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let all: Vec<usize> = (0..ds.len()).collect();
     let eval = eval_net(&net, &ds, &all, args.batch_size, args.tta_flip, &device)?;
     let c = &eval.confusion;
+    let abstain = args.abstain.then(|| abstention(&ds, &eval));
     if args.json {
         let per_class: serde_json::Map<String, serde_json::Value> = c
             .classes
@@ -189,6 +197,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             "per_class": per_class,
             "confusion": c.counts,
             "classes": c.classes,
+            "abstain": abstain.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()),
         }));
     } else {
         line(format!(
@@ -208,5 +217,111 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         c.correct(),
         c.total()
     ));
+    if let Some(a) = &abstain {
+        if !args.json {
+            line("threshold coverage selective_accuracy");
+            for p in &a.curve {
+                line(format!(
+                    "{:.2} {:.4} {:.4}",
+                    p.threshold, p.coverage, p.accuracy
+                ));
+            }
+            line(format!(
+                "image statistics (5th / 50th percentile): sharpness {:.1} / {:.1}, brightness {:.1} / {:.1}, contrast {:.1} / {:.1}; the default image gates refuse {} of {} faces (accuracy on them {:.4})",
+                a.sharpness[0],
+                a.sharpness[1],
+                a.brightness[0],
+                a.brightness[1],
+                a.contrast[0],
+                a.contrast[1],
+                a.image_refused,
+                c.total(),
+                a.image_refused_accuracy
+            ));
+            line(format!(
+                "threshold keeping 80% of the faces: {:.2}",
+                a.threshold_80
+            ));
+        }
+        line(format!(
+            "selective accuracy: {:.4} coverage: {:.4} (threshold {:.2})",
+            a.default.accuracy, a.default.coverage, a.default.threshold
+        ));
+    }
     Ok(())
+}
+
+/// What `evaluate --abstain` reports.
+#[derive(Debug, serde::Serialize)]
+struct Abstention {
+    /// The confidence gate at 0.00, 0.05, ..., 0.95.
+    curve: Vec<training::metrics::CoveragePoint>,
+    /// The plugin's default confidence gate.
+    default: training::metrics::CoveragePoint,
+    /// The threshold that keeps 80% of the faces.
+    threshold_80: f32,
+    /// 5th and 50th percentiles of the crops' sharpness.
+    sharpness: [f32; 2],
+    /// 5th and 50th percentiles of the crops' brightness.
+    brightness: [f32; 2],
+    /// 5th and 50th percentiles of the crops' contrast.
+    contrast: [f32; 2],
+    /// Faces the default image gates (sharpness, brightness, contrast) refuse.
+    image_refused: usize,
+    /// Accuracy on those faces.
+    image_refused_accuracy: f64,
+}
+
+fn abstention(ds: &Dataset, eval: &training::metrics::Evaluation) -> Abstention {
+    use perception::quality::{DEFAULT_MIN_CONFIDENCE, crop_stats};
+    let thresholds: Vec<f32> = (0..20).map(|i| i as f32 * 0.05).collect();
+    let curve = training::metrics::risk_coverage(&eval.top1, &eval.correct, &thresholds);
+    let default =
+        training::metrics::risk_coverage(&eval.top1, &eval.correct, &[DEFAULT_MIN_CONFIDENCE])[0];
+    let gate = perception::QualityGate::default();
+    let (mut sharp, mut bright, mut contrast) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut refused, mut refused_right) = (0usize, 0usize);
+    for i in 0..ds.len() {
+        let Some(crop) = ds
+            .image(i)
+            .and_then(|px| perception::GrayCrop::new(px.to_vec()).ok())
+        else {
+            continue;
+        };
+        let (s, b, c) = crop_stats(&crop);
+        sharp.push(s);
+        bright.push(b);
+        contrast.push(c);
+        let bad = s < gate.min_sharpness
+            || b < gate.min_brightness
+            || b > gate.max_brightness
+            || c < gate.min_contrast;
+        if bad {
+            refused += 1;
+            refused_right += usize::from(eval.correct.get(i).copied().unwrap_or(false));
+        }
+    }
+    let pct = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        [at(0.05), at(0.5)]
+    };
+    Abstention {
+        curve,
+        default,
+        threshold_80: training::metrics::threshold_for_coverage(&eval.top1, 0.8),
+        sharpness: pct(&mut sharp),
+        brightness: pct(&mut bright),
+        contrast: pct(&mut contrast),
+        image_refused: refused,
+        image_refused_accuracy: if refused > 0 {
+            refused_right as f64 / refused as f64
+        } else {
+            f64::NAN
+        },
+    }
 }

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use perception::crop::{face_crop, whole_image_crop};
 use perception::{
-    Classifier, Detector, DetectorConfig, Frame, GrayCrop, Pipeline, default_classifier_path,
-    default_detector_path,
+    CalibrationConfig, Classifier, Detector, DetectorConfig, Frame, GrayCrop, NeutralBaseline,
+    Pipeline, default_classifier_path, default_detector_path,
 };
 use serde_json::{Map, Value, json};
 
@@ -67,6 +67,13 @@ pub struct PredictArgs {
     /// for one image, or a folder (`<name>.png` per image) for several.
     #[arg(long, value_name = "OUT")]
     annotate: Option<PathBuf>,
+    /// Neutral calibration: photos of the person's resting face (repeat the
+    /// option or separate with commas). Their largest faces make one
+    /// baseline (`perception::calibrate`) that corrects every face of the
+    /// images: `label`/`probs` are then calibrated, with `raw_label`/
+    /// `raw_probs` beside them.
+    #[arg(long, value_name = "IMG", value_delimiter = ',')]
+    neutral: Vec<PathBuf>,
 }
 
 fn load_classifier(model: &Option<PathBuf>) -> Result<Classifier> {
@@ -105,9 +112,17 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let detector = args.detect.load()?;
     let pipeline = Pipeline::new(detector, classifier, args.max_faces);
     let classes = pipeline.classifier().classes().to_vec();
+    let baseline = neutral_baseline(args, &pipeline, &classes)?;
     let mut failed = 0;
     for path in &args.images {
-        if let Err(e) = predict_one(args, &pipeline, &classes, path, annotate_dir) {
+        if let Err(e) = predict_one(
+            args,
+            &pipeline,
+            &classes,
+            baseline.as_ref(),
+            path,
+            annotate_dir,
+        ) {
             tracing::error!("{}: {e:#}", path.display());
             failed += 1;
         }
@@ -121,31 +136,115 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// The probabilities of the largest face of `frame` (or of the whole image
+/// with --crop); `None` when there is no face.
+fn main_face_probs(
+    args: &PredictArgs,
+    pipeline: &Pipeline,
+    frame: &Frame,
+) -> Result<Option<Vec<f32>>> {
+    if args.crop {
+        let crop = crop_of(pipeline.detector(), frame)?;
+        return Ok(Some(pipeline.classifier().classify(&[crop])?.remove(0)));
+    }
+    Ok(pipeline.process(frame)?.into_iter().next().map(|f| f.probs))
+}
+
+/// `--neutral`: one baseline from the largest face of each image; an image
+/// without a face is reported and skipped, none at all is an error.
+fn neutral_baseline(
+    args: &PredictArgs,
+    pipeline: &Pipeline,
+    classes: &[String],
+) -> Result<Option<NeutralBaseline>> {
+    if args.neutral.is_empty() {
+        return Ok(None);
+    }
+    let mut samples = Vec::new();
+    for path in &args.neutral {
+        let frame = Frame::open(path)?;
+        match main_face_probs(args, pipeline, &frame)? {
+            Some(p) => samples.push(p),
+            None => tracing::warn!("--neutral {}: no face found, skipped", path.display()),
+        }
+    }
+    let config = CalibrationConfig {
+        min_frames: 1,
+        ..CalibrationConfig::default()
+    };
+    let baseline =
+        NeutralBaseline::from_samples(classes, &samples, &config).with_context(|| {
+            format!(
+                "no neutral baseline from {} --neutral image(s)",
+                args.neutral.len()
+            )
+        })?;
+    tracing::info!(
+        "neutral baseline from {} face(s): {}",
+        baseline.frames,
+        probs_text(classes, &baseline.probs)
+    );
+    Ok(Some(baseline))
+}
+
+/// The label and probabilities of one face as JSON fields: calibrated ones
+/// as `label`/`probs` with the raw ones beside when there is a baseline.
+fn label_fields(
+    classes: &[String],
+    raw: &[f32],
+    baseline: Option<&NeutralBaseline>,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    let cal = baseline.map(|b| b.calibrate(raw, &CalibrationConfig::default()));
+    let probs = cal.as_deref().unwrap_or(raw);
+    m.insert("label".into(), json!(classes[perception::argmax(probs)]));
+    m.insert("probs".into(), probs_map(classes, probs));
+    if cal.is_some() {
+        m.insert("raw_label".into(), json!(classes[perception::argmax(raw)]));
+        m.insert("raw_probs".into(), probs_map(classes, raw));
+    }
+    m
+}
+
+/// The text form of [`label_fields`].
+fn label_text(classes: &[String], raw: &[f32], baseline: Option<&NeutralBaseline>) -> String {
+    let show = |p: &[f32]| {
+        let b = perception::argmax(p);
+        format!("{} ({:.3}) [{}]", classes[b], p[b], probs_text(classes, p))
+    };
+    match baseline {
+        Some(b) => format!(
+            "{}, raw {}",
+            show(&b.calibrate(raw, &CalibrationConfig::default())),
+            show(raw)
+        ),
+        None => show(raw),
+    }
+}
+
 fn predict_one(
     args: &PredictArgs,
     pipeline: &Pipeline,
     classes: &[String],
+    baseline: Option<&NeutralBaseline>,
     path: &Path,
     annotate_dir: bool,
 ) -> Result<()> {
     let frame = Frame::open(path)?;
     let shown = path.display();
     if args.crop {
-        let crop = crop_of(pipeline.detector(), &frame)?;
-        let probs = pipeline.classifier().classify(&[crop])?.remove(0);
-        let b = perception::argmax(&probs);
+        let Some(probs) = main_face_probs(args, pipeline, &frame)? else {
+            bail!("{shown}: no face");
+        };
         if args.json {
-            line(json!({
-                "image": shown.to_string(),
-                "label": classes[b],
-                "probs": probs_map(classes, &probs),
-            }));
+            let mut m = Map::new();
+            m.insert("image".into(), json!(shown.to_string()));
+            m.extend(label_fields(classes, &probs, baseline));
+            line(Value::Object(m));
         } else {
             line(format!(
-                "{shown}: {} ({:.3}) [{}]",
-                classes[b],
-                probs[b],
-                probs_text(classes, &probs)
+                "{shown}: {}",
+                label_text(classes, &probs, baseline)
             ));
         }
         return Ok(());
@@ -161,23 +260,31 @@ fn predict_one(
     for (i, face) in faces.iter().enumerate() {
         let d = &face.detection;
         let [x, y, w, h] = d.xywh();
-        let label = &classes[face.label()];
         if args.json {
-            line(json!({
-                "image": shown.to_string(),
-                "box": [round(x, 1), round(y, 1), round(w, 1), round(h, 1)],
-                "score": round(d.score, 4),
-                "landmarks": d.landmarks.iter().map(|[lx, ly]| [round(*lx, 1), round(*ly, 1)]).collect::<Vec<_>>(),
-                "label": label,
-                "probs": probs_map(classes, &face.probs),
-            }));
+            let mut m = Map::new();
+            m.insert("image".into(), json!(shown.to_string()));
+            m.insert(
+                "box".into(),
+                json!([round(x, 1), round(y, 1), round(w, 1), round(h, 1)]),
+            );
+            m.insert("score".into(), json!(round(d.score, 4)));
+            m.insert(
+                "landmarks".into(),
+                json!(
+                    d.landmarks
+                        .iter()
+                        .map(|[lx, ly]| [round(*lx, 1), round(*ly, 1)])
+                        .collect::<Vec<_>>()
+                ),
+            );
+            m.extend(label_fields(classes, &face.probs, baseline));
+            line(Value::Object(m));
         } else {
             line(format!(
-                "{shown}: face {} box [{x:.0}, {y:.0}, {w:.0}, {h:.0}] score {:.3}: {label} ({:.3}) [{}]",
+                "{shown}: face {} box [{x:.0}, {y:.0}, {w:.0}, {h:.0}] score {:.3}: {}",
                 i + 1,
                 d.score,
-                face.confidence(),
-                probs_text(classes, &face.probs)
+                label_text(classes, &face.probs, baseline)
             ));
         }
     }

@@ -144,6 +144,61 @@ pub struct Evaluation {
     pub loss: f64,
     /// Confusion matrix.
     pub confusion: Confusion,
+    /// Per sample, in order: the top-1 probability.
+    pub top1: Vec<f32>,
+    /// Per sample, in order: whether the prediction was right.
+    pub correct: Vec<bool>,
+}
+
+/// One point of a risk-coverage curve: with the confidence gate at
+/// `threshold`, the share of faces answered and the accuracy on them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CoveragePoint {
+    /// Smallest top-1 probability answered.
+    pub threshold: f32,
+    /// Share of faces answered (top-1 at or above the threshold).
+    pub coverage: f64,
+    /// Accuracy on the answered faces (`NaN` when none is answered).
+    pub accuracy: f64,
+}
+
+/// The risk-coverage curve of a confidence gate at each of `thresholds`.
+pub fn risk_coverage(top1: &[f32], correct: &[bool], thresholds: &[f32]) -> Vec<CoveragePoint> {
+    let n = top1.len().min(correct.len());
+    thresholds
+        .iter()
+        .map(|&threshold| {
+            let (mut kept, mut right) = (0usize, 0usize);
+            for (&p, &ok) in top1.iter().zip(correct).take(n) {
+                if p >= threshold {
+                    kept += 1;
+                    right += usize::from(ok);
+                }
+            }
+            CoveragePoint {
+                threshold,
+                coverage: kept as f64 / n.max(1) as f64,
+                accuracy: if kept > 0 {
+                    right as f64 / kept as f64
+                } else {
+                    f64::NAN
+                },
+            }
+        })
+        .collect()
+}
+
+/// The threshold (rounded down to 0.01) that keeps at least `coverage` of
+/// the faces: the `1 - coverage` quantile of the top-1 probabilities.
+pub fn threshold_for_coverage(top1: &[f32], coverage: f64) -> f32 {
+    let mut v: Vec<f32> = top1.iter().copied().filter(|p| p.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f32::total_cmp);
+    let drop = ((1.0 - coverage.clamp(0.0, 1.0)) * v.len() as f64).floor() as usize;
+    let t = v[drop.min(v.len() - 1)];
+    (t * 100.0).floor() / 100.0
 }
 
 /// Evaluates `net` (eval mode) on `indices` of `ds` in batches. With `tta_flip`,
@@ -158,6 +213,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let mut confusion = Confusion::new(ds.classes().to_vec());
     let mut loss_sum = 0.0;
+    let (mut top1, mut correct) = (Vec::new(), Vec::new());
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = make_batch(ds, chunk, BatchMode::Plain, device)?;
         let mut probs = candle_nn::ops::softmax(&net.forward_t(&batch.images, false)?, D::Minus1)?;
@@ -173,14 +229,19 @@ pub fn evaluate(
             .to_scalar::<f32>()?;
         loss_sum -= f64::from(nll);
         let pred = probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let best = probs.max(D::Minus1)?.to_vec1::<f32>()?;
         let truth = batch.labels.to_vec1::<u32>()?;
-        for (t, p) in truth.iter().zip(&pred) {
+        for ((t, p), b) in truth.iter().zip(&pred).zip(best) {
             confusion.add(*t as usize, *p as usize);
+            top1.push(b);
+            correct.push(t == p);
         }
     }
     Ok(Evaluation {
         loss: loss_sum / indices.len().max(1) as f64,
         confusion,
+        top1,
+        correct,
     })
 }
 
@@ -195,6 +256,22 @@ pub fn flip_horizontal(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risk_coverage_of_a_known_set() {
+        let top1 = [0.9, 0.8, 0.6, 0.4, 0.3];
+        let correct = [true, true, false, true, false];
+        let c = risk_coverage(&top1, &correct, &[0.0, 0.5, 0.85, 0.95]);
+        assert_eq!((c[0].coverage, c[0].accuracy), (1.0, 0.6));
+        assert_eq!(c[1].coverage, 0.6);
+        assert!((c[1].accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!((c[2].coverage, c[2].accuracy), (0.2, 1.0));
+        assert!(c[3].accuracy.is_nan() && c[3].coverage == 0.0);
+        // Keeping 60% drops the two least confident: threshold 0.6.
+        assert_eq!(threshold_for_coverage(&top1, 0.6), 0.6);
+        assert_eq!(threshold_for_coverage(&top1, 1.0), 0.3);
+        assert_eq!(threshold_for_coverage(&[], 0.5), 0.0);
+    }
 
     #[test]
     fn scores_from_a_small_matrix() {

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use models::{Arch, ModelConfig, Summary};
 use serde::Deserialize;
 
-use crate::metrics::Confusion;
+use crate::metrics::{Confusion, CoveragePoint};
 use crate::train::{EpochMetrics, MachineRecord, Schedule, TrainConfig};
 use plot::{Bar, Series};
 
@@ -53,6 +53,9 @@ pub struct Run {
     /// The best epoch's validation confusion from an `evaluate.json` (for
     /// runs made before `metrics.jsonl` recorded it).
     pub evaluated: Option<Confusion>,
+    /// The risk-coverage curve of its weights from an `abstain.json`
+    /// (`training evaluate --abstain --json`), and the default gate's point.
+    pub abstain: Option<(Vec<CoveragePoint>, CoveragePoint)>,
 }
 
 impl Run {
@@ -181,6 +184,7 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
             Vec::new()
         };
         let evaluated = read_evaluate(&dir.join("evaluate.json"))?;
+        let abstain = read_abstain(&dir.join("abstain.json"))?;
         let name = dir
             .strip_prefix(root)
             .unwrap_or(&dir)
@@ -192,6 +196,7 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
             metrics,
             machines,
             evaluated,
+            abstain,
         });
     }
     Ok(runs)
@@ -223,6 +228,33 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
                 .with_context(|| format!("{} line {} is not valid", path.display(), i + 1))
         })
         .collect()
+}
+
+/// `abstain.json`: the output of `training evaluate --abstain --json`.
+fn read_abstain(path: &Path) -> Result<Option<(Vec<CoveragePoint>, CoveragePoint)>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    #[derive(Deserialize)]
+    struct Abstain {
+        curve: Vec<CoveragePoint>,
+        default: CoveragePoint,
+    }
+    #[derive(Deserialize)]
+    struct Evaluated {
+        abstain: Abstain,
+    }
+    for l in text.lines() {
+        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
+            return Ok(Some((e.abstain.curve, e.abstain.default)));
+        }
+    }
+    bail!(
+        "{} holds no `training evaluate --abstain --json` object",
+        path.display()
+    )
 }
 
 /// `evaluate.json`: the output of `training evaluate --json` (its JSON line).
@@ -727,6 +759,53 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         md.push_str("No ARCH-1 run yet.\n\n");
     }
 
+    // Abstention.
+    md.push_str("\n## Abstention: accuracy against coverage\n\n");
+    md.push_str(
+        "The plugin withholds a face's expression (`Unsure`) when the classifier's \
+         top-1 probability is below its gate. The curve is the accuracy on the faces \
+         answered as the gate moves (`training evaluate --abstain --json`, saved as the \
+         run's `abstain.json`); the marked point is the plugin's default gate, chosen \
+         to keep 80% of PublicTest's faces.\n\n",
+    );
+    let mut any_abstain = false;
+    for g in &groups {
+        let Some((curve, default)) = g.runs.iter().find_map(|r| r.abstain.as_ref()) else {
+            continue;
+        };
+        let name = experiment_name(g, &groups);
+        let path = opts.out.join(format!("abstain_{}.png", file_stem(&g.name)));
+        abstain_chart(curve, default, &name, &path)?;
+        let _ = writeln!(md, "![Risk-coverage of {name}]({})\n", rel(&path));
+        md.push_str(
+            "| gate (top-1 at least) | coverage | accuracy on the answered |\n|---|---|---|\n",
+        );
+        for p in curve.iter().filter(|p| {
+            let k = (p.threshold * 20.0).round() as i32;
+            (5..=18).contains(&k) && k % 2 == 0
+        }) {
+            let _ = writeln!(
+                md,
+                "| {:.2} | {} | {} |",
+                p.threshold,
+                pct(p.coverage),
+                pct(p.accuracy)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| **{:.2} (default)** | **{}** | **{}** |\n",
+            default.threshold,
+            pct(default.coverage),
+            pct(default.accuracy)
+        );
+        written.push(path);
+        any_abstain = true;
+    }
+    if !any_abstain {
+        md.push_str("No `abstain.json` in the runs yet.\n\n");
+    }
+
     // Figure 4.
     md.push_str("\n## Feature maps (the paper's Figure 4)\n\n");
     let maps_path = opts.out.join(format!("feature_maps_{}.png", opts.layer));
@@ -1110,6 +1189,42 @@ fn curves_chart(g: &Group<'_>, name: &str, path: &Path) -> Result<()> {
             &format!("{title}: loss"),
             ("epoch", "cross-entropy"),
             &loss,
+            plot::Legend::UpperRight,
+        )
+    })
+}
+
+fn abstain_chart(
+    curve: &[CoveragePoint],
+    default: &CoveragePoint,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
+    let points: Vec<(f64, f64)> = curve
+        .iter()
+        .filter(|p| p.accuracy.is_finite())
+        .map(|p| (100.0 * p.coverage, 100.0 * p.accuracy))
+        .collect();
+    let series = [
+        Series {
+            label: "confidence gate",
+            points,
+            color: 0,
+            dashed: false,
+        },
+        Series {
+            label: "default gate",
+            points: vec![(100.0 * default.coverage, 100.0 * default.accuracy)],
+            color: 1,
+            dashed: false,
+        },
+    ];
+    plot::png(path, (640, 420), |root| {
+        plot::line_chart(
+            root,
+            &format!("{name}: accuracy against coverage"),
+            ("faces answered, %", "accuracy on them, %"),
+            &series,
             plot::Legend::UpperRight,
         )
     })
