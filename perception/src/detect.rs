@@ -308,6 +308,71 @@ impl Detector {
         self.detect_planes(&Planes::from_frame(frame))
     }
 
+    /// Re-locates faces near the boxes of `previous` detections (the last
+    /// frame's) with the refinement stage alone: each box, squared, is one
+    /// O-Net candidate, which gives the new box, score and five landmarks.
+    /// No pyramid, no P-Net or R-Net: the cost is one 48x48 O-Net pass per
+    /// face plus the summed-area tables of the region the boxes cover. A
+    /// face whose score falls to O-Net's threshold or below is not returned
+    /// (hand it back to [`Detector::detect`]). Largest first, as `detect`.
+    pub fn refine(
+        &self,
+        frame: &Frame,
+        previous: &[Detection],
+    ) -> Result<Vec<Detection>, PerceptionError> {
+        let (fw, fh) = (frame.width(), frame.height());
+        let cands: Vec<Cand> = previous
+            .iter()
+            .filter(|d| d.bbox.iter().all(|v| v.is_finite()))
+            .map(|d| {
+                rerec(Cand {
+                    b: d.bbox,
+                    score: d.score,
+                    reg: [0.0; 4],
+                })
+            })
+            .filter(|c| pad(&c.b, fw, fh).is_some())
+            .collect();
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The region the candidates' crops read (as `pad` clips them), so
+        // that the crops equal those of the whole frame.
+        let (mut x0, mut y0, mut x1, mut y1) = (fw, fh, 0, 0);
+        for c in &cands {
+            if let Some((a, b, e, f)) = pad(&c.b, fw, fh) {
+                (x0, y0, x1, y1) = (x0.min(a), y0.min(b), x1.max(e), y1.max(f));
+            }
+        }
+        let sub = frame.crop(x0, y0, x1 - x0, y1 - y0)?;
+        let (ox, oy) = (x0 as f32, y0 as f32);
+        let shifted = cands
+            .into_iter()
+            .map(|mut c| {
+                c.b = [c.b[0] - ox, c.b[1] - oy, c.b[2] - ox, c.b[3] - oy];
+                c
+            })
+            .collect();
+        let mut dets = self.stage3(
+            &Planes::from_frame(&sub),
+            shifted,
+            self.config.thresholds[2],
+        )?;
+        for d in &mut dets {
+            d.bbox = [
+                d.bbox[0] + ox,
+                d.bbox[1] + oy,
+                d.bbox[2] + ox,
+                d.bbox[3] + oy,
+            ];
+            for p in &mut d.landmarks {
+                *p = [p[0] + ox, p[1] + oy];
+            }
+        }
+        dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        Ok(dets)
+    }
+
     fn detect_planes(&self, img: &Planes) -> Result<Vec<Detection>, PerceptionError> {
         let [t1, t2, t3] = self.config.thresholds;
         let cands = self.stage1(img, t1)?;

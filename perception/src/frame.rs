@@ -135,6 +135,25 @@ impl Frame {
         self.data
     }
 
+    /// The `w x h` rectangle with its top-left corner at `(x, y)`, as a new
+    /// frame of the same format. A rectangle that is empty or reaches
+    /// beyond the frame is an error.
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Result<Frame, PerceptionError> {
+        if w == 0 || h == 0 || x + w > self.width || y + h > self.height {
+            return Err(PerceptionError::FrameSize {
+                width: w,
+                height: h,
+            });
+        }
+        let ch = self.format.channels();
+        let mut data = Vec::with_capacity(w * h * ch);
+        for row in y..y + h {
+            let start = (row * self.width + x) * ch;
+            data.extend_from_slice(&self.data[start..start + w * ch]);
+        }
+        Frame::new(w, h, self.format, data)
+    }
+
     /// The frame as 8-bit RGB (gray is replicated, alpha dropped).
     pub fn to_rgb8(&self) -> Vec<u8> {
         match self.format {

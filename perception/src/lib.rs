@@ -68,7 +68,7 @@ pub use detect::{Detection, Detector, DetectorConfig};
 pub use emotion::Emotion;
 pub use episodes::{EpisodeConfig, EpisodeEvent, Episodes};
 pub use frame::{Frame, PixelFormat};
-pub use pipeline::{Face, FrameFaces, Pipeline, PipelineConfig};
+pub use pipeline::{Face, FaceFollower, FollowConfig, FrameFaces, Pipeline, PipelineConfig};
 pub use quality::{FaceQuality, QualityGate, Unsure, UnsureReason};
 pub use track::{Observation, Track, TrackUpdate, Tracker, TrackerConfig};
 pub use weights::Weights;

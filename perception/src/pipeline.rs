@@ -122,7 +122,17 @@ impl Pipeline {
     /// could not be aligned listed beside the classified ones. Errors are
     /// only frame-wide failures (detection, classification).
     pub fn process_all(&self, frame: &Frame) -> Result<FrameFaces, PerceptionError> {
-        let mut dets = self.detector.detect(frame)?;
+        let dets = self.detector.detect(frame)?;
+        self.classify_detections(frame, dets)
+    }
+
+    /// Aligns and classifies faces already found in `frame` (at most
+    /// `max_faces`, in the given order).
+    pub fn classify_detections(
+        &self,
+        frame: &Frame,
+        mut dets: Vec<Detection>,
+    ) -> Result<FrameFaces, PerceptionError> {
         dets.truncate(self.max_faces);
         let mut out = FrameFaces::default();
         let mut kept = Vec::with_capacity(dets.len());
@@ -149,5 +159,74 @@ impl Pipeline {
             })
             .collect();
         Ok(out)
+    }
+}
+
+/// When [`FaceFollower`] runs the full detector.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+pub struct FollowConfig {
+    /// Run the full detector at least every this many frames, to find faces
+    /// that entered (1: every frame, i.e. no following).
+    pub detect_every: u32,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        Self { detect_every: 15 }
+    }
+}
+
+/// Follows faces through a video instead of detecting them in every frame,
+/// as MediaPipe's face pipeline does: the full MTCNN detector runs on the
+/// first frame, whenever a followed face is lost, and every
+/// [`FollowConfig::detect_every`] frames (to find new faces); in between,
+/// each face is re-located from its previous box by O-Net alone
+/// ([`Detector::refine`]).
+#[derive(Debug, Clone, Default)]
+pub struct FaceFollower {
+    /// Settings.
+    pub config: FollowConfig,
+    last: Vec<Detection>,
+    since_detect: u32,
+}
+
+impl FaceFollower {
+    /// A follower that starts with a full detection.
+    pub fn new(config: FollowConfig) -> Self {
+        Self {
+            config,
+            last: Vec::new(),
+            since_detect: 0,
+        }
+    }
+
+    /// Forgets the followed faces: the next frame runs the detector.
+    pub fn reset(&mut self) {
+        self.last.clear();
+    }
+
+    /// The faces of the next video frame, and whether the full detector ran.
+    pub fn process(
+        &mut self,
+        pipeline: &Pipeline,
+        frame: &Frame,
+    ) -> Result<(FrameFaces, bool), PerceptionError> {
+        let due = self.last.is_empty() || self.since_detect + 1 >= self.config.detect_every.max(1);
+        if !due {
+            let refined = pipeline.detector().refine(frame, &self.last)?;
+            // Every face still there: classify them. A face lost goes back
+            // to the detector (which may find it elsewhere).
+            if refined.len() == self.last.len() {
+                self.since_detect += 1;
+                self.last = refined.clone();
+                return Ok((pipeline.classify_detections(frame, refined)?, false));
+            }
+        }
+        let mut dets = pipeline.detector().detect(frame)?;
+        dets.truncate(pipeline.max_faces);
+        self.since_detect = 0;
+        self.last = dets.clone();
+        Ok((pipeline.classify_detections(frame, dets)?, true))
     }
 }

@@ -313,3 +313,64 @@ fn gray_and_rgba_frames_work_like_rgb() {
         assert!(want.iter().any(|w| w.iou(&d.bbox) > 0.7));
     }
 }
+
+/// Refinement alone (O-Net on the last boxes) finds the faces MTCNN finds in
+/// every photo of the shared set, on the same frame and on the frame shifted
+/// by a few pixels (a face that moved), and the follower runs the detector
+/// only when it must.
+#[test]
+fn refinement_follows_the_faces_the_detector_finds() {
+    let dir = faces_dir();
+    let det = detector(40.0);
+    let (mut faces, mut followed) = (0, 0);
+    let (mut ious, mut landmark_err) = (Vec::new(), Vec::new());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let frame = Frame::open(path).unwrap();
+        let found = det.detect(&frame).unwrap();
+        // Same frame: the same faces (O-Net regresses again from the final
+        // boxes, so they move a little, not much).
+        let again = det.refine(&frame, &found).unwrap();
+        for d in &found {
+            faces += 1;
+            let Some(r) = again.iter().find(|r| r.iou(&d.bbox) > 0.5) else {
+                continue;
+            };
+            followed += 1;
+            ious.push(r.iou(&d.bbox));
+            let side = (d.bbox[2] - d.bbox[0]).max(1.0);
+            for (a, b) in r.landmarks.iter().zip(&d.landmarks) {
+                landmark_err.push((a[0] - b[0]).hypot(a[1] - b[1]) / side);
+            }
+        }
+        // Shifted by (6, 4): refinement from the old boxes still lands on
+        // the faces the detector finds in the shifted frame.
+        let (w, h) = (frame.width() - 6, frame.height() - 4);
+        let shifted = frame.crop(6, 4, w, h).unwrap();
+        let want = det.detect(&shifted).unwrap();
+        let got = det.refine(&shifted, &found).unwrap();
+        for g in &got {
+            let best = want.iter().map(|d| d.iou(&g.bbox)).fold(0.0, f32::max);
+            assert!(best > 0.6, "{}: {g:?} matches no detection", path.display());
+        }
+    }
+    assert!(faces >= 10, "only {faces} faces in the shared set");
+    assert!(
+        followed as f32 >= 0.9 * faces as f32,
+        "refinement kept {followed} of {faces} faces"
+    );
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    assert!(mean(&ious) > 0.85, "mean IoU {}", mean(&ious));
+    // Landmarks: within 5% of the face's width on average.
+    assert!(mean(&landmark_err) < 0.05, "{}", mean(&landmark_err));
+    assert!(
+        det.refine(&Frame::open(&files[0]).unwrap(), &[])
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -570,6 +570,9 @@ pub struct EmotionStats {
     pub frames_captured: u64,
     /// Frames run through detection and classification.
     pub frames_processed: u64,
+    /// Of those, frames on which the full detector ran (the others were
+    /// followed from the previous frame).
+    pub full_detections: u64,
     /// Sequence number of the newest processed frame.
     pub last_processed: u64,
     /// Time from capture to results of the newest processed frame.

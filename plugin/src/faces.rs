@@ -624,6 +624,7 @@ fn track_faces(
         let t = result.time;
         let latency = result.captured.elapsed();
         stats.frames_processed += 1;
+        stats.full_detections += u64::from(result.full_detection);
         stats.last_processed = result.seq;
         stats.last_latency = latency;
         let update = tracker.update_with(t, &observed, correct);

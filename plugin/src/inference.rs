@@ -10,7 +10,7 @@ use std::time::Instant;
 use bevy::prelude::*;
 use bevy::tasks::futures::check_ready;
 use bevy::tasks::{AsyncComputeTaskPool, Task};
-use perception::{Observation, UnsureReason};
+use perception::{FaceFollower, Observation, UnsureReason};
 
 use crate::capture::LatestFrame;
 use crate::capture::capture_allowed;
@@ -29,11 +29,18 @@ pub struct InferenceFinished {
     pub captured: Instant,
     /// The faces found, or why the frame could not be processed.
     pub faces: Result<Vec<Observation>, String>,
+    /// Whether the full detector ran on this frame (otherwise the faces were
+    /// followed from the previous frame, [`EmotionSettings::follow`]).
+    pub full_detection: bool,
 }
+
+/// A running inference and the follower it took along.
+type Running = Task<(InferenceFinished, Option<FaceFollower>)>;
 
 #[derive(Resource, Default)]
 struct InferenceState {
-    task: Option<Task<InferenceFinished>>,
+    task: Option<Running>,
+    follower: Option<FaceFollower>,
     last_seq: u64,
     last_start: Option<f64>,
 }
@@ -83,9 +90,27 @@ fn start_inference(
     let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
     state.last_seq = seq;
     state.last_start = Some(now);
+    // Following on: the follower travels with the task and comes back.
+    let mut follower = match (&settings.follow, state.follower.take()) {
+        (Some(cfg), Some(mut f)) => {
+            f.config = cfg.clone();
+            Some(f)
+        }
+        (Some(cfg), None) => Some(FaceFollower::new(cfg.clone())),
+        (None, _) => None,
+    };
     state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
-        let faces = pipeline
-            .process_all(&frame)
+        let (found, full_detection) = match follower.as_mut() {
+            Some(f) => match f.process(&pipeline, &frame) {
+                Ok((found, ran)) => (Ok(found), ran),
+                Err(e) => {
+                    f.reset();
+                    (Err(e), true)
+                }
+            },
+            None => (pipeline.process_all(&frame), true),
+        };
+        let faces = found
             .map(|found| {
                 let classified = found.faces.into_iter().map(|f| Observation {
                     bbox: f.detection.bbox,
@@ -107,12 +132,14 @@ fn start_inference(
                 classified.chain(failed).collect()
             })
             .map_err(|e| e.to_string());
-        InferenceFinished {
+        let result = InferenceFinished {
             seq,
             time: time_s,
             captured,
             faces,
-        }
+            full_detection,
+        };
+        (result, follower)
     }));
 }
 
@@ -126,8 +153,9 @@ fn collect_inference(
     let Some(task) = state.task.as_mut() else {
         return;
     };
-    if let Some(result) = check_ready(task) {
+    if let Some((result, follower)) = check_ready(task) {
         state.task = None;
+        state.follower = follower;
         finished.write(result);
     }
 }

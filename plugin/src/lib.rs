@@ -29,9 +29,12 @@
 //!    one-slot mailbox into [`LatestFrame`]; failures show in
 //!    [`CameraStatus`] and are retried with back-off.
 //! 2. **Detect** ([`inference`]): if no inference is running and one is due
-//!    (at most `inference_hz` per second), MTCNN detection, alignment and
+//!    (at most `inference_hz` per second), face finding, alignment and
 //!    ARCH-1 classification of that frame start on the
-//!    `AsyncComputeTaskPool`.
+//!    `AsyncComputeTaskPool`. Faces are followed from frame to frame
+//!    (O-Net refinement of the last boxes, [`EmotionSettings::follow`]); the
+//!    full MTCNN detector runs on the first frame, when a face is lost and
+//!    every 15 frames.
 //! 3. **Infer** ([`inference`]): a finished inference becomes an
 //!    [`InferenceFinished`] message (the main thread only polls).
 //! 4. **Smooth** ([`faces`]): faces are matched to tracked face entities

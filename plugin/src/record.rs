@@ -283,6 +283,7 @@ fn replayed_results(
             time: t,
             captured: Instant::now(),
             faces: Ok(f.faces),
+            full_detection: true,
         });
     }
 }

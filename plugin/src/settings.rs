@@ -2,7 +2,7 @@
 //! ([`EmotionSystems`]) and the run conditions every stage shares.
 
 use bevy::prelude::*;
-use perception::{CalibrationConfig, EpisodeConfig, QualityGate, TrackerConfig};
+use perception::{CalibrationConfig, EpisodeConfig, FollowConfig, QualityGate, TrackerConfig};
 
 use crate::capture::SourceKind;
 
@@ -21,6 +21,12 @@ pub struct EmotionSettings {
     pub max_faces: usize,
     /// At most this many inferences per second (each on the newest frame).
     pub inference_hz: f32,
+    /// Follow faces from frame to frame (O-Net refinement of the last boxes,
+    /// the full detector only on the first frame, when a face is lost and
+    /// every `detect_every` frames): about 7x cheaper per frame than
+    /// detecting every frame (`docs/PERFORMANCE.md`). `None`: the full
+    /// detector on every frame.
+    pub follow: Option<FollowConfig>,
     /// Tracking and smoothing.
     pub tracker: TrackerConfig,
     /// What a face must pass for its expression to be reported (otherwise
@@ -40,6 +46,7 @@ impl Default for EmotionSettings {
             min_face_size: 40.0,
             max_faces: 4,
             inference_hz: 15.0,
+            follow: Some(FollowConfig::default()),
             tracker: TrackerConfig::default(),
             quality: QualityGate::default(),
             calibration: CalibrationConfig::default(),

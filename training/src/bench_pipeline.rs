@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 use perception::crop::face_crop;
 use perception::{
-    Classifier, Detector, DetectorConfig, Frame, PixelFormat, default_classifier_path,
-    default_detector_path,
+    Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, PixelFormat,
+    default_classifier_path, default_detector_path,
 };
 
 use crate::output::line;
@@ -36,6 +36,134 @@ pub struct BenchPipelineArgs {
     /// Timed runs after the warm-up.
     #[arg(long, default_value_t = 30)]
     runs: usize,
+    /// Video mode: a deterministic sequence made from the frame (the face
+    /// pans, scales and rotates a few degrees from frame to frame), run
+    /// frame by frame through the full detector (baseline) and through the
+    /// face follower (detector only when needed, O-Net refinement between),
+    /// alternated in the same process.
+    #[arg(long)]
+    video: bool,
+    /// Video mode: frames in the sequence.
+    #[arg(long, default_value_t = 300)]
+    frames: usize,
+    /// Video mode: the follower runs the full detector at least every this
+    /// many frames.
+    #[arg(long, default_value_t = 15)]
+    detect_every: u32,
+}
+
+/// Frame `i` of the benchmark video: `base` moved by a smooth pan (up to
+/// 40 x 20 px), scale (up to 8%) and rotation (up to 4 degrees), bilinear,
+/// gray outside.
+fn video_frame(base: &Frame, i: usize) -> Result<Frame> {
+    let (w, h) = (base.width(), base.height());
+    let t = i as f32;
+    let tau = std::f32::consts::TAU;
+    let (dx, dy) = (
+        40.0 * (tau * t / 150.0).sin(),
+        20.0 * (tau * t / 97.0).sin(),
+    );
+    let scale = 1.0 + 0.08 * (tau * t / 200.0).sin();
+    let (sin, cos) = (4f32.to_radians() * (tau * t / 120.0).sin()).sin_cos();
+    let rgb = base.to_rgb8();
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let mut out = vec![127u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            // Inverse map: output pixel -> source position.
+            let (u, v) = ((x as f32 - cx - dx) / scale, (y as f32 - cy - dy) / scale);
+            let sx = cos * u + sin * v + cx;
+            let sy = -sin * u + cos * v + cy;
+            if sx < 0.0 || sy < 0.0 || sx >= (w - 1) as f32 || sy >= (h - 1) as f32 {
+                continue;
+            }
+            let (x0, y0) = (sx as usize, sy as usize);
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            for c in 0..3 {
+                let p = |xx: usize, yy: usize| f32::from(rgb[(yy * w + xx) * 3 + c]);
+                let top = p(x0, y0) * (1.0 - fx) + p(x0 + 1, y0) * fx;
+                let bottom = p(x0, y0 + 1) * (1.0 - fx) + p(x0 + 1, y0 + 1) * fx;
+                out[(y * w + x) * 3 + c] = (top * (1.0 - fy) + bottom * fy).round() as u8;
+            }
+        }
+    }
+    Ok(Frame::new(w, h, PixelFormat::Rgb8, out)?)
+}
+
+/// `--video`: the follower against per-frame detection, frame by frame.
+fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Result<()> {
+    ensure!(args.frames >= 10, "--frames must be at least 10");
+    let frames = (0..args.frames)
+        .map(|i| video_frame(base, i))
+        .collect::<Result<Vec<_>>>()?;
+    let mut follower = FaceFollower::new(FollowConfig {
+        detect_every: args.detect_every,
+    });
+    let (mut full_t, mut tracked_t, mut detector_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ious, mut landmark_px) = (Vec::new(), Vec::new());
+    let mut faces = 0;
+    for frame in &frames {
+        let t0 = Instant::now();
+        let full = pipeline.process_all(frame)?;
+        let t1 = Instant::now();
+        let (followed, ran_detector) = follower.process(pipeline, frame)?;
+        let t2 = Instant::now();
+        full_t.push(t1 - t0);
+        if ran_detector {
+            detector_t.push(t2 - t1);
+        } else {
+            tracked_t.push(t2 - t1);
+        }
+        faces = faces.max(full.faces.len());
+        for f in &full.faces {
+            let Some(g) = followed.faces.iter().max_by(|a, b| {
+                a.detection
+                    .iou(&f.detection.bbox)
+                    .total_cmp(&b.detection.iou(&f.detection.bbox))
+            }) else {
+                ious.push(0.0);
+                continue;
+            };
+            ious.push(g.detection.iou(&f.detection.bbox));
+            for (a, b) in g.detection.landmarks.iter().zip(&f.detection.landmarks) {
+                landmark_px.push((a[0] - b[0]).hypot(a[1] - b[1]));
+            }
+        }
+    }
+    ensure!(
+        faces > 0,
+        "no face in the video: give --image a photo with a face"
+    );
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let median = |v: &mut Vec<Duration>| if v.is_empty() { f64::NAN } else { median_ms(v) };
+    let (full_ms, tracked_ms, detect_ms) = (
+        median(&mut full_t),
+        median(&mut tracked_t),
+        median(&mut detector_t),
+    );
+    line(format!(
+        "video {} frames 640x480, threads: {}, min_face: {}, detector every {} frames at most",
+        args.frames, args.threads, args.min_face, args.detect_every
+    ));
+    line(format!(
+        "per-frame detection (baseline, same run) median_ms: {full_ms:.2}"
+    ));
+    line(format!(
+        "follower: tracked frames {} median_ms {tracked_ms:.2} ({:.1}x faster than the baseline), detector frames {} median_ms {detect_ms:.2}",
+        tracked_t.len(),
+        full_ms / tracked_ms,
+        detector_t.len()
+    ));
+    line(format!(
+        "landmarks against per-frame detection: mean {:.2} px",
+        mean(&landmark_px)
+    ));
+    line(format!(
+        "video 640x480 faces: {faces} tracked median_ms: {tracked_ms:.2} detect median_ms: {detect_ms:.2} detector_share: {:.3} mean_iou: {:.3}",
+        detector_t.len() as f64 / args.frames as f64,
+        mean(&ious)
+    ));
+    Ok(())
 }
 
 /// The 640x480 letterboxed frame of `tools/mtcnn_bench_frame.json`.
@@ -98,6 +226,10 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         );
         Classifier::untrained(models::Arch::Arch1)?
     };
+    if args.video {
+        let pipeline = Pipeline::new(detector, classifier, 4);
+        return run_video(args, &pipeline, &frame);
+    }
     let (mut det_t, mut align_t, mut cls_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut faces = 0;
