@@ -48,9 +48,11 @@ use rayon::prelude::*;
 
 use slice::{ConvGeom, Mat};
 
-/// Threads candle (and these kernels) use: `RAYON_NUM_THREADS`, else all cores.
+/// Threads these kernels use: the current rayon pool's size (the global
+/// pool: `RAYON_NUM_THREADS`, else all cores; inside `ThreadPool::install`,
+/// that pool's, so a caller with a thread budget is kept to it).
 pub fn num_threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
+    rayon::current_num_threads().max(1)
 }
 
 static FAST_OPS: AtomicBool = AtomicBool::new(true);

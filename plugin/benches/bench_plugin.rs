@@ -96,11 +96,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w - b
     );
     if !latency.is_empty() {
-        println!(
-            "capture to message: median {:.1} ms over {} frames",
-            median(&mut latency),
-            latency.len()
-        );
+        let n = latency.len();
+        let p50 = median(&mut latency);
+        let p95 = latency[(n * 95 / 100).min(n - 1)];
+        println!("capture to message: p50 {p50:.1} ms, p95 {p95:.1} ms over {n} frames");
     }
     println!(
         "throughput: {:.1} frames/s, {:.1} faces/s",

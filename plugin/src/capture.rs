@@ -46,6 +46,12 @@ pub trait FrameSource: Send + Sync + 'static {
     fn poll(&mut self, now: f64) -> SourcePoll;
     /// A short description for logs and the camera status.
     fn describe(&self) -> String;
+    /// The time between frames this source means to deliver, seconds, if it
+    /// has one (the watchdog then waits twice that, at least a second,
+    /// before it calls the source stalled).
+    fn frame_period(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Which frame source the capture stage runs (a runtime setting: changing it
@@ -311,6 +317,10 @@ impl FrameSource for ImageSource {
     fn describe(&self) -> String {
         self.what.clone()
     }
+
+    fn frame_period(&self) -> Option<f64> {
+        Some(1.0 / f64::from(self.fps))
+    }
 }
 
 /// [`SourceKind::Webcam`]: nokhwa on a thread of its own that opens the
@@ -547,6 +557,10 @@ pub enum CameraStatus {
     Starting(String),
     /// Frames are arriving.
     Running(String),
+    /// The source is open but has delivered nothing for longer than the
+    /// watchdog waits (a hung driver, an unplugged camera that reports no
+    /// error); it goes back to `Running` when frames resume.
+    Stalled(String),
     /// The source failed (no camera, permission denied, unplugged, no
     /// readable images); it is retried after `retry_in` seconds.
     Unavailable {
@@ -599,6 +613,8 @@ pub struct LatestFrame {
 struct CaptureState {
     source: Option<Box<dyn FrameSource>>,
     kind: Option<SourceKind>,
+    /// When the source last delivered (or was started).
+    last_delivery: f64,
     retry_at: f64,
     backoff: f32,
     seq: u64,
@@ -643,6 +659,7 @@ fn set_status(
             CameraStatus::Unavailable { reason, retry_in } => {
                 warn!("frame source unavailable: {reason} (retrying in {retry_in:.0} s)");
             }
+            CameraStatus::Stalled(what) => warn!("frame source stalled: {what}"),
             other => debug!("frame source: {other:?}"),
         }
         *status = new.clone();
@@ -689,6 +706,7 @@ fn capture(
     mut writer: MessageWriter<CameraStatusChanged>,
 ) {
     let now = time.elapsed_secs_f64();
+    let state = &mut *state;
     if state.kind.as_ref() != Some(&settings.source) {
         if let Some(mut s) = state.source.take() {
             s.stop();
@@ -715,6 +733,7 @@ fn capture(
             live: true,
             source: s.describe(),
         };
+        state.last_delivery = now;
         set_status(
             &mut status,
             CameraStatus::Starting(s.describe()),
@@ -725,7 +744,11 @@ fn capture(
     let Some(source) = state.source.as_mut() else {
         return;
     };
-    match source.poll(now) {
+    let polled = source.poll(now);
+    if !matches!(polled, SourcePoll::Pending) {
+        state.last_delivery = now;
+    }
+    match polled {
         SourcePoll::Frame(frame) => {
             let what = source.describe();
             state.seq += 1;
@@ -739,7 +762,18 @@ fn capture(
             });
             set_status(&mut status, CameraStatus::Running(what), &mut writer);
         }
-        SourcePoll::Pending => {}
+        SourcePoll::Pending => {
+            // The watchdog: a running source that went quiet.
+            let wait = source.frame_period().map_or(1.0, |p| (2.0 * p).max(1.0));
+            if matches!(*status, CameraStatus::Running(_)) && now - state.last_delivery > wait {
+                let what = format!(
+                    "{} (no frame for {:.1} s)",
+                    source.describe(),
+                    now - state.last_delivery
+                );
+                set_status(&mut status, CameraStatus::Stalled(what), &mut writer);
+            }
+        }
         SourcePoll::Alive => {
             let what = source.describe();
             set_status(&mut status, CameraStatus::Running(what), &mut writer);

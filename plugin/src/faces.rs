@@ -177,6 +177,8 @@ pub struct FaceAppeared {
     pub id: u64,
     /// Its first emotion (`None` when its first frame was unsure).
     pub emotion: Option<Emotion>,
+    /// The frame's sequence number ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    pub frame: u64,
     /// Real time (`Time<Real>`) of the frame, seconds.
     pub timestamp: f64,
 }
@@ -212,6 +214,8 @@ pub struct EmotionDetected {
     pub quality: Option<FaceQuality>,
     /// Set when this frame's expression is not to be trusted.
     pub unsure: Option<UnsureReason>,
+    /// The frame's sequence number ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    pub frame: u64,
     /// Real time (`Time<Real>`) of the frame, seconds.
     pub timestamp: f64,
     /// Wall-clock time from capture to result.
@@ -231,6 +235,8 @@ pub struct EmotionChanged {
     pub to: Emotion,
     /// Smoothed probability of the new emotion.
     pub confidence: f32,
+    /// The frame's sequence number ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    pub frame: u64,
     /// Real time (`Time<Real>`) of the frame, seconds.
     pub timestamp: f64,
 }
@@ -727,6 +733,7 @@ fn track_faces(
                         face: e,
                         id,
                         emotion: track.sure.then(|| name(track.label)),
+                        frame: result.seq,
                         timestamp: t,
                     });
                     out.episodes(e, id, &names, ev);
@@ -743,6 +750,7 @@ fn track_faces(
                 raw_probs: o.probs.clone(),
                 quality: o.quality,
                 unsure: o.unsure,
+                frame: result.seq,
                 timestamp: t,
                 latency,
             });
@@ -755,6 +763,7 @@ fn track_faces(
                     from: name(from),
                     to: name(to),
                     confidence: track.smoothed.get(to).copied().unwrap_or(0.0),
+                    frame: result.seq,
                     timestamp: t,
                 });
             }

@@ -5,6 +5,7 @@
 //! starts tasks and polls them; each finished one becomes an
 //! [`InferenceFinished`] message for the face stage.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bevy::prelude::*;
@@ -40,6 +41,8 @@ type Running = Task<(InferenceFinished, Option<FaceFollower>)>;
 #[derive(Resource, Default)]
 struct InferenceState {
     task: Option<Running>,
+    /// The thread budget's pool and its size.
+    pool: Option<(usize, Arc<rayon::ThreadPool>)>,
     follower: Option<FaceFollower>,
     last_seq: u64,
     last_start: Option<f64>,
@@ -66,13 +69,18 @@ impl Plugin for EmotionInferencePlugin {
     }
 }
 
+/// Collects a finished inference first (so the next one starts in the same
+/// update, not one update later), then starts one on the newest frame when
+/// it is due.
 fn start_inference(
     mut state: ResMut<InferenceState>,
     latest: Option<Res<LatestFrame>>,
     pipeline: Option<Res<EmotionPipeline>>,
     settings: Res<EmotionSettings>,
     time: Res<Time<Real>>,
+    mut finished: MessageWriter<InferenceFinished>,
 ) {
+    collect(&mut state, &mut finished);
     let (Some(latest), Some(pipeline)) = (latest, pipeline) else {
         return;
     };
@@ -90,6 +98,20 @@ fn start_inference(
     let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
     state.last_seq = seq;
     state.last_start = Some(now);
+    let threads = settings.threads.max(1);
+    if state.pool.as_ref().is_none_or(|(n, _)| *n != threads) {
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("emotion-perception-{i}"))
+            .build()
+        {
+            Ok(p) => state.pool = Some((threads, Arc::new(p))),
+            Err(e) => {
+                warn!("cannot start {threads} perception threads ({e}); using the global pool");
+            }
+        }
+    }
+    let pool = state.pool.as_ref().map(|(_, p)| p.clone());
     // Following on: the follower travels with the task and comes back.
     let mut follower = match (&settings.follow, state.follower.take()) {
         (Some(cfg), Some(mut f)) => {
@@ -100,15 +122,23 @@ fn start_inference(
         (None, _) => None,
     };
     state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
-        let (found, full_detection) = match follower.as_mut() {
-            Some(f) => match f.process(&pipeline, &frame) {
-                Ok((found, ran)) => (Ok(found), ran),
-                Err(e) => {
-                    f.reset();
-                    (Err(e), true)
-                }
-            },
-            None => (pipeline.process_all(&frame), true),
+        let run = move || {
+            let out = match follower.as_mut() {
+                Some(f) => match f.process(&pipeline, &frame) {
+                    Ok((found, ran)) => (Ok(found), ran),
+                    Err(e) => {
+                        f.reset();
+                        (Err(e), true)
+                    }
+                },
+                None => (pipeline.process_all(&frame), true),
+            };
+            (out, follower)
+        };
+        // Within the budget: candle and the engines see the pool's size.
+        let ((found, full_detection), follower) = match &pool {
+            Some(p) => p.install(run),
+            None => run(),
         };
         let faces = found
             .map(|found| {
@@ -150,6 +180,11 @@ fn collect_inference(
     mut state: ResMut<InferenceState>,
     mut finished: MessageWriter<InferenceFinished>,
 ) {
+    collect(&mut state, &mut finished);
+}
+
+/// A finished task's result becomes a message; its follower comes back.
+fn collect(state: &mut InferenceState, finished: &mut MessageWriter<InferenceFinished>) {
     let Some(task) = state.task.as_mut() else {
         return;
     };

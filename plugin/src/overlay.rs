@@ -33,6 +33,7 @@ pub fn status_line(status: &CameraStatus) -> String {
         CameraStatus::Off => "Capture: off".to_string(),
         CameraStatus::Starting(s) => format!("Capture: starting {s}"),
         CameraStatus::Running(s) => format!("Capture: {s}"),
+        CameraStatus::Stalled(s) => format!("Capture stalled: {s}"),
         CameraStatus::Unavailable { reason, retry_in } => {
             format!("Capture unavailable: {reason} (retry in {retry_in:.0} s)")
         }

@@ -21,6 +21,9 @@ pub struct EmotionSettings {
     pub max_faces: usize,
     /// At most this many inferences per second (each on the newest frame).
     pub inference_hz: f32,
+    /// CPU threads perception may use (a rayon pool of this size, owned by
+    /// the plugin, on top of Bevy's own task pools).
+    pub threads: usize,
     /// Follow faces from frame to frame (O-Net refinement of the last boxes,
     /// the full detector only on the first frame, when a face is lost and
     /// every `detect_every` frames): about 7x cheaper per frame than
@@ -46,6 +49,7 @@ impl Default for EmotionSettings {
             min_face_size: 40.0,
             max_faces: 4,
             inference_hz: 15.0,
+            threads: 1,
             follow: Some(FollowConfig::default()),
             tracker: TrackerConfig::default(),
             quality: QualityGate::default(),

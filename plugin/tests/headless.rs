@@ -146,3 +146,58 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
     app.update();
     assert_eq!(*app.world().resource::<CameraStatus>(), CameraStatus::Off);
 }
+
+/// A source that stops delivering (a hung driver): within a second or two
+/// of real time the status leaves `Running`, and the face expires on time
+/// although no new result arrives.
+#[test]
+fn a_source_that_goes_quiet_is_noticed_and_its_faces_expire() {
+    let p = pipeline();
+    let a = window(&photo(), 288, 10, 200, 240);
+    let settings = EmotionSettings {
+        source: SourceKind::Pushed,
+        inference_hz: 1000.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    let mut app = app(settings, ModelSource::Preloaded(p));
+    for _ in 0..3 {
+        feed_paced(&mut app, &a);
+    }
+    assert!(matches!(
+        app.world().resource::<CameraStatus>(),
+        CameraStatus::Running(_)
+    ));
+    assert_eq!(app.world().resource::<Log>().appeared.len(), 1);
+    let quiet = Instant::now();
+    let (mut stalled_after, mut lost_after) = (None, None);
+    while quiet.elapsed() < Duration::from_secs(5)
+        && (stalled_after.is_none() || lost_after.is_none())
+    {
+        app.update();
+        if stalled_after.is_none()
+            && matches!(
+                app.world().resource::<CameraStatus>(),
+                CameraStatus::Stalled(_)
+            )
+        {
+            stalled_after = Some(quiet.elapsed());
+        }
+        if lost_after.is_none() && !app.world().resource::<Log>().lost.is_empty() {
+            lost_after = Some(quiet.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stalled = stalled_after.expect("the status never left Running");
+    let lost = lost_after.expect("the face never expired");
+    assert!(stalled < Duration::from_millis(2000), "{stalled:?}");
+    // lost_after is 1 s from the last frame seen.
+    assert!(lost < Duration::from_millis(2000), "{lost:?}");
+    assert_eq!(*app.world().resource::<FacePresence>(), FacePresence(0));
+    // Frames again: running again.
+    feed_paced(&mut app, &a);
+    assert!(matches!(
+        app.world().resource::<CameraStatus>(),
+        CameraStatus::Running(_)
+    ));
+}
