@@ -148,6 +148,10 @@ pub struct Evaluation {
     pub top1: Vec<f32>,
     /// Per sample, in order: whether the prediction was right.
     pub correct: Vec<bool>,
+    /// Per sample, in order: the probabilities.
+    pub probs: Vec<Vec<f32>>,
+    /// Per sample, in order: the true label.
+    pub truth: Vec<usize>,
 }
 
 /// One point of a risk-coverage curve: with the confidence gate at
@@ -214,6 +218,7 @@ pub fn evaluate(
     let mut confusion = Confusion::new(ds.classes().to_vec());
     let mut loss_sum = 0.0;
     let (mut top1, mut correct) = (Vec::new(), Vec::new());
+    let (mut all_probs, mut all_truth) = (Vec::new(), Vec::new());
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = make_batch(ds, chunk, BatchMode::Plain, device)?;
         let mut probs = candle_nn::ops::softmax(&net.forward_t(&batch.images, false)?, D::Minus1)?;
@@ -230,7 +235,9 @@ pub fn evaluate(
         loss_sum -= f64::from(nll);
         let pred = probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let best = probs.max(D::Minus1)?.to_vec1::<f32>()?;
+        all_probs.extend(probs.to_vec2::<f32>()?);
         let truth = batch.labels.to_vec1::<u32>()?;
+        all_truth.extend(truth.iter().map(|&t| t as usize));
         for ((t, p), b) in truth.iter().zip(&pred).zip(best) {
             confusion.add(*t as usize, *p as usize);
             top1.push(b);
@@ -242,6 +249,8 @@ pub fn evaluate(
         confusion,
         top1,
         correct,
+        probs: all_probs,
+        truth: all_truth,
     })
 }
 

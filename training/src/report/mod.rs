@@ -56,6 +56,9 @@ pub struct Run {
     /// The risk-coverage curve of its weights from an `abstain.json`
     /// (`training evaluate --abstain --json`), and the default gate's point.
     pub abstain: Option<(Vec<CoveragePoint>, CoveragePoint)>,
+    /// Raw and calibrated confusions from a `calibrated.json`
+    /// (`training evaluate --calibrate --json`).
+    pub calibrated: Option<(Confusion, Confusion)>,
 }
 
 impl Run {
@@ -185,6 +188,7 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
         };
         let evaluated = read_evaluate(&dir.join("evaluate.json"))?;
         let abstain = read_abstain(&dir.join("abstain.json"))?;
+        let calibrated = read_calibrated(&dir.join("calibrated.json"))?;
         let name = dir
             .strip_prefix(root)
             .unwrap_or(&dir)
@@ -197,6 +201,7 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
             machines,
             evaluated,
             abstain,
+            calibrated,
         });
     }
     Ok(runs)
@@ -228,6 +233,46 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
                 .with_context(|| format!("{} line {} is not valid", path.display(), i + 1))
         })
         .collect()
+}
+
+/// `calibrated.json`: the output of `training evaluate --calibrate --json`.
+fn read_calibrated(path: &Path) -> Result<Option<(Confusion, Confusion)>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    #[derive(Deserialize)]
+    struct Cal {
+        confusion: Vec<u64>,
+    }
+    #[derive(Deserialize)]
+    struct Evaluated {
+        classes: Vec<String>,
+        confusion: Vec<u64>,
+        calibrated: Cal,
+    }
+    for l in text.lines() {
+        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
+            let k = e.classes.len();
+            if e.confusion.len() != k * k || e.calibrated.confusion.len() != k * k {
+                bail!("{}: a confusion matrix has the wrong size", path.display());
+            }
+            let raw = Confusion {
+                classes: e.classes.clone(),
+                counts: e.confusion,
+            };
+            let cal = Confusion {
+                classes: e.classes,
+                counts: e.calibrated.confusion,
+            };
+            return Ok(Some((raw, cal)));
+        }
+    }
+    bail!(
+        "{} holds no `training evaluate --calibrate --json` object",
+        path.display()
+    )
 }
 
 /// `abstain.json`: the output of `training evaluate --abstain --json`.
@@ -804,6 +849,40 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     }
     if !any_abstain {
         md.push_str("No `abstain.json` in the runs yet.\n\n");
+    }
+
+    // Neutral calibration.
+    md.push_str("\n## Neutral calibration\n\n");
+    md.push_str(
+        "The plugin corrects a player's probabilities by their resting face \
+         (`p' ∝ p · q / b`, `perception::calibrate`). No dataset here has per-person \
+         neutral frames (FER2013 has no identities, the CK+ crops are peak frames), so \
+         the measurable case is the population's: one baseline from FER2013 `Training` \
+         faces labelled neutral, applied to every evaluated face \
+         (`training evaluate --calibrate --json`, the run's `calibrated.json`). It \
+         trades recall between classes: the classes the average resting face leans to \
+         (sad, neutral) lose, the others gain.\n\n",
+    );
+    let mut any_calibrated = false;
+    for g in &groups {
+        let Some((raw, cal)) = g.runs.iter().find_map(|r| r.calibrated.as_ref()) else {
+            continue;
+        };
+        let name = experiment_name(g, &groups);
+        let _ = writeln!(
+            md,
+            "{name}: accuracy {} raw, {} calibrated.\n\n| class | recall, raw | recall, calibrated |\n|---|---|---|",
+            pct(raw.accuracy()),
+            pct(cal.accuracy())
+        );
+        for ((n, r), c) in raw.classes.iter().zip(raw.per_class()).zip(cal.per_class()) {
+            let _ = writeln!(md, "| {n} | {} | {} |", pct(r.recall), pct(c.recall));
+        }
+        md.push('\n');
+        any_calibrated = true;
+    }
+    if !any_calibrated {
+        md.push_str("No `calibrated.json` in the runs yet.\n\n");
     }
 
     // Figure 4.
