@@ -73,6 +73,10 @@ pub enum SourceKind {
     },
     /// Frames the app hands to [`FramePusher`].
     Pushed,
+    /// The game's own source (a video file, a network stream, a render
+    /// target): [`CustomSource`] makes a fresh [`FrameSource`] each time
+    /// capture (re)starts.
+    Custom(#[reflect(ignore)] CustomSource),
     /// A recorded perception stream (`crate::record`), played back through
     /// the tracker, calibration and events without any frame or network.
     Replay {
@@ -86,6 +90,72 @@ pub enum SourceKind {
 impl Default for SourceKind {
     fn default() -> Self {
         Self::Webcam(WebcamConfig::default())
+    }
+}
+
+/// A factory of the game's own [`FrameSource`]s, for
+/// [`SourceKind::Custom`]. Two are equal when they are the same factory.
+///
+/// ```
+/// # use bevy_emotion::prelude::*;
+/// # use bevy_emotion::capture::CustomSource;
+/// struct Synthetic;
+/// impl FrameSource for Synthetic {
+///     fn start(&mut self) {}
+///     fn stop(&mut self) {}
+///     fn poll(&mut self, _now: f64) -> SourcePoll {
+///         let frame = perception::Frame::new(64, 48, perception::PixelFormat::Gray8, vec![90; 64 * 48]);
+///         frame.map_or_else(|e| SourcePoll::Failed(e.to_string()), SourcePoll::Frame)
+///     }
+///     fn describe(&self) -> String {
+///         "a synthetic gray frame".into()
+///     }
+/// }
+/// let source = SourceKind::Custom(CustomSource::new(|| Box::new(Synthetic)));
+/// ```
+#[derive(Clone)]
+pub struct CustomSource(Arc<dyn Fn() -> Box<dyn FrameSource> + Send + Sync>);
+
+impl CustomSource {
+    /// Wraps a factory.
+    pub fn new(make: impl Fn() -> Box<dyn FrameSource> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+}
+
+impl Default for CustomSource {
+    /// A source that reports it was never configured.
+    fn default() -> Self {
+        Self::new(|| Box::new(Unconfigured))
+    }
+}
+
+impl PartialEq for CustomSource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for CustomSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomSource")
+    }
+}
+
+/// What [`CustomSource::default`] makes.
+struct Unconfigured;
+
+impl FrameSource for Unconfigured {
+    fn start(&mut self) {}
+
+    fn stop(&mut self) {}
+
+    fn poll(&mut self, _now: f64) -> SourcePoll {
+        SourcePoll::Failed("no custom source was configured".into())
+    }
+
+    fn describe(&self) -> String {
+        "unconfigured custom source".into()
     }
 }
 
@@ -495,6 +565,7 @@ pub fn make_source(
         SourceKind::Image(path) => Box::new(ImageSource::still(path.clone(), 10.0)),
         SourceKind::Folder { dir, fps } => Box::new(ImageSource::folder(dir.clone(), *fps)),
         SourceKind::Pushed => Box::new(PushedSource::new(pusher)),
+        SourceKind::Custom(make) => (make.0)(),
         SourceKind::Replay { path, realtime } => Box::new(crate::record::ReplaySource::new(
             path.clone(),
             *realtime,
@@ -803,6 +874,23 @@ mod tests {
 
     fn frame(v: u8) -> Frame {
         Frame::new(2, 2, perception::PixelFormat::Gray8, vec![v; 4]).unwrap()
+    }
+
+    #[test]
+    fn custom_sources_are_made_by_their_factory() {
+        let make = CustomSource::new(|| Box::new(PushedSource::new(&FramePusher::default())));
+        let kind = SourceKind::Custom(make.clone());
+        assert_eq!(kind, SourceKind::Custom(make));
+        assert_ne!(kind, SourceKind::Custom(CustomSource::default()));
+        let mut src = make_source(&kind, &FramePusher::default(), &Default::default());
+        assert_eq!(src.describe(), "frames pushed by the app");
+        let mut none = make_source(
+            &SourceKind::Custom(CustomSource::default()),
+            &FramePusher::default(),
+            &Default::default(),
+        );
+        assert!(matches!(none.poll(0.0), SourcePoll::Failed(_)));
+        assert!(matches!(src.poll(0.0), SourcePoll::Pending));
     }
 
     #[test]

@@ -35,6 +35,14 @@
 //!         info!("face {} started looking {} ({:.0}%)", o.id, o.emotion, o.intensity * 100.0);
 //!     }
 //! }
+//! // Say so when a face cannot be read well.
+//! fn quality(faces: Query<(&TrackedFace, &ExpressionState), Changed<ExpressionState>>) {
+//!     for (face, state) in &faces {
+//!         if let ExpressionState::Unsure { reason } = state {
+//!             info!("face {}: unsure, {reason}", face.id);
+//!         }
+//!     }
+//! }
 //! ```
 
 use std::collections::HashMap;

@@ -15,6 +15,8 @@
 //! App::new()
 //!     .add_plugins((MinimalPlugins, bevy::asset::AssetPlugin::default()))
 //!     .add_plugins(EmotionPlugin::default())
+//!     // Nothing is captured before this (ask the player first).
+//!     .insert_resource(EmotionConsent::Granted)
 //!     .add_systems(Update, react.after(EmotionSystems::Publish))
 //!     .run();
 //! ```
@@ -82,8 +84,9 @@ pub use perception::{
 };
 
 pub use capture::{
-    CameraStatus, CameraStatusChanged, CaptureIndicator, EmotionCapturePlugin, EmotionConsent,
-    EmotionStats, FramePusher, FrameSource, LatestFrame, SourceKind, SourcePoll, WebcamConfig,
+    CameraStatus, CameraStatusChanged, CaptureIndicator, CustomSource, EmotionCapturePlugin,
+    EmotionConsent, EmotionStats, FramePusher, FrameSource, LatestFrame, SourceKind, SourcePoll,
+    WebcamConfig,
 };
 pub use faces::{
     CalibrateNeutral, Calibrating, CalibrationFinished, EmotionChanged, EmotionDetected,
