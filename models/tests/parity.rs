@@ -99,7 +99,9 @@ fn as_matrix(v: &Value) -> Vec<Vec<f64>> {
 }
 
 fn assert_close(what: &str, got: &[Vec<f32>], want: &[Vec<f64>]) {
+    assert_eq!(got.len(), want.len(), "{what}: row count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}[{i}]: length");
         for (j, (a, b)) in g.iter().zip(w).enumerate() {
             assert!(
                 (f64::from(*a) - b).abs() <= TOL,

@@ -139,14 +139,49 @@ pub struct EvaluateArgs {
     batch_size: usize,
 }
 
-fn load_eval_data(path: &std::path::Path, usage: Option<Usage>) -> Result<(Dataset, usize)> {
+/// The faces to score, and what was left out as `(count, first reasons)`.
+fn load_eval_data(
+    path: &std::path::Path,
+    usage: Option<Usage>,
+) -> Result<(Dataset, usize, Vec<String>)> {
     if training::spec::is_csv(path) {
         let opts = Fer2013Options {
             usage,
             on_error: ErrorPolicy::Skip,
         };
         let (ds, report) = load_fer2013(path, &opts)?;
-        Ok((ds, report.skipped_rows.len()))
+        let reasons: Vec<String> = report
+            .skipped_rows
+            .iter()
+            .map(|r| format!("line {}: {}", r.line, r.problem))
+            .collect();
+        if usage.is_none()
+            && ds
+                .origins()
+                .iter()
+                .any(|o| o.usage() == Some(Usage::Training))
+        {
+            bail!(
+                "{} has Training rows: choose the split to score with --usage \
+                 (PublicTest for model selection; scoring every row would mix the \
+                 training data into the accuracy)",
+                path.display()
+            );
+        }
+        if ds.is_empty() {
+            let split = usage
+                .map(|u| format!(" in the {u} split"))
+                .unwrap_or_default();
+            bail!(
+                "nothing to score{split} in {}: {} data rows seen, {} in other splits, {} rejected{}",
+                path.display(),
+                report.seen,
+                report.other_split,
+                report.skipped_rows.len(),
+                first_reasons(&reasons)
+            );
+        }
+        Ok((ds, report.skipped_rows.len(), reasons))
     } else if path.is_dir() {
         if usage.is_some() {
             bail!("--usage applies to FER2013 CSVs only");
@@ -156,7 +191,21 @@ fn load_eval_data(path: &std::path::Path, usage: Option<Usage>) -> Result<(Datas
             ..FolderOptions::default()
         };
         let (ds, report) = load_image_folder(path, &opts)?;
-        Ok((ds, report.skipped_files.len()))
+        let reasons: Vec<String> = report
+            .skipped_files
+            .iter()
+            .map(|f| format!("{}: {}", f.path.display(), f.reason))
+            .collect();
+        if ds.is_empty() {
+            bail!(
+                "nothing to score in {}: {} images seen, {} unreadable{}",
+                path.display(),
+                report.seen,
+                report.skipped_files.len(),
+                first_reasons(&reasons)
+            );
+        }
+        Ok((ds, report.skipped_files.len(), reasons))
     } else {
         bail!(
             "--data {} is neither a .csv/.csv.gz file nor a folder",
@@ -165,13 +214,35 @@ fn load_eval_data(path: &std::path::Path, usage: Option<Usage>) -> Result<(Datas
     }
 }
 
+/// `" (first: a; b; c)"` for up to three reasons, or nothing.
+fn first_reasons(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        return String::new();
+    }
+    format!(
+        " (first: {})",
+        reasons
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
 /// Runs `training evaluate`.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let device = Device::Cpu;
     let weights = LoadedWeights::from_file(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let net = weights.build(&device)?;
-    let (ds, unscored) = load_eval_data(&args.data, args.usage)?;
+    let (ds, unscored, reasons) = load_eval_data(&args.data, args.usage)?;
+    if unscored > 0 {
+        tracing::warn!(
+            "{unscored} rows or files could not be scored{}",
+            first_reasons(&reasons)
+        );
+    }
     if ds.classes() != weights.meta.classes.as_slice() {
         bail!(
             "the data's classes {:?} differ from the model's {:?}",
@@ -303,7 +374,7 @@ fn calibrated(
     if !training::spec::is_csv(&args.data) {
         bail!("--calibrate needs a FER2013 CSV (its Training faces make the baseline)");
     }
-    let (train, _) = load_eval_data(&args.data, Some(Usage::Training))?;
+    let (train, _, _) = load_eval_data(&args.data, Some(Usage::Training))?;
     let classes = train.classes().to_vec();
     let neutral =
         perception::calibrate::neutral_index(&classes).context("the classes have no neutral")?;

@@ -482,5 +482,12 @@ pub fn preprocess(args: &PreprocessArgs) -> Result<()> {
         unreadable.len(),
         report_path.display()
     ));
+    if written == 0 {
+        bail!(
+            "no crop was written: none of the {} images gave a usable face (see {})",
+            jobs.len(),
+            report_path.display()
+        );
+    }
     Ok(())
 }

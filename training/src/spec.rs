@@ -161,6 +161,17 @@ impl DataSpec {
         if let Some(n) = self.val_limit {
             loaded.val.truncate(n);
         }
+        if loaded.train.is_empty() {
+            bail!(
+                "no training samples left in {}{}",
+                path.display(),
+                if self.limit == Some(0) {
+                    " (--limit 0)"
+                } else {
+                    ""
+                }
+            );
+        }
         if loaded.val.is_empty() {
             bail!("no validation samples in {}", path.display());
         }

@@ -179,6 +179,9 @@ impl TrainConfig {
                 self.label_smoothing
             );
         }
+        if self.early_stopping == Some(0) {
+            bail!("early_stopping must be at least 1 epoch (or absent for none)");
+        }
         if let Some(a) = &self.augment {
             a.validate()?;
         }

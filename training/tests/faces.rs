@@ -139,3 +139,88 @@ fn preprocess_writes_aligned_crops_and_a_report() {
     assert_eq!(report["no_face"].as_array().unwrap().len(), 1);
     assert_eq!(report["several_faces"][0]["faces"], 3);
 }
+
+/// Inputs that give nothing to score or write are refused with the reason, never
+/// "accuracy 0/0" with exit code 0; a FER2013 file with Training rows needs
+/// --usage.
+#[test]
+fn evaluate_and_preprocess_refuse_inputs_with_nothing_to_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = untrained_weights(tmp.path());
+    let px = |n: usize| vec!["0"; n].join(" ");
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!(
+            "emotion,pixels,Usage\n3,{},PublicTest\n9,{},PublicTest\ngarbage\n",
+            px(100),
+            px(2304)
+        ),
+    )
+    .unwrap();
+    let run = |data: &Path, usage: Option<&str>| {
+        let mut c = training();
+        c.args(["evaluate", "--model"])
+            .arg(&weights)
+            .arg("--data")
+            .arg(data);
+        if let Some(u) = usage {
+            c.args(["--usage", u]);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&bad, Some("PublicTest"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("nothing to score") && err.contains("3 rejected"),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    // A split the file does not have.
+    let good = tmp.path().join("good.csv");
+    std::fs::write(
+        &good,
+        format!(
+            "emotion,pixels,Usage\n3,{p},Training\n4,{p},PublicTest\n",
+            p = px(2304)
+        ),
+    )
+    .unwrap();
+    let out = run(&good, Some("PrivateTest"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("PrivateTest"),
+        "{err}"
+    );
+    // No --usage on a file with Training rows.
+    let out = run(&good, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--usage"), "{err}");
+    // A folder of unreadable images.
+    let folder = tmp.path().join("faces/happy");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.png"), b"not a png").unwrap();
+    let out = run(&tmp.path().join("faces"), None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("1 unreadable"),
+        "{err}"
+    );
+    // The good split still works.
+    assert!(run(&good, Some("PublicTest")).status.success());
+    // preprocess where every image fails: a report, and a failure.
+    let out = training()
+        .args(["preprocess", "--input"])
+        .arg(tmp.path().join("faces"))
+        .arg("--output")
+        .arg(tmp.path().join("crops"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no crop was written"),
+        "{err}"
+    );
+    assert!(tmp.path().join("crops/preprocess_report.json").is_file());
+}

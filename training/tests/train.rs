@@ -140,3 +140,30 @@ fn one_epoch_smoke_run_on_fer2013() {
     assert!(best.meta.provenance.dataset.starts_with("fer2013:Training"));
     assert!(best.meta.provenance.metrics.contains_key("val_accuracy"));
 }
+
+/// A run that would train on nothing or stop before it starts is refused
+/// before anything is written, not finished with exit code 0.
+#[test]
+fn empty_training_sets_and_zero_patience_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tiny.csv");
+    write_fixture(&data, 14, 7);
+    let opts = |name: &str| RunOptions {
+        run_dir: tmp.path().join(name),
+        resume: false,
+        progress: false,
+    };
+    let mut cfg = config(&data, 1);
+    cfg.data.limit = Some(0);
+    let err = train(cfg, &opts("limit0"), Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no training samples"), "{err}");
+    let mut cfg = config(&data, 1);
+    cfg.early_stopping = Some(0);
+    let err = train(cfg, &opts("patience0"), Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("early_stopping"), "{err}");
+    assert!(!tmp.path().join("patience0/metrics.jsonl").exists());
+}
