@@ -161,6 +161,41 @@ impl ModelConfig {
         }
     }
 
+    /// Checks every size and rate before a network of this configuration is
+    /// allocated (a weights file's metadata is untrusted input): 1 to 4
+    /// input channels, 1 to 1,000 classes, 1 to 16,384 dense units, dropout
+    /// in `[0, 1)`, BatchNorm epsilon positive and momentum in `[0, 1)`.
+    pub fn check_ranges(&self) -> std::result::Result<(), String> {
+        let (channels, classes, bn) = match self {
+            Self::Arch1(c) | Self::Arch3(c) => (c.in_channels, c.num_classes, &c.bn),
+            Self::Arch2(c) | Self::Arch4(c) => (c.in_channels, c.num_classes, &c.bn),
+        };
+        if !(1..=4).contains(&channels) {
+            return Err(format!("in_channels {channels} is not between 1 and 4"));
+        }
+        if !(1..=1000).contains(&classes) {
+            return Err(format!("num_classes {classes} is not between 1 and 1000"));
+        }
+        if !(bn.eps.is_finite() && bn.eps > 0.0 && (0.0..1.0).contains(&bn.momentum)) {
+            return Err(format!(
+                "BatchNorm eps {} / momentum {} out of range",
+                bn.eps, bn.momentum
+            ));
+        }
+        if let Self::Arch2(c) | Self::Arch4(c) = self {
+            if !(1..=16_384).contains(&c.dense_units) {
+                return Err(format!(
+                    "dense_units {} is not between 1 and 16384",
+                    c.dense_units
+                ));
+            }
+            if !(0.0..1.0).contains(&c.dropout) {
+                return Err(format!("dropout {} is not in [0, 1)", c.dropout));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the dropout of the dense heads (no effect on ARCH-1/ARCH-3).
     pub fn set_dropout(&mut self, p: f32) {
         if let Self::Arch2(c) | Self::Arch4(c) = self {

@@ -238,6 +238,12 @@ impl WeightsMeta {
             })
         }
         let config: ModelConfig = parse("config", get("config")?)?;
+        config
+            .check_ranges()
+            .map_err(|reason| WeightsError::BadMetadata {
+                key: "config",
+                reason,
+            })?;
         let arch: Arch = get("arch")?
             .parse()
             .map_err(|reason| WeightsError::BadMetadata {
@@ -264,11 +270,24 @@ impl WeightsMeta {
                 ),
             });
         }
+        let normalization: Normalization = parse("normalization", get("normalization")?)?;
+        if !(normalization.mean.is_finite()
+            && normalization.std.is_finite()
+            && normalization.std > 0.0)
+        {
+            return Err(WeightsError::BadMetadata {
+                key: "normalization",
+                reason: format!(
+                    "mean {} and std {} must be finite, std positive",
+                    normalization.mean, normalization.std
+                ),
+            });
+        }
         Ok(Self {
             config,
             classes,
             input: parse("input", get("input")?)?,
-            normalization: parse("normalization", get("normalization")?)?,
+            normalization,
             provenance: match map.get("provenance") {
                 Some(s) => parse("provenance", s)?,
                 None => Provenance::default(),
@@ -600,6 +619,39 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn out_of_range_metadata_is_refused_before_any_allocation() {
+        let w = LoadedWeights::untrained(Arch::Arch2, &Device::Cpu).unwrap();
+        let bad = |edit: &dyn Fn(&mut WeightsMeta)| {
+            let mut meta = w.meta.clone();
+            edit(&mut meta);
+            let bytes = to_bytes(&w.tensors, &meta).unwrap();
+            match LoadedWeights::from_bytes(&bytes, &Device::Cpu) {
+                Err(WeightsError::BadMetadata { key, reason }) => format!("{key}: {reason}"),
+                other => panic!("accepted: {:?}", other.map(|w| w.meta)),
+            }
+        };
+        let dense = |f: &dyn Fn(&mut crate::DenseNetConfig)| {
+            bad(&|m: &mut WeightsMeta| {
+                if let ModelConfig::Arch2(c) = &mut m.config {
+                    f(c);
+                }
+            })
+        };
+        let e = dense(&|c| c.num_classes = 0);
+        assert!(e.contains("num_classes 0"), "{e}");
+        let e = dense(&|c| c.in_channels = 100_000);
+        assert!(e.contains("in_channels"), "{e}");
+        let e = dense(&|c| c.dense_units = usize::MAX / 4);
+        assert!(e.contains("dense_units"), "{e}");
+        let e = dense(&|c| c.dropout = 1.5);
+        assert!(e.contains("dropout"), "{e}");
+        let e = bad(&|m: &mut WeightsMeta| m.normalization.std = 0.0);
+        assert!(e.starts_with("normalization"), "{e}");
+        let e = bad(&|m: &mut WeightsMeta| m.normalization.mean = f32::NAN);
+        assert!(e.starts_with("normalization"), "{e}");
     }
 
     #[test]
