@@ -651,7 +651,12 @@ pub(crate) fn open_text(path: &Path) -> Result<Box<dyn BufRead + Send>, DataErro
     })
 }
 
-/// Reads one line into `buf` (without its `\n` / `\r\n`); `Ok(false)` at the end.
+/// Longest line a CSV reader accepts: a FER2013 row is under 10 KB, so a
+/// longer line is a corrupt or foreign file, refused before it fills memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Reads one line into `buf` (without its `\n` / `\r\n`); `Ok(false)` at the
+/// end. A line longer than [`MAX_LINE_BYTES`] is an error.
 pub(crate) fn next_line(
     reader: &mut dyn BufRead,
     buf: &mut Vec<u8>,
@@ -659,15 +664,23 @@ pub(crate) fn next_line(
     line: usize,
 ) -> Result<bool, DataError> {
     buf.clear();
+    let err = |source| DataError::ReadLine {
+        path: path.to_path_buf(),
+        line,
+        source,
+    };
     let n = reader
+        .take(MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', buf)
-        .map_err(|source| DataError::ReadLine {
-            path: path.to_path_buf(),
-            line,
-            source,
-        })?;
+        .map_err(err)?;
     if n == 0 {
         return Ok(false);
+    }
+    if n > MAX_LINE_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("line longer than {MAX_LINE_BYTES} bytes"),
+        )));
     }
     if buf.last() == Some(&b'\n') {
         buf.pop();
@@ -700,6 +713,22 @@ pub(crate) fn show(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_line_is_refused_not_read_whole() {
+        let mut text = b"emotion,pixels,Usage\n".to_vec();
+        text.extend(std::iter::repeat_n(b'1', MAX_LINE_BYTES + 10));
+        let mut reader = std::io::Cursor::new(text);
+        let mut buf = Vec::new();
+        let path = Path::new("long.csv");
+        assert!(next_line(&mut reader, &mut buf, path, 1).unwrap());
+        let e = next_line(&mut reader, &mut buf, path, 2).unwrap_err();
+        assert!(
+            e.to_string().contains("long.csv:2:") && e.to_string().contains("longer than"),
+            "{e}"
+        );
+        assert!(buf.len() <= MAX_LINE_BYTES + 1);
+    }
 
     fn origin(row: usize) -> Origin {
         Origin::Row { row, usage: None }
