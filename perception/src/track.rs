@@ -63,6 +63,9 @@ pub struct Track {
     pub id: u64,
     /// Last matched observation.
     pub last: Observation,
+    /// Its probabilities as the update's correction made them (calibrated;
+    /// equal to `last.probs` without a correction): what is smoothed.
+    pub corrected: Vec<f32>,
     /// Box velocity, pixels per second, per coordinate.
     pub velocity: [f32; 4],
     /// Frame time of the first observation, seconds.
@@ -178,17 +181,18 @@ impl Tracker {
                 }
             }
             track.last = o.clone();
+            track.corrected = correct(track.id, &o.probs);
             track.last_seen = t;
             out.observed.push((track.id, oi));
             if o.unsure.is_some() || o.probs.is_empty() {
                 // Follow the face, hold its expression.
                 continue;
             }
-            let probs = correct(track.id, &o.probs);
+            let probs = &track.corrected;
             if !track.sure {
                 track.sure = true;
-                track.label = argmax(&probs);
-                track.smoothed = probs;
+                track.label = argmax(probs);
+                track.smoothed = probs.clone();
                 continue;
             }
             let alpha = if cfg.smoothing > 0.0 && dt > 0.0 {
@@ -197,11 +201,11 @@ impl Tracker {
                 1.0
             };
             if track.smoothed.len() == probs.len() {
-                for (s, p) in track.smoothed.iter_mut().zip(&probs) {
+                for (s, p) in track.smoothed.iter_mut().zip(probs) {
                     *s += alpha * (p - *s);
                 }
             } else {
-                track.smoothed = probs;
+                track.smoothed = probs.clone();
             }
             let best = argmax(&track.smoothed);
             let current = track.smoothed.get(track.label).copied().unwrap_or(0.0);
@@ -221,6 +225,7 @@ impl Tracker {
             self.tracks.push(Track {
                 id,
                 last: o.clone(),
+                corrected: probs.clone(),
                 velocity: [0.0; 4],
                 first_seen: t,
                 last_seen: t,

@@ -703,7 +703,6 @@ impl Plugin for EmotionCapturePlugin {
             .init_resource::<CameraStatus>()
             .init_resource::<EmotionStats>()
             .init_resource::<CaptureIndicator>()
-            .init_resource::<EmotionConsent>()
             .register_type::<CameraStatus>()
             .register_type::<EmotionStats>()
             .register_type::<EmotionConsent>()

@@ -58,7 +58,7 @@ use perception::{
 
 use crate::capture::{EmotionStats, capture_allowed, capture_stopped};
 use crate::inference::InferenceFinished;
-use crate::model::EmotionPipeline;
+use crate::model::{EmotionPipeline, class_names};
 use crate::settings::{EmotionSettings, EmotionSystems, stage_setup};
 
 /// A tracked face. The entity is the face's identity; `id` is a stable
@@ -335,7 +335,6 @@ impl Plugin for EmotionFacesPlugin {
         app.init_resource::<FaceTracker>()
             .init_resource::<FacePresence>()
             .init_resource::<PlayerBaseline>()
-            .init_resource::<crate::capture::EmotionConsent>()
             .init_resource::<EmotionStats>()
             .add_message::<InferenceFinished>()
             .add_message::<FaceAppeared>()
@@ -377,19 +376,6 @@ impl Plugin for EmotionFacesPlugin {
                 ),
             );
     }
-}
-
-/// The classifier's class names (FER2013's until the networks are loaded).
-fn class_names(pipeline: Option<&EmotionPipeline>) -> Vec<String> {
-    pipeline.map_or_else(
-        || {
-            Emotion::FER2013
-                .iter()
-                .map(|e| e.name().to_string())
-                .collect()
-        },
-        |p| p.0.classifier().classes().to_vec(),
-    )
 }
 
 /// Every message the face stage writes.
@@ -454,34 +440,6 @@ impl FaceMessages<'_> {
             }
         }
     }
-
-    /// A face is gone: its open episodes end, a calibration in progress
-    /// fails, and [`FaceLost`] is written.
-    fn lose(&mut self, face: FaceRef, t: f64, names: &[Emotion]) {
-        if let Some(mut e) = face.episodes {
-            let closed = e.0.close_all(t);
-            self.episodes(face.entity, face.id, names, closed);
-        }
-        if face.calibrating {
-            self.calibrated.write(CalibrationFinished {
-                face: face.entity,
-                result: Err(CalibrationError::NoFace),
-            });
-        }
-        self.lost.write(FaceLost {
-            face: face.entity,
-            id: face.id,
-            timestamp: t,
-        });
-    }
-}
-
-/// What [`FaceMessages::lose`] needs of a face.
-struct FaceRef<'a> {
-    entity: Entity,
-    id: u64,
-    episodes: Option<Mut<'a, FaceEpisodes>>,
-    calibrating: bool,
 }
 
 type FaceItem<'a> = (
@@ -505,25 +463,18 @@ fn forget_faces(
         return;
     }
     tracker.0.clear();
-    let names = emotions(pipeline.as_deref());
+    let names = emotions(&class_names(pipeline.as_deref()));
     let t = time.elapsed_secs_f64();
-    for (entity, tf, _, calibrating, episodes) in &mut faces {
-        let face = FaceRef {
-            entity,
-            id: tf.id,
-            episodes,
-            calibrating: calibrating.is_some(),
-        };
-        out.lose(face, t, &names);
+    let all: Vec<(Entity, u64)> = faces.iter().map(|(e, f, ..)| (e, f.id)).collect();
+    for (entity, id) in all {
+        lose(&mut faces, entity, id, t, &names, &mut out);
     }
     presence.0 = 0;
 }
 
-fn emotions(pipeline: Option<&EmotionPipeline>) -> Vec<Emotion> {
-    class_names(pipeline)
-        .iter()
-        .map(|c| Emotion::from_name(c))
-        .collect()
+/// The emotions the class names stand for.
+fn emotions(classes: &[String]) -> Vec<Emotion> {
+    classes.iter().map(|c| Emotion::from_name(c)).collect()
 }
 
 /// [`CalibrateNeutral`] requests: a face that exists starts gathering, any
@@ -557,6 +508,9 @@ fn check_baselines(
     pipeline: Option<Res<EmotionPipeline>>,
     mut done: MessageWriter<CalibrationFinished>,
 ) {
+    if added.is_empty() {
+        return;
+    }
     let classes = class_names(pipeline.as_deref());
     for (face, cal) in &added {
         if let Err(e) = cal.0.check(&classes) {
@@ -605,10 +559,13 @@ fn track_faces(
     mut faces: Query<FaceItem>,
     mut out: FaceMessages,
 ) {
+    if results.is_empty() {
+        return;
+    }
     let tracker = &mut tracker.0;
     tracker.config = settings.tracker.clone();
     let classes = class_names(pipeline.as_deref());
-    let names: Vec<Emotion> = classes.iter().map(|c| Emotion::from_name(c)).collect();
+    let names = emotions(&classes);
     let name = |i: usize| names.get(i).copied().unwrap_or(Emotion::Other);
     // The entity and baseline of each live track id (spawned ones are added
     // below).
@@ -647,7 +604,7 @@ fn track_faces(
                 continue;
             };
             let o = &observed[oi];
-            let calibrated = correct(id, &o.probs);
+            let calibrated = track.corrected.clone();
             let [x1, y1, x2, y2] = o.bbox;
             let state = match o.unsure {
                 Some(reason) => ExpressionState::Unsure { reason },
@@ -656,7 +613,33 @@ fn track_faces(
                     confidence: track.smoothed.get(track.label).copied().unwrap_or(0.0),
                 },
             };
-            let components = (
+            // Episodes run on sure frames only.
+            let sure_frame = o.unsure.is_none() && track.sure;
+            let known = entities.get(&id).copied();
+            let face = known.unwrap_or_else(|| {
+                // A new face: its episode machines start with this frame.
+                let mut episodes = Episodes::new(classes.len());
+                let ev = if sure_frame {
+                    episodes.update(t, &track.smoothed, &settings.episodes)
+                } else {
+                    Vec::new()
+                };
+                let e = commands
+                    .spawn((Name::new(format!("face {id}")), FaceEpisodes(episodes)))
+                    .id();
+                entities.insert(id, e);
+                out.appeared.write(FaceAppeared {
+                    face: e,
+                    id,
+                    emotion: track.sure.then(|| name(track.label)),
+                    frame: result.seq,
+                    timestamp: t,
+                });
+                out.episodes(e, id, &names, ev);
+                e
+            });
+            let mut ec = commands.entity(face);
+            ec.insert((
                 TrackedFace {
                     id,
                     first_seen: track.first_seen,
@@ -672,82 +655,44 @@ fn track_faces(
                     calibrated: calibrated.clone(),
                 },
                 state,
-            );
-            let smoothed = track.sure.then(|| SmoothedEmotion {
-                probs: track.smoothed.clone(),
-                emotion: name(track.label),
-                confidence: track.smoothed.get(track.label).copied().unwrap_or(0.0),
-            });
-            // Episodes run on sure frames only.
-            let sure_frame = o.unsure.is_none() && track.sure;
-            let face = match entities.get(&id).copied() {
-                Some(e) => {
-                    let mut ec = commands.entity(e);
-                    ec.insert(components);
-                    if let Some(s) = smoothed {
-                        ec.insert(s);
-                    }
-                    if let Some(q) = o.quality {
-                        ec.insert(Quality(q));
-                    }
-                    if let Ok((_, _, _, calibrating, episodes)) = faces.get_mut(e) {
-                        if sure_frame && let Some(mut ep) = episodes {
-                            let ev = ep.0.update(t, &track.smoothed, &settings.episodes);
-                            out.episodes(e, id, &names, ev);
-                        }
-                        if let Some(mut c) = calibrating {
-                            if usable_for_calibration(o) {
-                                c.samples.push(o.probs.clone());
-                            }
-                            if t >= c.until {
-                                let result = NeutralBaseline::from_samples(
-                                    &classes,
-                                    &c.samples,
-                                    &settings.calibration,
-                                );
-                                let mut ec = commands.entity(e);
-                                ec.remove::<Calibrating>();
-                                if let Ok(b) = &result {
-                                    ec.insert(NeutralCalibration(b.clone()));
-                                }
-                                out.calibrated
-                                    .write(CalibrationFinished { face: e, result });
-                            }
-                        }
-                    }
-                    e
+            ));
+            if track.sure {
+                ec.insert(SmoothedEmotion {
+                    probs: track.smoothed.clone(),
+                    emotion: name(track.label),
+                    confidence: track.smoothed.get(track.label).copied().unwrap_or(0.0),
+                });
+            }
+            if let Some(q) = o.quality {
+                ec.insert(Quality(q));
+            }
+            // A known face's episodes and calibration in progress.
+            if known.is_some()
+                && let Ok((_, _, _, calibrating, episodes)) = faces.get_mut(face)
+            {
+                if sure_frame && let Some(mut ep) = episodes {
+                    let ev = ep.0.update(t, &track.smoothed, &settings.episodes);
+                    out.episodes(face, id, &names, ev);
                 }
-                None => {
-                    let mut episodes = Episodes::new(classes.len());
-                    let ev = if sure_frame {
-                        episodes.update(t, &track.smoothed, &settings.episodes)
-                    } else {
-                        Vec::new()
-                    };
-                    let mut ec = commands.spawn((
-                        Name::new(format!("face {id}")),
-                        components,
-                        FaceEpisodes(episodes),
-                    ));
-                    if let Some(s) = smoothed {
-                        ec.insert(s);
+                if let Some(mut c) = calibrating {
+                    if usable_for_calibration(o) {
+                        c.samples.push(o.probs.clone());
                     }
-                    if let Some(q) = o.quality {
-                        ec.insert(Quality(q));
+                    if t >= c.until {
+                        let result = NeutralBaseline::from_samples(
+                            &classes,
+                            &c.samples,
+                            &settings.calibration,
+                        );
+                        let mut ec = commands.entity(face);
+                        ec.remove::<Calibrating>();
+                        if let Ok(b) = &result {
+                            ec.insert(NeutralCalibration(b.clone()));
+                        }
+                        out.calibrated.write(CalibrationFinished { face, result });
                     }
-                    let e = ec.id();
-                    entities.insert(id, e);
-                    out.appeared.write(FaceAppeared {
-                        face: e,
-                        id,
-                        emotion: track.sure.then(|| name(track.label)),
-                        frame: result.seq,
-                        timestamp: t,
-                    });
-                    out.episodes(e, id, &names, ev);
-                    e
                 }
-            };
+            }
             let best = argmax(&calibrated);
             out.detected.write(EmotionDetected {
                 face,
@@ -785,25 +730,33 @@ fn track_faces(
     presence.0 = tracker.tracks().len();
 }
 
+/// A face is gone: its open episodes end, a calibration in progress fails,
+/// and [`FaceLost`] is written (the entity is despawned in `Publish`).
 fn lose(
     faces: &mut Query<FaceItem>,
-    entity: Entity,
+    face: Entity,
     id: u64,
     t: f64,
     names: &[Emotion],
     out: &mut FaceMessages,
 ) {
-    let (episodes, calibrating) = match faces.get_mut(entity) {
-        Ok((_, _, _, c, e)) => (e, c.is_some()),
-        Err(_) => (None, false),
-    };
-    let face = FaceRef {
-        entity,
+    if let Ok((_, _, _, calibrating, episodes)) = faces.get_mut(face) {
+        if let Some(mut e) = episodes {
+            let closed = e.0.close_all(t);
+            out.episodes(face, id, names, closed);
+        }
+        if calibrating.is_some() {
+            out.calibrated.write(CalibrationFinished {
+                face,
+                result: Err(CalibrationError::NoFace),
+            });
+        }
+    }
+    out.lost.write(FaceLost {
+        face,
         id,
-        episodes,
-        calibrating,
-    };
-    out.lose(face, t, names);
+        timestamp: t,
+    });
 }
 
 /// Tracks not seen for `lost_after` seconds end even when no result
@@ -821,7 +774,7 @@ fn expire_faces(
     if lost.is_empty() {
         return;
     }
-    let names = emotions(pipeline.as_deref());
+    let names = emotions(&class_names(pipeline.as_deref()));
     let by_id: HashMap<u64, Entity> = faces.iter().map(|(e, f, ..)| (f.id, e)).collect();
     for id in lost {
         if let Some(&entity) = by_id.get(&id) {

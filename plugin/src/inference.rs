@@ -55,7 +55,6 @@ impl Plugin for EmotionInferencePlugin {
     fn build(&self, app: &mut App) {
         stage_setup(app);
         app.init_resource::<InferenceState>()
-            .init_resource::<crate::capture::EmotionConsent>()
             .add_message::<InferenceFinished>()
             .add_systems(
                 Update,

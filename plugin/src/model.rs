@@ -87,6 +87,19 @@ impl Default for ModelSource {
 #[derive(Resource, Clone)]
 pub struct EmotionPipeline(pub Arc<Pipeline>);
 
+/// The classifier's class names (FER2013's until the networks are loaded).
+pub(crate) fn class_names(pipeline: Option<&EmotionPipeline>) -> Vec<String> {
+    pipeline.map_or_else(
+        || {
+            perception::Emotion::FER2013
+                .iter()
+                .map(|e| e.name().to_string())
+                .collect()
+        },
+        |p| p.0.classifier().classes().to_vec(),
+    )
+}
+
 /// Whether the networks are ready.
 #[derive(Resource, Reflect, Debug, Clone, PartialEq, Default)]
 #[reflect(Resource)]

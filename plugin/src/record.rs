@@ -28,7 +28,7 @@ use perception::record::{StreamFrame, StreamReader, StreamWriter};
 
 use crate::capture::{FrameSource, SourcePoll};
 use crate::inference::InferenceFinished;
-use crate::model::EmotionPipeline;
+use crate::model::{EmotionPipeline, class_names};
 use crate::settings::{EmotionSystems, stage_setup};
 
 /// Writes the perception stream while recording. Nothing is written unless
@@ -293,17 +293,11 @@ fn record_results(
     mut results: MessageReader<InferenceFinished>,
     pipeline: Option<Res<EmotionPipeline>>,
 ) {
-    let classes: Vec<String> =
-        pipeline.map_or_else(fer2013_classes, |p| p.0.classifier().classes().to_vec());
+    if results.is_empty() {
+        return;
+    }
+    let classes = class_names(pipeline.as_deref());
     for r in results.read() {
         recorder.write(&classes, r);
     }
-}
-
-/// FER2013's class names, for a recording started before the networks load.
-fn fer2013_classes() -> Vec<String> {
-    perception::Emotion::FER2013
-        .iter()
-        .map(|e| e.name().to_string())
-        .collect()
 }

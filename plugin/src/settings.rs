@@ -91,10 +91,11 @@ impl Plugin for EmotionSettingsPlugin {
     }
 }
 
-/// What every stage needs: the settings (defaults unless inserted before)
-/// and the stage order.
+/// What every stage needs: the settings (defaults unless inserted before),
+/// the consent its run conditions read, and the stage order.
 pub(crate) fn stage_setup(app: &mut App) {
     app.init_resource::<EmotionSettings>()
+        .init_resource::<crate::capture::EmotionConsent>()
         .register_type::<EmotionSettings>()
         .configure_sets(
             Update,

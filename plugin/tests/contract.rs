@@ -8,7 +8,7 @@ mod common;
 
 use bevy::prelude::*;
 use bevy_emotion::prelude::*;
-use common::{Log, app, feed, feed_paced, photo, pipeline, window};
+use common::{Log, app, feed, feed_paced, photo, pipeline};
 use perception::{Frame, PixelFormat};
 
 /// Two 200x240 windows of one photo with a face each, at the same place,
@@ -23,8 +23,8 @@ struct Windows {
 
 fn windows(p: &perception::Pipeline) -> Windows {
     let photo = photo();
-    let a = window(&photo, 288, 10, 200, 240);
-    let b = window(&photo, 168, 21, 200, 240);
+    let a = photo.crop(288, 10, 200, 240).unwrap();
+    let b = photo.crop(168, 21, 200, 240).unwrap();
     let fa = p.process(&a).unwrap().remove(0);
     let fb = p.process(&b).unwrap().remove(0);
     assert_ne!(fa.label(), fb.label());

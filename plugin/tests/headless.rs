@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_emotion::prelude::*;
-use common::{Log, app, feed_paced, photo, pipeline, window};
+use common::{Log, app, feed_paced, photo, pipeline};
 use perception::{Frame, Pipeline, PixelFormat, QualityGate};
 
 #[test]
@@ -21,8 +21,8 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
     let photo = photo();
     // Two 200x240 windows of the same photo, each centred on one person:
     // the same place in the frame, two different expressions.
-    let a = window(&photo, 288, 10, 200, 240);
-    let b = window(&photo, 168, 21, 200, 240);
+    let a = photo.crop(288, 10, 200, 240).unwrap();
+    let b = photo.crop(168, 21, 200, 240).unwrap();
     let label = |f: &Frame| {
         let faces = p.process(f).unwrap();
         assert!(!faces.is_empty(), "no face in a test window");
@@ -153,7 +153,7 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
 #[test]
 fn a_source_that_goes_quiet_is_noticed_and_its_faces_expire() {
     let p = pipeline();
-    let a = window(&photo(), 288, 10, 200, 240);
+    let a = photo().crop(288, 10, 200, 240).unwrap();
     let settings = EmotionSettings {
         source: SourceKind::Pushed,
         inference_hz: 1000.0,

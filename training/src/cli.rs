@@ -309,12 +309,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             line(format!(
                 "population neutral baseline from {} Training faces labelled neutral: {}",
                 b.frames,
-                b.classes
-                    .iter()
-                    .zip(&b.probs)
-                    .map(|(n, p)| format!("{n}={p:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                crate::faces::probs_text(&b.classes, &b.probs)
             ));
             line("class raw_recall calibrated_recall");
             for ((n, r), k) in c.classes.iter().zip(c.per_class()).zip(cal.per_class()) {

@@ -81,7 +81,8 @@ fn load_classifier(model: &Option<PathBuf>) -> Result<Classifier> {
     Classifier::from_file(&path).with_context(|| format!("loading weights {}", path.display()))
 }
 
-fn probs_text(classes: &[String], probs: &[f32]) -> String {
+/// `class=p` for every class, to three decimals.
+pub(crate) fn probs_text(classes: &[String], probs: &[f32]) -> String {
     classes
         .iter()
         .zip(probs)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_emotion::prelude::*;
-use perception::{Frame, Pipeline, PipelineConfig, PixelFormat};
+use perception::{Frame, Pipeline, PipelineConfig};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,16 +30,6 @@ pub fn photo() -> Frame {
     let path = repo().join("../shared/data/faces-fullframe/2008_002506.jpg");
     assert!(path.is_file(), "shared data missing: {}", path.display());
     Frame::open(path).unwrap()
-}
-
-/// A `w x h` window of `frame` with its top-left corner at `(x0, y0)`.
-pub fn window(frame: &Frame, x0: usize, y0: usize, w: usize, h: usize) -> Frame {
-    let rgb = frame.to_rgb8();
-    let mut out = Vec::with_capacity(w * h * 3);
-    for y in y0..y0 + h {
-        out.extend_from_slice(&rgb[(y * frame.width() + x0) * 3..][..w * 3]);
-    }
-    Frame::new(w, h, PixelFormat::Rgb8, out).unwrap()
 }
 
 /// Every message the plugin wrote, by kind, and all of them in order as

@@ -237,11 +237,6 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
 
 /// `calibrated.json`: the output of `training evaluate --calibrate --json`.
 fn read_calibrated(path: &Path) -> Result<Option<(Confusion, Confusion)>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     #[derive(Deserialize)]
     struct Cal {
         confusion: Vec<u64>,
@@ -252,36 +247,40 @@ fn read_calibrated(path: &Path) -> Result<Option<(Confusion, Confusion)>> {
         confusion: Vec<u64>,
         calibrated: Cal,
     }
-    for l in text.lines() {
-        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
-            let k = e.classes.len();
-            if e.confusion.len() != k * k || e.calibrated.confusion.len() != k * k {
-                bail!("{}: a confusion matrix has the wrong size", path.display());
-            }
-            let raw = Confusion {
-                classes: e.classes.clone(),
-                counts: e.confusion,
-            };
-            let cal = Confusion {
-                classes: e.classes,
-                counts: e.calibrated.confusion,
-            };
-            return Ok(Some((raw, cal)));
-        }
+    let Some(e) = read_json_line::<Evaluated>(path, "training evaluate --calibrate --json")? else {
+        return Ok(None);
+    };
+    let k = e.classes.len();
+    if e.confusion.len() != k * k || e.calibrated.confusion.len() != k * k {
+        bail!("{}: a confusion matrix has the wrong size", path.display());
     }
-    bail!(
-        "{} holds no `training evaluate --calibrate --json` object",
-        path.display()
-    )
+    let raw = Confusion {
+        classes: e.classes.clone(),
+        counts: e.confusion,
+    };
+    let cal = Confusion {
+        classes: e.classes,
+        counts: e.calibrated.confusion,
+    };
+    Ok(Some((raw, cal)))
 }
 
-/// `abstain.json`: the output of `training evaluate --abstain --json`.
-fn read_abstain(path: &Path) -> Result<Option<(Vec<CoveragePoint>, CoveragePoint)>> {
+/// The first line of `path` that parses as `T` (the JSON object a
+/// `training` command printed among its text lines); `None` when the file
+/// does not exist, an error when no line parses.
+fn read_json_line<T: serde::de::DeserializeOwned>(path: &Path, command: &str) -> Result<Option<T>> {
     if !path.is_file() {
         return Ok(None);
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match text.lines().find_map(|l| serde_json::from_str::<T>(l).ok()) {
+        Some(v) => Ok(Some(v)),
+        None => bail!("{} holds no `{command}` object", path.display()),
+    }
+}
+/// `abstain.json`: the output of `training evaluate --abstain --json`.
+fn read_abstain(path: &Path) -> Result<Option<(Vec<CoveragePoint>, CoveragePoint)>> {
     #[derive(Deserialize)]
     struct Abstain {
         curve: Vec<CoveragePoint>,
@@ -291,49 +290,32 @@ fn read_abstain(path: &Path) -> Result<Option<(Vec<CoveragePoint>, CoveragePoint
     struct Evaluated {
         abstain: Abstain,
     }
-    for l in text.lines() {
-        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
-            return Ok(Some((e.abstain.curve, e.abstain.default)));
-        }
-    }
-    bail!(
-        "{} holds no `training evaluate --abstain --json` object",
-        path.display()
+    Ok(
+        read_json_line::<Evaluated>(path, "training evaluate --abstain --json")?
+            .map(|e| (e.abstain.curve, e.abstain.default)),
     )
 }
-
 /// `evaluate.json`: the output of `training evaluate --json` (its JSON line).
 fn read_evaluate(path: &Path) -> Result<Option<Confusion>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     #[derive(Deserialize)]
     struct Evaluated {
         classes: Vec<String>,
         confusion: Vec<u64>,
     }
-    for l in text.lines() {
-        if let Ok(e) = serde_json::from_str::<Evaluated>(l) {
-            if e.confusion.len() != e.classes.len() * e.classes.len() {
-                bail!(
-                    "{}: the confusion matrix has the wrong size",
-                    path.display()
-                );
-            }
-            return Ok(Some(Confusion {
-                classes: e.classes,
-                counts: e.confusion,
-            }));
-        }
+    let Some(e) = read_json_line::<Evaluated>(path, "training evaluate --json")? else {
+        return Ok(None);
+    };
+    if e.confusion.len() != e.classes.len() * e.classes.len() {
+        bail!(
+            "{}: the confusion matrix has the wrong size",
+            path.display()
+        );
     }
-    bail!(
-        "{} holds no `training evaluate --json` object",
-        path.display()
-    )
+    Ok(Some(Confusion {
+        classes: e.classes,
+        counts: e.confusion,
+    }))
 }
-
 /// `bench/<arch>.json`: what `training bench --json` wrote.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BenchRecord {
