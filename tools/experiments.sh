@@ -112,7 +112,19 @@ EOF
             return ;;
     esac
     local resume=()
-    [[ $status == resume ]] && resume=(--resume)
+    if [[ $status == resume ]]; then
+        # A resumed run keeps its config.json: pass only the data options and
+        # the epoch budget (`train --resume` refuses the others).
+        resume=(--resume)
+        local kept=()
+        while (( $# > 0 )); do
+            case $1 in
+                --arch|--batch-size) shift 2 ;;
+                *) kept+=("$1"); shift ;;
+            esac
+        done
+        set -- "${kept[@]}"
+    fi
     echo "== $dir: ${status/new/starting}"
     if ! "$TRAINING_BIN" train --run-dir "$dir" "${resume[@]}" --no-progress "$@"; then
         echo "!! $dir failed; going on with the plan" >&2

@@ -1,339 +1,405 @@
-//! Ada, the agent: a face built from Bevy meshes whose brows, eyelids, eyes,
-//! mouth and head pose are driven by blend parameters per expression, with
-//! idle blinking, breathing and a gaze that follows the player's face.
+//! Ada, the agent: a smooth 2D face ([`crate::face`]) driven by FACS action
+//! units. Her expression comes from the dialogue line she is saying (each
+//! expression an action-unit recipe from `assets/demo/ada.expressions.ron`,
+//! reloaded when it changes), blended in over a fraction of a second; her
+//! mouth follows the words she says (visemes from the letters, on a
+//! timeline); she blinks, breathes, looks at the player's face with small
+//! saccades, and listens with nods and a little mirroring of the player's
+//! expression while they answer.
 
+use std::sync::Arc;
+
+use bevy::asset::RenderAssetUsages;
+use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
 use bevy_emotion::Emotion;
+use serde::Deserialize;
 
+use crate::data::{DataError, DataFile, DataFilePlugin};
+use crate::dialogue::Talk;
+use crate::face::{ActionUnits, Au, Pose, Recipes, draw};
 use crate::{Player, PlayerEmotionChanged};
 
-/// Ada's body and animation: spawned at start-up, animated every frame, her
-/// expression answering each change of the player's emotion, her gaze on the
-/// player's face.
-pub struct AgentPlugin;
+/// The shipped recipes, compiled in (used until the asset is loaded).
+pub const BUILTIN: &str = include_str!("../../assets/demo/ada.expressions.ron");
+
+/// Where the asset server finds them.
+pub const PATH: &str = "demo/ada.expressions.ron";
+
+/// Ada's face, animation and placement.
+pub struct AgentPlugin {
+    /// Hold this expression at full intensity, alone on screen, with no
+    /// speech, blinks or gaze (`--express`).
+    pub hold: Option<Emotion>,
+}
 
 impl Plugin for AgentPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<AgentState>()
-            .add_systems(Startup, spawn)
-            .add_systems(Update, (answer, look_at_player, animate).chain());
-    }
-}
-
-/// Ada answers the player's new emotion with her own expression.
-fn answer(mut changes: MessageReader<PlayerEmotionChanged>, mut agent: ResMut<AgentState>) {
-    if let Some(c) = changes.read().last() {
-        agent.expression = crate::dialogue::agent_expression(c.0);
-    }
-}
-
-/// Ada looks where the player's main face is (mirrored), or drifts back to
-/// the centre when no face is seen.
-fn look_at_player(player: Res<Player>, mut agent: ResMut<AgentState>) {
-    match player.face_at {
-        Some(at) => agent.gaze = Vec2::new(-(at.x * 2.0 - 1.0), at.y * 2.0 - 1.0),
-        None => agent.gaze *= 0.95,
-    }
-}
-
-/// The face's animation parameters (all dimensionless, about -1..1.5).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaceParams {
-    /// Brows up (+) or down (-).
-    pub brow_raise: f32,
-    /// Inner brow ends up (+, sad / worried) or down (-, angry).
-    pub brow_tilt: f32,
-    /// Eyelid opening: 0 closed, 1 normal, 1.3 wide.
-    pub eye_open: f32,
-    /// Jaw opening.
-    pub mouth_open: f32,
-    /// Mouth corners up (+) or down (-).
-    pub smile: f32,
-    /// Mouth width factor.
-    pub mouth_width: f32,
-    /// Head roll (tilt), radians.
-    pub head_roll: f32,
-}
-
-impl FaceParams {
-    /// The pose for each expression.
-    pub fn of(e: Emotion) -> Self {
-        let p = |brow_raise, brow_tilt, eye_open, mouth_open, smile, mouth_width, head_roll| Self {
-            brow_raise,
-            brow_tilt,
-            eye_open,
-            mouth_open,
-            smile,
-            mouth_width,
-            head_roll,
+        let mut state = AgentState {
+            hold: self.hold,
+            expression: self.hold.unwrap_or(Emotion::Neutral),
+            ..AgentState::default()
         };
-        match e {
-            Emotion::Neutral | Emotion::Other => p(0.0, 0.0, 1.0, 0.0, 0.05, 1.0, 0.0),
-            Emotion::Happy => p(0.08, 0.0, 0.75, 0.35, 1.0, 1.25, 0.06),
-            Emotion::Sad => p(-0.02, 0.8, 0.65, 0.0, -0.8, 0.9, -0.1),
-            Emotion::Angry => p(-0.12, -0.8, 0.85, 0.1, -0.5, 0.85, 0.0),
-            Emotion::Surprise => p(0.25, 0.2, 1.35, 0.9, 0.0, 0.75, 0.0),
-            Emotion::Fear => p(0.18, 0.8, 1.3, 0.45, -0.35, 1.1, -0.05),
-            Emotion::Disgust | Emotion::Contempt => p(-0.08, -0.4, 0.6, 0.15, -0.6, 1.0, 0.12),
-        }
-    }
-
-    /// `self + (other - self) * t`.
-    pub fn lerp(self, other: Self, t: f32) -> Self {
-        let l = |a: f32, b: f32| a + (b - a) * t;
-        Self {
-            brow_raise: l(self.brow_raise, other.brow_raise),
-            brow_tilt: l(self.brow_tilt, other.brow_tilt),
-            eye_open: l(self.eye_open, other.eye_open),
-            mouth_open: l(self.mouth_open, other.mouth_open),
-            smile: l(self.smile, other.smile),
-            mouth_width: l(self.mouth_width, other.mouth_width),
-            head_roll: l(self.head_roll, other.head_roll),
-        }
+        state.current = state.target();
+        app.add_plugins(DataFilePlugin::<ExpressionRecipes>::default())
+            .insert_resource(state)
+            .add_systems(Startup, spawn)
+            .add_systems(
+                Update,
+                (reload, follow_dialogue, listen, look_at_player, animate).chain(),
+            );
     }
 }
 
-/// The agent's animation state.
+/// The expression recipes file.
+#[derive(Asset, TypePath, Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ExpressionRecipes(pub Recipes);
+
+impl DataFile for ExpressionRecipes {
+    const EXTENSION: &'static str = "expressions.ron";
+
+    fn check(&self, text: &str) -> Result<(), DataError> {
+        for e in Emotion::FER2013 {
+            let Some(r) = self.0.get(e.name()) else {
+                return Err(DataError::at_value(
+                    text,
+                    e.name(),
+                    format!("no recipe for `{}`", e.name()),
+                ));
+            };
+            if let Some((au, v)) = r.iter().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+                return Err(DataError::at_value(
+                    text,
+                    au.name(),
+                    format!("{} in `{}` is {v}, outside 0..1", au.name(), e.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ada's animation state.
 #[derive(Resource, Debug, Clone)]
 pub struct AgentState {
-    /// The expression the agent is showing (target).
+    /// The recipes in use.
+    pub recipes: Arc<Recipes>,
+    /// The recipes asset.
+    pub handle: Handle<ExpressionRecipes>,
+    /// The expression she is making (target).
     pub expression: Emotion,
-    /// Current, blended parameters.
-    pub current: FaceParams,
+    /// Held expression (`--express`): no speech, blinks or mirroring.
+    pub hold: Option<Emotion>,
+    /// The player's expression while Ada listens (mirrored a little).
+    pub mirror: Option<Emotion>,
+    /// Current, blended action units (before speech and blinks).
+    pub current: ActionUnits,
+    /// What she shows this frame (after speech and blinks).
+    pub shown: ActionUnits,
     /// Where the player's face is, -1..1 in both axes (0: centre), if seen.
     pub gaze: Vec2,
+    /// The words she is saying, and how far she is (seconds).
+    pub speech: Option<(Vec<char>, f32)>,
+    /// The dialogue line last spoken.
+    pub line_id: Option<u32>,
+    saccade: Vec2,
+    next_saccade: f32,
     next_blink: f32,
     blink: f32,
+    nod: f32,
+    next_nod: f32,
+    rng: u64,
 }
 
 impl Default for AgentState {
     fn default() -> Self {
+        let recipes = ExpressionRecipes::parse(BUILTIN)
+            .map(|r| r.0)
+            .unwrap_or_else(|e| {
+                error!("the compiled-in expressions are broken: {e}");
+                Recipes::new()
+            });
         Self {
+            recipes: Arc::new(recipes),
+            handle: Handle::default(),
             expression: Emotion::Neutral,
-            current: FaceParams::of(Emotion::Neutral),
+            hold: None,
+            mirror: None,
+            current: ActionUnits::default(),
+            shown: ActionUnits::default(),
             gaze: Vec2::ZERO,
+            speech: None,
+            line_id: None,
+            saccade: Vec2::ZERO,
+            next_saccade: 0.5,
             next_blink: 2.0,
             blink: 0.0,
+            nod: 0.0,
+            next_nod: 3.0,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 }
 
-#[derive(Component)]
-pub(crate) enum Part {
-    Root,
-    Head,
-    Pupil(f32),
-    Lid,
-    Brow(f32),
-    MouthCorner(f32),
-    LowerLip,
-    MouthInside,
+impl AgentState {
+    /// The action units of `e` at `intensity`.
+    pub fn recipe(&self, e: Emotion, intensity: f32) -> ActionUnits {
+        self.recipes
+            .get(e.name())
+            .map(|r| ActionUnits::from_recipe(r, intensity))
+            .unwrap_or_default()
+    }
+
+    /// Where the face is heading: her expression, with a quarter of the
+    /// player's while she listens.
+    pub fn target(&self) -> ActionUnits {
+        let own = self.recipe(self.expression, 1.0);
+        match (self.hold, self.mirror) {
+            (None, Some(m)) if self.speech.is_none() => own.lerp(&self.recipe(m, 1.0), 0.25),
+            _ => own,
+        }
+    }
+
+    fn random(&mut self) -> f32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 40) as f32 / (1u64 << 24) as f32
+    }
 }
 
-const EYE_Y: f32 = 0.22;
-const EYE_X: f32 = 0.34;
-const MOUTH_Y: f32 = -0.42;
+/// Characters per second of Ada's speech.
+const SPEECH_RATE: f32 = 14.0;
 
-/// Spawns the agent, its camera and lights.
+/// The mouth for one letter (a viseme): jaw and lip units.
+pub fn viseme(c: char) -> ActionUnits {
+    let mut au = ActionUnits::default();
+    let mut set = |u, v| au.set(u, v);
+    match c.to_ascii_lowercase() {
+        'a' => {
+            set(Au::Au25, 1.0);
+            set(Au::Au26, 0.45);
+        }
+        'e' | 'i' | 'y' => {
+            set(Au::Au25, 1.0);
+            set(Au::Au26, 0.2);
+            set(Au::Au20, 0.5);
+        }
+        'o' | 'u' | 'w' | 'q' => {
+            set(Au::Au25, 1.0);
+            set(Au::Au26, 0.25);
+            set(Au::Au18, 0.9);
+        }
+        'm' | 'b' | 'p' => set(Au::Au23, 0.4),
+        'f' | 'v' => {
+            set(Au::Au10, 0.4);
+            set(Au::Au25, 0.5);
+        }
+        c if c.is_alphabetic() => {
+            set(Au::Au25, 0.7);
+            set(Au::Au26, 0.12);
+        }
+        _ => {}
+    }
+    au
+}
+
+/// The mouth at `t` seconds into `text` (blended between letters); `None`
+/// once the text is over.
+pub fn speech_at(text: &[char], t: f32) -> Option<ActionUnits> {
+    let pos = t * SPEECH_RATE;
+    let i = pos as usize;
+    if i >= text.len() {
+        return None;
+    }
+    let next = text.get(i + 1).copied().unwrap_or(' ');
+    Some(viseme(text[i]).lerp(&viseme(next), pos.fract()))
+}
+
+const MOUTH: [Au; 6] = [Au::Au10, Au::Au18, Au::Au20, Au::Au23, Au::Au25, Au::Au26];
+
+/// Ada's drawing: one mesh, rebuilt every frame.
+#[derive(Component)]
+pub struct AdaFace;
+
 fn spawn(
     mut commands: Commands,
     mut meshes: ResMut<Assets<Mesh>>,
-    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut materials: ResMut<Assets<ColorMaterial>>,
+    server: Res<AssetServer>,
+    mut state: ResMut<AgentState>,
 ) {
-    let mat = |materials: &mut Assets<StandardMaterial>, c: Color| {
-        materials.add(StandardMaterial {
-            base_color: c,
-            perceptual_roughness: 0.7,
-            ..default()
-        })
+    state.handle = server.load(PATH);
+    commands.spawn(Camera2d);
+    let mesh = Mesh::new(
+        PrimitiveTopology::TriangleList,
+        RenderAssetUsages::default(),
+    );
+    // Beside the panel on the left and above the dialogue bar; centred
+    // when she is alone (`--express`).
+    let (at, scale) = if state.hold.is_some() {
+        (Vec3::new(0.0, 40.0, 0.0), 165.0)
+    } else {
+        (Vec3::new(170.0, 70.0, 0.0), 125.0)
     };
-    let skin = mat(&mut materials, Color::srgb(0.93, 0.76, 0.64));
-    let lid = mat(&mut materials, Color::srgb(0.88, 0.7, 0.58));
-    let white = mat(&mut materials, Color::srgb(0.97, 0.97, 0.97));
-    let iris = mat(&mut materials, Color::srgb(0.15, 0.3, 0.45));
-    let hair = mat(&mut materials, Color::srgb(0.25, 0.15, 0.1));
-    let lip = mat(&mut materials, Color::srgb(0.75, 0.35, 0.35));
-    let dark = mat(&mut materials, Color::srgb(0.25, 0.05, 0.08));
-    let shirt = mat(&mut materials, Color::srgb(0.2, 0.45, 0.6));
-
     commands.spawn((
-        Camera3d::default(),
-        Transform::from_xyz(0.0, 0.1, 5.2).looking_at(Vec3::new(0.0, -0.2, 0.0), Vec3::Y),
+        AdaFace,
+        Mesh2d(meshes.add(mesh)),
+        MeshMaterial2d(materials.add(ColorMaterial::default())),
+        Transform::from_translation(at).with_scale(Vec3::splat(scale)),
     ));
-    commands.spawn((
-        DirectionalLight {
-            illuminance: 6000.0,
-            ..default()
-        },
-        Transform::from_xyz(2.0, 3.0, 5.0).looking_at(Vec3::ZERO, Vec3::Y),
-    ));
-    commands.spawn((
-        PointLight {
-            intensity: 600_000.0,
-            range: 30.0,
-            ..default()
-        },
-        Transform::from_xyz(-3.0, 1.0, 4.0),
-    ));
-
-    let sphere = meshes.add(Sphere::new(1.0).mesh().uv(32, 18));
-    let cube = meshes.add(Cuboid::new(1.0, 1.0, 1.0));
-    let body = meshes.add(Capsule3d::new(0.9, 1.2));
-
-    commands.spawn((
-        Mesh3d(body),
-        MeshMaterial3d(shirt),
-        Transform::from_xyz(0.0, -2.3, -0.3),
-    ));
-    commands
-        .spawn((Part::Root, Transform::default(), Visibility::default()))
-        .with_children(|root| {
-            root.spawn((
-                Part::Head,
-                Mesh3d(sphere.clone()),
-                MeshMaterial3d(skin.clone()),
-                Transform::from_scale(Vec3::new(0.9, 1.1, 0.85)),
-            ));
-            // Hair cap.
-            root.spawn((
-                Mesh3d(sphere.clone()),
-                MeshMaterial3d(hair),
-                Transform::from_xyz(0.0, 0.35, -0.12).with_scale(Vec3::new(0.95, 0.85, 0.85)),
-            ));
-            // Nose.
-            root.spawn((
-                Mesh3d(sphere.clone()),
-                MeshMaterial3d(skin.clone()),
-                Transform::from_xyz(0.0, -0.08, 0.86).with_scale(Vec3::new(0.1, 0.14, 0.12)),
-            ));
-            for side in [-1.0f32, 1.0] {
-                let x = side * EYE_X;
-                root.spawn((
-                    Mesh3d(sphere.clone()),
-                    MeshMaterial3d(white.clone()),
-                    Transform::from_xyz(x, EYE_Y, 0.66).with_scale(Vec3::splat(0.17)),
-                ));
-                root.spawn((
-                    Part::Pupil(side),
-                    Mesh3d(sphere.clone()),
-                    MeshMaterial3d(iris.clone()),
-                    Transform::from_xyz(x, EYE_Y, 0.8).with_scale(Vec3::splat(0.075)),
-                ));
-                root.spawn((
-                    Part::Lid,
-                    Mesh3d(sphere.clone()),
-                    MeshMaterial3d(lid.clone()),
-                    Transform::from_xyz(x, EYE_Y + 0.2, 0.7)
-                        .with_scale(Vec3::new(0.19, 0.12, 0.19)),
-                ));
-                root.spawn((
-                    Part::Brow(side),
-                    Mesh3d(cube.clone()),
-                    MeshMaterial3d(hair_color(&mut materials)),
-                    Transform::from_xyz(x, EYE_Y + 0.25, 0.8)
-                        .with_scale(Vec3::new(0.32, 0.055, 0.06)),
-                ));
-                root.spawn((
-                    Part::MouthCorner(side),
-                    Mesh3d(cube.clone()),
-                    MeshMaterial3d(lip.clone()),
-                    Transform::from_xyz(side * 0.12, MOUTH_Y, 0.8)
-                        .with_scale(Vec3::new(0.24, 0.05, 0.05)),
-                ));
-            }
-            root.spawn((
-                Part::LowerLip,
-                Mesh3d(cube.clone()),
-                MeshMaterial3d(lip),
-                Transform::from_xyz(0.0, MOUTH_Y - 0.04, 0.79)
-                    .with_scale(Vec3::new(0.3, 0.05, 0.05)),
-            ));
-            root.spawn((
-                Part::MouthInside,
-                Mesh3d(cube),
-                MeshMaterial3d(dark),
-                Transform::from_xyz(0.0, MOUTH_Y - 0.02, 0.76)
-                    .with_scale(Vec3::new(0.3, 0.01, 0.04)),
-            ));
-        });
 }
 
-fn hair_color(materials: &mut Assets<StandardMaterial>) -> Handle<StandardMaterial> {
-    materials.add(StandardMaterial {
-        base_color: Color::srgb(0.22, 0.13, 0.08),
-        perceptual_roughness: 0.9,
-        ..default()
-    })
+/// The recipes file loaded or changed.
+fn reload(
+    mut events: MessageReader<AssetEvent<ExpressionRecipes>>,
+    assets: Res<Assets<ExpressionRecipes>>,
+    mut state: ResMut<AgentState>,
+) {
+    for ev in events.read() {
+        if let AssetEvent::Added { id } | AssetEvent::Modified { id } = ev
+            && *id == state.handle.id()
+            && let Some(r) = assets.get(*id)
+        {
+            state.recipes = Arc::new(r.0.clone());
+        }
+    }
 }
 
-/// Blends toward the target expression, blinks, breathes and looks at the
-/// player, then poses every part.
+/// A new dialogue line: Ada says it with its expression.
+fn follow_dialogue(talk: Res<Talk>, mut state: ResMut<AgentState>) {
+    if state.hold.is_some() || state.line_id == Some(talk.dialogue.line_id) {
+        return;
+    }
+    state.line_id = Some(talk.dialogue.line_id);
+    state.expression = talk
+        .dialogue
+        .face()
+        .map_or(Emotion::Neutral, Emotion::from_name);
+    state.speech = Some((talk.dialogue.text().chars().collect(), 0.0));
+}
+
+/// While the player answers: a nod at each change of their expression, a
+/// backchannel nod now and then, and a little of their expression mirrored.
+fn listen(
+    mut changes: MessageReader<PlayerEmotionChanged>,
+    player: Res<Player>,
+    time: Res<Time>,
+    mut state: ResMut<AgentState>,
+) {
+    if state.hold.is_some() {
+        return;
+    }
+    state.mirror = player.emotion();
+    let changed = changes.read().last().is_some();
+    let speaking = state.speech.is_some();
+    state.next_nod -= time.delta_secs();
+    if !speaking && player.face_at.is_some() && (changed || state.next_nod <= 0.0) {
+        state.nod = 0.6;
+        state.next_nod = 2.5 + state.random() * 2.0;
+    }
+}
+
+/// Ada looks where the player's main face is (mirrored), with small
+/// saccades, or drifts back to the centre when no face is seen.
+fn look_at_player(player: Res<Player>, time: Res<Time>, mut state: ResMut<AgentState>) {
+    if state.hold.is_some() {
+        state.gaze = Vec2::ZERO;
+        return;
+    }
+    let target = player.face_at.map_or(Vec2::ZERO, |at| {
+        Vec2::new(-(at.x * 2.0 - 1.0), -(at.y * 2.0 - 1.0))
+    });
+    let k = 1.0 - (-time.delta_secs() * 6.0).exp();
+    state.gaze = state.gaze.lerp(target, k);
+    state.next_saccade -= time.delta_secs();
+    if state.next_saccade <= 0.0 {
+        state.saccade = Vec2::new(state.random() - 0.5, state.random() - 0.5) * 0.3;
+        state.next_saccade = 0.4 + state.random() * 1.4;
+    }
+}
+
+/// Blends toward the target, speaks, blinks, breathes and nods, then
+/// redraws the face.
 fn animate(
     time: Res<Time>,
     mut state: ResMut<AgentState>,
-    mut parts: Query<(&Part, &mut Transform)>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut face: Query<(&Mesh2d, &mut Transform), With<AdaFace>>,
+    mut base: Local<Option<Vec3>>,
 ) {
     let dt = time.delta_secs().min(0.1);
     let t = time.elapsed_secs();
-    let target = FaceParams::of(state.expression);
-    state.current = state.current.lerp(target, 1.0 - (-dt * 5.0).exp());
-    // Blink: every 2.5-5 s, 0.15 s long.
-    state.next_blink -= dt;
-    if state.next_blink <= 0.0 {
-        state.blink = 0.15;
-        state.next_blink = 2.5 + (t * 7.31).sin().abs() * 2.5;
-    }
-    state.blink = (state.blink - dt).max(0.0);
-    let blink = if state.blink > 0.0 {
-        1.0 - (state.blink / 0.15 * std::f32::consts::PI).sin()
+    let target = state.target();
+    state.current = if state.hold.is_some() {
+        target
     } else {
-        1.0
+        state.current.lerp(&target, 1.0 - (-dt * 6.0).exp())
     };
-    let p = state.current;
-    let gaze = state.gaze.clamp(Vec2::splat(-1.0), Vec2::splat(1.0));
-    let breath = (t * 1.6).sin();
-    for (part, mut tf) in &mut parts {
-        match part {
-            Part::Root => {
-                tf.translation.y = breath * 0.02;
-                tf.rotation =
-                    Quat::from_euler(EulerRot::YXZ, gaze.x * 0.25, -gaze.y * 0.15, p.head_roll);
+    let mut shown = state.current;
+    // Speech on the mouth.
+    if let Some((text, at)) = state.speech.take() {
+        let at = at + dt;
+        if let Some(mouth) = speech_at(&text, at) {
+            for u in MOUTH {
+                shown.set(u, (shown.get(u) * 0.5).max(mouth.get(u)));
             }
-            Part::Head => {
-                tf.scale = Vec3::new(0.9, 1.1, 0.85) * (1.0 + breath * 0.004);
-            }
-            Part::Pupil(side) => {
-                tf.translation.x = side * EYE_X + gaze.x * 0.06;
-                tf.translation.y = EYE_Y - gaze.y * 0.04;
-            }
-            Part::Lid => {
-                // Open: the lid sits above the eye; closed: it covers it.
-                let open = (p.eye_open * blink).clamp(0.0, 1.4);
-                tf.translation.y = EYE_Y + 0.02 + open * 0.14;
-                tf.scale.y = 0.2 - open * 0.06;
-            }
-            Part::Brow(side) => {
-                tf.translation.y = EYE_Y + 0.25 + p.brow_raise + p.brow_tilt * 0.03;
-                // Positive tilt lifts the inner end (towards x = 0).
-                tf.rotation = Quat::from_rotation_z(-side * p.brow_tilt * 0.35);
-            }
-            Part::MouthCorner(side) => {
-                let w = p.mouth_width;
-                tf.translation.x = side * 0.12 * w;
-                tf.translation.y = MOUTH_Y + p.smile * 0.03;
-                tf.scale.x = 0.24 * w;
-                tf.rotation = Quat::from_rotation_z(side * p.smile * 0.35);
-            }
-            Part::LowerLip => {
-                tf.translation.y = MOUTH_Y - 0.05 - p.mouth_open * 0.16;
-                tf.scale.x = 0.28 * p.mouth_width;
-            }
-            Part::MouthInside => {
-                tf.translation.y = MOUTH_Y - 0.03 - p.mouth_open * 0.08;
-                tf.scale.y = 0.01 + p.mouth_open * 0.16;
-                tf.scale.x = 0.26 * p.mouth_width;
-            }
+            state.speech = Some((text, at));
         }
+    }
+    // Blinks every 2-6 s, 0.15 s long.
+    if state.hold.is_none() {
+        state.next_blink -= dt;
+        if state.next_blink <= 0.0 {
+            state.blink = 0.15;
+            state.next_blink = 2.0 + state.random() * 4.0;
+        }
+        state.blink = (state.blink - dt).max(0.0);
+        let closing = (state.blink / 0.15 * std::f32::consts::PI).sin();
+        shown.set(Au::Au45, shown.get(Au::Au45).max(closing));
+    }
+    state.shown = shown;
+    state.nod = (state.nod - dt).max(0.0);
+    let nod = -(state.nod / 0.6 * std::f32::consts::PI).sin() * 0.5;
+    let gaze = (state.gaze + state.saccade).clamp(Vec2::splat(-1.0), Vec2::splat(1.0));
+    let pose = Pose {
+        gaze: [gaze.x, gaze.y],
+        yaw: gaze.x * 0.25,
+        pitch: nod + gaze.y * 0.15,
+    };
+    let tri = draw(&shown, &pose);
+    let Ok((handle, mut tf)) = face.single_mut() else {
+        return;
+    };
+    let origin = *base.get_or_insert(tf.translation);
+    let breath = if state.hold.is_some() {
+        0.0
+    } else {
+        (t * 1.6).sin()
+    };
+    tf.translation = origin + Vec3::new(0.0, breath * 2.0 + nod * 8.0, 0.0);
+    let tilt = match state.expression {
+        Emotion::Sad => -0.08,
+        Emotion::Happy => 0.05,
+        _ => 0.0,
+    };
+    tf.rotation = Quat::from_rotation_z(if state.hold.is_some() {
+        0.0
+    } else {
+        tilt + 0.02 * (t * 0.37).sin()
+    });
+    if let Some(mut mesh) = meshes.get_mut(&handle.0) {
+        let positions: Vec<[f32; 3]> = tri
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| [p[0], p[1], i as f32 * 1e-6])
+            .collect();
+        let n = positions.len() as u32;
+        mesh.insert_attribute(Mesh::ATTRIBUTE_POSITION, positions);
+        mesh.insert_attribute(Mesh::ATTRIBUTE_COLOR, tri.colours.clone());
+        mesh.insert_indices(Indices::U32((0..n).collect()));
     }
 }
 
@@ -342,32 +408,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_expression_has_a_distinct_pose() {
-        let poses: Vec<FaceParams> = Emotion::FER2013
-            .iter()
-            .map(|&e| FaceParams::of(e))
-            .collect();
-        for (i, a) in poses.iter().enumerate() {
-            for b in &poses[i + 1..] {
-                assert_ne!(a, b);
-            }
-        }
-        let happy = FaceParams::of(Emotion::Happy);
-        let sad = FaceParams::of(Emotion::Sad);
-        let angry = FaceParams::of(Emotion::Angry);
-        let surprise = FaceParams::of(Emotion::Surprise);
-        assert!(happy.smile > 0.5 && sad.smile < -0.5);
-        assert!(sad.brow_tilt > 0.5 && angry.brow_tilt < -0.5);
-        assert!(surprise.eye_open > 1.2 && surprise.mouth_open > 0.5);
+    fn the_shipped_recipes_load() {
+        let r = ExpressionRecipes::parse(BUILTIN).unwrap();
+        assert_eq!(r.0.len(), 7);
+        let broken = BUILTIN.replacen("\"AU12\": 1.0", "\"AU12\": 3.0", 1);
+        let e = ExpressionRecipes::parse(&broken).unwrap_err();
+        assert!(e.message.contains("outside 0..1"), "{e}");
+        let line = broken.lines().position(|l| l.contains("3.0")).unwrap() + 1;
+        assert_eq!(e.line, line);
+        assert!(ExpressionRecipes::parse(&BUILTIN.replacen("\"AU12\"", "\"AU99\"", 1)).is_err());
     }
 
     #[test]
-    fn blending_is_smooth_and_reaches_the_target() {
-        let a = FaceParams::of(Emotion::Neutral);
-        let b = FaceParams::of(Emotion::Happy);
-        assert_eq!(a.lerp(b, 0.0), a);
-        assert_eq!(a.lerp(b, 1.0), b);
-        let mid = a.lerp(b, 0.5);
-        assert!(mid.smile > a.smile && mid.smile < b.smile);
+    fn speech_moves_the_mouth_letter_by_letter() {
+        let text: Vec<char> = "Hello, Ada".chars().collect();
+        let open = speech_at(&text, 1.0 / SPEECH_RATE).unwrap(); // 'e'
+        assert!(open.get(Au::Au25) > 0.5);
+        let m: Vec<char> = "mm".chars().collect();
+        assert_eq!(speech_at(&m, 0.0).unwrap().get(Au::Au25), 0.0);
+        assert!(speech_at(&text, 10.0).is_none(), "silent after the text");
+        assert!(viseme('o').get(Au::Au18) > 0.5);
+    }
+
+    #[test]
+    fn listening_mirrors_a_little_and_holding_does_not() {
+        let mut s = AgentState {
+            mirror: Some(Emotion::Happy),
+            ..AgentState::default()
+        };
+        assert!(s.target().get(Au::Au12) > 0.2 && s.target().get(Au::Au12) < 0.3);
+        s.hold = Some(Emotion::Neutral);
+        assert_eq!(s.target().get(Au::Au12), 0.0);
     }
 }

@@ -5,6 +5,7 @@
 //! cargo run -p demo_game                          # webcam after you agree; sample photo without one
 //! cargo run -p demo_game -- --images DIR          # replay a folder of face photos
 //! cargo run -p demo_game -- --screenshot shot.png --frames 300
+//! cargo run -p demo_game -- --express sad --screenshot sad.png --frames 120
 //! ```
 //!
 //! Keys 1-7 set your emotion by hand (angry, disgust, fear, happy, sad,
@@ -19,7 +20,9 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod data;
 mod dialogue;
+mod face;
 mod ui;
 
 use std::path::PathBuf;
@@ -65,6 +68,41 @@ struct Args {
     /// Skip the "relax your face" calibration at the start.
     #[arg(long)]
     no_calibration: bool,
+    /// Show Ada alone (no panel, no perception) holding this expression at
+    /// full intensity: angry, disgust, fear, happy, sad, surprise, neutral,
+    /// or `all` for each in turn (with --screenshot FILE.png, one
+    /// FILE-<expression>.png each, --frames frames apart).
+    #[arg(long, value_parser = parse_express)]
+    express: Option<Express>,
+}
+
+/// What `--express` shows.
+#[derive(Debug, Clone, PartialEq)]
+enum Express {
+    One(Emotion),
+    All,
+}
+
+fn parse_express(s: &str) -> Result<Express, String> {
+    if s == "all" {
+        return Ok(Express::All);
+    }
+    Emotion::FER2013
+        .into_iter()
+        .find(|e| e.name() == s)
+        .map(Express::One)
+        .ok_or_else(|| {
+            format!("`{s}` is not one of angry, disgust, fear, happy, sad, surprise, neutral, all")
+        })
+}
+
+impl Express {
+    fn emotions(&self) -> Vec<Emotion> {
+        match self {
+            Self::One(e) => vec![*e],
+            Self::All => Emotion::FER2013.to_vec(),
+        }
+    }
 }
 
 /// Where the demo is in its flow: whether the player let Ada use the camera.
@@ -107,6 +145,10 @@ struct Notice(Option<String>);
 #[derive(Message, Debug, Clone, Copy, PartialEq)]
 struct PlayerEmotionChanged(Emotion);
 
+/// The player's face left (`false`) or came back (`true`).
+#[derive(Message, Debug, Clone, Copy, PartialEq)]
+struct PlayerPresence(bool);
+
 /// The main face has been unreadable for a while (the quality gate's
 /// reason): Ada says she cannot see the player well.
 #[derive(Message, Debug, Clone, Copy, PartialEq)]
@@ -125,10 +167,10 @@ struct Player {
     perceived_face: Option<Entity>,
     /// Where the main face is, as a fraction of the frame (0..1, 0..1).
     face_at: Option<Vec2>,
-    /// The player's emotion over time, newest last (for the timeline).
-    timeline: Vec<Emotion>,
     /// `EmotionChanged` messages read.
     changes_seen: u32,
+    /// The main face has left at least once.
+    left_once: bool,
 }
 
 impl Player {
@@ -136,17 +178,13 @@ impl Player {
         self.manual.or(self.perceived)
     }
 
-    /// After a change of `manual` or `perceived`: a different emotion goes on
-    /// the timeline and out as a [`PlayerEmotionChanged`].
+    /// After a change of `manual` or `perceived`: a different emotion goes
+    /// out as a [`PlayerEmotionChanged`].
     fn set(&mut self, before: Option<Emotion>, out: &mut MessageWriter<PlayerEmotionChanged>) {
         let now = self.emotion();
         if now != before
             && let Some(e) = now
         {
-            self.timeline.push(e);
-            if self.timeline.len() > 40 {
-                self.timeline.remove(0);
-            }
             out.write(PlayerEmotionChanged(e));
         }
     }
@@ -179,6 +217,7 @@ fn main() -> AppExit {
         (None, None, true) => (SourceKind::Webcam(default()), Consent::Camera, None),
         (None, None, false) => (SourceKind::Image(sample), Consent::Asking, None),
     };
+    let express = args.express.as_ref().map(|x| x.emotions());
     let mut app = App::new();
     app.add_plugins(
         DefaultPlugins
@@ -192,48 +231,59 @@ fn main() -> AppExit {
             })
             .set(AssetPlugin {
                 file_path: perception::assets_dir().to_string_lossy().into_owned(),
+                // Ada's expressions and dialogue reload when their files change.
+                watch_for_changes_override: Some(true),
                 ..default()
             }),
     )
-    .add_plugins(EguiPlugin::default())
     .add_plugins(EmotionPlugin {
         settings: EmotionSettings {
-            enabled: !args.no_perception,
+            enabled: !args.no_perception && express.is_none(),
             source,
             ..default()
         },
         ..default()
     })
-    .add_plugins((agent::AgentPlugin, dialogue::DialoguePlugin, ui::UiPlugin))
-    .insert_state(consent)
-    .init_state::<Calibration>()
-    .insert_resource(Notice(notice))
-    .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
-    .insert_resource(args)
-    .init_resource::<Player>()
-    .init_resource::<Run>()
-    .add_message::<PlayerEmotionChanged>()
-    .add_message::<PlayerUnsure>()
-    .configure_sets(Update, Perceive.after(EmotionSystems::Publish))
-    .add_systems(Startup, start_recording)
-    .add_systems(OnEnter(Consent::Camera), (start_camera, grant))
-    .add_systems(OnEnter(Consent::Replay), grant)
-    .add_systems(
-        Update,
-        (
-            (follow_main_face, perceive, watch_quality, manual_keys)
-                .chain()
-                .in_set(Perceive),
-            calibrate_when_seen
-                .in_set(Perceive)
-                .run_if(in_state(Calibration::Waiting)),
-            calibration_finished
-                .in_set(Perceive)
-                .run_if(in_state(Calibration::Running)),
-            fall_back_without_camera.run_if(in_state(Consent::Camera)),
-            frame_counter,
-        ),
-    );
+    .add_plugins((
+        agent::AgentPlugin {
+            hold: express.as_ref().and_then(|l| l.first().copied()),
+        },
+        dialogue::DialoguePlugin,
+    ));
+    // Ada alone (`--express`) has no panel.
+    if express.is_none() {
+        app.add_plugins((EguiPlugin::default(), ui::UiPlugin));
+    }
+    app.insert_state(consent)
+        .init_state::<Calibration>()
+        .insert_resource(Notice(notice))
+        .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
+        .insert_resource(args)
+        .init_resource::<Player>()
+        .init_resource::<Run>()
+        .add_message::<PlayerEmotionChanged>()
+        .add_message::<PlayerUnsure>()
+        .add_message::<PlayerPresence>()
+        .configure_sets(Update, Perceive.after(EmotionSystems::Publish))
+        .add_systems(Startup, start_recording)
+        .add_systems(OnEnter(Consent::Camera), (start_camera, grant))
+        .add_systems(OnEnter(Consent::Replay), grant)
+        .add_systems(
+            Update,
+            (
+                (follow_main_face, perceive, watch_quality, manual_keys)
+                    .chain()
+                    .in_set(Perceive),
+                calibrate_when_seen
+                    .in_set(Perceive)
+                    .run_if(in_state(Calibration::Waiting)),
+                calibration_finished
+                    .in_set(Perceive)
+                    .run_if(in_state(Calibration::Running)),
+                fall_back_without_camera.run_if(in_state(Consent::Camera)),
+                frame_counter,
+            ),
+        );
     app.run()
 }
 
@@ -278,7 +328,7 @@ fn calibrate_when_seen(
             face,
             seconds: CALIBRATION_SECONDS,
         });
-        talk.0.calibration(true);
+        talk.dialogue.calibration(true);
         next.set(Calibration::Running);
     }
 }
@@ -297,17 +347,20 @@ fn calibration_finished(
             Ok(b) => baseline.0 = Some(b.clone()),
             Err(e) => notice.0 = Some(format!("Calibration failed ({e}); not calibrated.")),
         }
-        talk.0.calibration(false);
+        talk.dialogue.calibration(false);
         next.set(Calibration::Done);
     }
 }
 
-/// Which face is the player's (the largest) and where it is.
+/// Which face is the player's (the largest) and where it is; the player
+/// leaving and coming back goes out as [`PlayerPresence`].
 fn follow_main_face(
     faces: Query<(Entity, &FaceBox)>,
     latest: Option<Res<LatestFrame>>,
     mut player: ResMut<Player>,
+    mut presence: MessageWriter<PlayerPresence>,
 ) {
+    let was_there = player.main_face.is_some();
     let main = faces.iter().max_by(|a, b| {
         a.1.rect
             .size()
@@ -322,6 +375,15 @@ fn follow_main_face(
         }
         _ => None,
     };
+    // Gone, and back after being gone (not the first appearance).
+    if player.main_face.is_some() != was_there {
+        if was_there {
+            player.left_once = true;
+            presence.write(PlayerPresence(false));
+        } else if player.left_once {
+            presence.write(PlayerPresence(true));
+        }
+    }
 }
 
 /// The main face's emotion from the plugin's expression events: its
@@ -444,6 +506,7 @@ fn frame_counter(
     player: Res<Player>,
     talk: Res<dialogue::Talk>,
     stats: Res<EmotionStats>,
+    mut agent: ResMut<agent::AgentState>,
     mut commands: Commands,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -461,6 +524,17 @@ fn frame_counter(
             run.frame_ms_n += 1;
         }
     }
+    if let Some(express) = &args.express {
+        express_frames(
+            &mut run,
+            &args,
+            express,
+            &mut agent,
+            &mut commands,
+            &mut exit,
+        );
+        return;
+    }
     let Some(path) = &args.screenshot else {
         return;
     };
@@ -477,10 +551,58 @@ fn frame_counter(
             run.frames,
             stats.frames_processed,
             player.changes_seen,
-            talk.0.steps,
-            talk.0.reactions,
+            talk.dialogue.steps,
+            talk.dialogue.reactions,
             player.emotion().map_or("none", Emotion::name),
         );
         exit.write(AppExit::Success);
+    }
+}
+
+/// `--express`: each expression held for `--frames` frames, a screenshot of
+/// each when asked (`FILE-<expression>.png` for `all`), then exit.
+fn express_frames(
+    run: &mut Run,
+    args: &Args,
+    express: &Express,
+    agent: &mut agent::AgentState,
+    commands: &mut Commands,
+    exit: &mut MessageWriter<AppExit>,
+) {
+    let list = express.emotions();
+    // Thirty frames after each screenshot (saving it) before the next expression.
+    let span = args.frames + 30;
+    let (i, within) = ((run.frames / span) as usize, run.frames % span);
+    let Some(&e) = list.get(i) else {
+        if let Some(path) = &args.screenshot {
+            println!(
+                "demo: expressions {} screenshots {}",
+                list.len(),
+                path.display()
+            );
+        }
+        exit.write(AppExit::Success);
+        return;
+    };
+    if agent.hold != Some(e) {
+        agent.hold = Some(e);
+        agent.expression = e;
+        agent.current = agent.target();
+    }
+    if within == args.frames
+        && let Some(path) = &args.screenshot
+    {
+        let path = match express {
+            Express::One(_) => path.clone(),
+            Express::All => {
+                let stem = path
+                    .file_stem()
+                    .map_or("ada".into(), |s| s.to_string_lossy());
+                path.with_file_name(format!("{stem}-{}.png", e.name()))
+            }
+        };
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(path));
     }
 }

@@ -4,10 +4,13 @@
 
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
-use bevy_emotion::overlay::{FramePreview, emotion_colour, probability_bars, status_line};
+use bevy_emotion::overlay::{
+    EmotionTimeline, EmotionTimelinePlugin, FramePreview, capture_line, face_probabilities,
+    perf_line, status_line, timeline,
+};
 use bevy_emotion::prelude::*;
 
-use crate::dialogue::{self, Talk};
+use crate::dialogue::Talk;
 use crate::{Args, Calibration, Consent, Notice, Player, Run};
 
 /// Consent window, side panel and dialogue bar.
@@ -15,10 +18,12 @@ pub struct UiPlugin;
 
 impl Plugin for UiPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<FramePreview>().add_systems(
-            EguiPrimaryContextPass,
-            (consent_window.run_if(in_state(Consent::Asking)), panels).chain(),
-        );
+        app.init_resource::<FramePreview>()
+            .add_plugins(EmotionTimelinePlugin)
+            .add_systems(
+                EguiPrimaryContextPass,
+                (consent_window.run_if(in_state(Consent::Asking)), panels).chain(),
+            );
     }
 }
 
@@ -63,11 +68,11 @@ fn panels(
         ResMut<NextState<Consent>>,
     ),
     states: Query<&ExpressionState>,
-    notice: Res<Notice>,
-    status: Res<CameraStatus>,
-    model: Res<ModelStatus>,
+    (notice, status, model): (Res<Notice>, Res<CameraStatus>, Res<ModelStatus>),
     latest: Option<Res<LatestFrame>>,
     faces: Query<(&TrackedFace, &FaceBox, &SmoothedEmotion)>,
+    raw: Query<&RawEmotion>,
+    (data, stats): (Res<EmotionTimeline>, Res<EmotionStats>),
     player: Res<Player>,
     mut talk: ResMut<Talk>,
     mut preview: ResMut<FramePreview>,
@@ -94,17 +99,18 @@ fn panels(
                 settings.enabled = on && !args.no_perception;
             }
             ui.label(status_line(&status));
-            if indicator.live {
-                ui.horizontal(|ui| {
-                    ui.colored_label(egui::Color32::RED, "● capturing");
-                    if *consent == EmotionConsent::Granted && ui.button("Stop and forget").clicked()
-                    {
-                        // Revoking consent stops capture and drops every frame and face.
-                        *consent = EmotionConsent::Denied;
-                        next_consent.set(Consent::Asking);
-                    }
-                });
-            }
+            ui.horizontal(|ui| {
+                capture_line(ui, &indicator);
+                if indicator.live
+                    && *consent == EmotionConsent::Granted
+                    && ui.button("Stop and forget").clicked()
+                {
+                    // Revoking consent stops capture and drops every frame and face.
+                    *consent = EmotionConsent::Denied;
+                    next_consent.set(Consent::Asking);
+                }
+            });
+            ui.label(perf_line(&data, &stats));
             match calibration.get() {
                 Calibration::Waiting => {
                     ui.label("Calibration: waiting for your face");
@@ -142,28 +148,12 @@ fn panels(
                 );
             }
             ui.separator();
-            ui.label("Main face, smoothed probabilities:");
-            let probs = player
-                .main_face
-                .and_then(|f| faces.get(f).ok())
-                .map(|(_, _, s)| s.probs.clone())
-                .unwrap_or_default();
-            probability_bars(ui, &Emotion::FER2013, &probs, 200.0);
-            ui.label("Timeline (oldest left):");
-            let (rect, _) = ui.allocate_exact_size(egui::vec2(300.0, 14.0), egui::Sense::hover());
-            let n = player.timeline.len().max(1) as f32;
-            for (i, e) in player.timeline.iter().enumerate() {
-                let x0 = rect.left() + rect.width() * i as f32 / n;
-                let x1 = rect.left() + rect.width() * (i + 1) as f32 / n;
-                ui.painter().rect_filled(
-                    egui::Rect::from_min_max(
-                        egui::pos2(x0, rect.top()),
-                        egui::pos2(x1, rect.bottom()),
-                    ),
-                    0.0,
-                    emotion_colour(*e),
-                );
+            ui.label("Main face: probabilities");
+            if let Some(r) = player.main_face.and_then(|f| raw.get(f).ok()) {
+                face_probabilities(ui, &Emotion::FER2013, r, 260.0);
             }
+            ui.label("Timeline (one row per face; ▲ onset, ● apex, ▼ offset):");
+            timeline(ui, &data, 320.0);
             ui.separator();
             match player.manual {
                 Some(e) => ui.label(format!("Manual mode: you are {e} (0 = back to camera)")),
@@ -174,16 +164,22 @@ fn panels(
     egui::Panel::bottom("dialogue")
         .min_size(120.0)
         .show(&mut root, |ui| {
-            let line = dialogue::line(talk.0.node);
             ui.add_space(6.0);
-            ui.label(egui::RichText::new(format!("Ada: {}", line.text)).size(20.0));
+            ui.label(egui::RichText::new(format!("Ada: {}", talk.dialogue.text())).size(20.0));
+            let mut picked = None;
             ui.horizontal(|ui| {
-                for (i, (reply, _)) in line.replies.iter().enumerate() {
-                    if ui.button(*reply).clicked() {
-                        talk.0.reply(i);
+                for (i, (reply, _)) in talk.dialogue.current().replies.iter().enumerate() {
+                    if ui.button(reply).clicked() {
+                        picked = Some(i);
                     }
                 }
             });
+            if let Some(i) = picked {
+                talk.dialogue.reply(i);
+            }
+            if let Some(e) = &talk.error {
+                ui.colored_label(egui::Color32::LIGHT_RED, format!("Dialogue file: {e}"));
+            }
             if let Some(e) = player.emotion() {
                 ui.label(format!("Ada sees: {e}"));
             }

@@ -29,6 +29,10 @@ use crate::{Arch, EmotionNet, FER2013_CLASSES, INPUT_SIZE, ModelConfig};
 /// The value of the `format` metadata key this version writes and reads.
 pub const FORMAT: &str = "emotion-cnn/1";
 
+/// The largest weights file read (64 MiB). The project's networks are under
+/// 5 MB; a larger file is refused before it is read into memory.
+pub const MAX_WEIGHTS_BYTES: u64 = 64 << 20;
+
 /// What can go wrong reading or writing a weights file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -40,6 +44,16 @@ pub enum WeightsError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_WEIGHTS_BYTES`].
+    #[error(
+        "weights file of {bytes} bytes is larger than the {max}-byte limit: not a weights file"
+    )]
+    TooLarge {
+        /// The file's size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
     },
     /// The bytes are not a complete safetensors file (truncated, corrupt, empty).
     #[error("not a valid safetensors file (truncated or corrupt?): {0}")]
@@ -361,6 +375,7 @@ impl LoadedWeights {
 
     /// Parses a weights file already in memory (e.g. a Bevy asset).
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
+        check_size(bytes.len() as u64)?;
         let (map, tensors) = read_f32_safetensors(bytes, device)?;
         let map = map.ok_or(WeightsError::MissingMetadata("format"))?;
         let meta = WeightsMeta::from_map(&map)?;
@@ -434,12 +449,35 @@ pub fn load_network(path: impl AsRef<Path>, device: &Device) -> Result<(EmotionN
     Ok((net, w.meta))
 }
 
-/// Reads a whole file, naming it in the error.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| WeightsError::Io {
+/// Reads a whole weights file, naming it in the error. A file larger than
+/// [`MAX_WEIGHTS_BYTES`] is refused before it is read (also one that grows while
+/// it is read).
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| WeightsError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    check_size(len)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_WEIGHTS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    check_size(bytes.len() as u64)?;
+    Ok(bytes)
+}
+
+/// Refuses a weights file of `bytes` bytes when it exceeds [`MAX_WEIGHTS_BYTES`].
+pub fn check_size(bytes: u64) -> Result<()> {
+    if bytes > MAX_WEIGHTS_BYTES {
+        return Err(WeightsError::TooLarge {
+            bytes,
+            max: MAX_WEIGHTS_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// The tensor `name` of `tensors`, which must have `shape`: a missing tensor
@@ -468,6 +506,7 @@ pub(crate) fn checked_tensor<'a>(
 /// The `format` metadata value of a safetensors file (`emotion-cnn/1`,
 /// `mtcnn/1`, ...), read from the header alone; `None` when it has none.
 pub fn format_of(bytes: &[u8]) -> Result<Option<String>> {
+    check_size(bytes.len() as u64)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| WeightsError::Corrupt(e.to_string()))?;
     Ok(header
@@ -533,21 +572,79 @@ pub fn save_varmap(varmap: &VarMap, meta: &WeightsMeta, path: impl AsRef<Path>) 
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash
 /// leaves either the old file or the new one, never a torn one.
+///
+/// The temporary file is `.<name>.<pid>-<n>.tmp` beside `path` (unique per
+/// process and call, so two writers never share one), synced before the
+/// rename; the folder is synced after it, so the rename itself survives a
+/// power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io = |source| WeightsError::Io {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io(std::io::Error::other("the path has no file name")))?;
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}-{}{TMP_SUFFIX}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    sync_dir(path.parent()).map_err(io)
+}
+
+/// How [`write_atomic`]'s temporary files end; [`remove_stale_temporaries`]
+/// clears the ones a killed process left.
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// Syncs a folder, so renames and new files in it are durable. `None` or an
+/// empty path means the current folder.
+pub fn sync_dir(dir: Option<&Path>) -> std::io::Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Removes the temporary files of [`write_atomic`] that a killed process left
+/// in `dir` (not recursive); returns how many. Call it only while no other
+/// process writes there.
+pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TMP_SUFFIX) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -581,6 +678,45 @@ mod tests {
         let mut tensors: BTreeMap<String, Tensor> = w.tensors.into_iter().collect();
         edit(&mut tensors);
         to_bytes(&tensors, &w.meta).unwrap()
+    }
+
+    #[test]
+    fn oversized_files_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.safetensors");
+        // Sparse: no disk space, but the size says 65 MiB.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_WEIGHTS_BYTES + 1)
+            .unwrap();
+        let err = LoadedWeights::from_file(&path, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, WeightsError::TooLarge { .. }), "{err}");
+        assert!(crate::mtcnn::Mtcnn::from_file(&path, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_never_tear_or_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let payloads: Vec<Vec<u8>> = (0..4u8).map(|k| vec![b'a' + k; 200_000]).collect();
+        std::thread::scope(|s| {
+            for p in &payloads {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(path, p).unwrap();
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&path).unwrap();
+        assert!(payloads.contains(&got), "a torn or mixed file");
+        // No temporary is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        std::fs::write(dir.path().join(".state.json.1-2.tmp"), b"x").unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert!(path.is_file());
     }
 
     #[test]

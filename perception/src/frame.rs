@@ -103,11 +103,7 @@ impl Frame {
             path: "<memory>".into(),
             reason,
         };
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| err(e.to_string()))?;
-        reader.limits(image_limits());
-        Self::from_image(reader.decode().map_err(|e| err(e.to_string()))?)
+        Self::from_image(decode_image(bytes).map_err(|e| err(e.to_string()))?)
     }
 
     /// Width in pixels.
@@ -182,6 +178,17 @@ impl Frame {
     }
 }
 
+/// Decodes image bytes (PNG, JPEG, or any format `image` guesses) with the
+/// project's limits: sides up to [`MAX_FRAME_SIDE`] and at most 512 MiB
+/// allocated, so a crafted header cannot make the decoder allocate gigabytes.
+/// Every decoder of user files (frames, `predict`, the training folders) goes
+/// through here.
+pub fn decode_image(bytes: &[u8]) -> Result<image::DynamicImage, image::ImageError> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    reader.limits(image_limits());
+    reader.decode()
+}
+
 fn image_limits() -> image::Limits {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_FRAME_SIDE as u32);
@@ -192,6 +199,59 @@ fn image_limits() -> image::Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PNG whose header claims `w` x `h` pixels, with one tiny data chunk.
+    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+        fn crc(bytes: &[u8]) -> u32 {
+            let mut c = 0xFFFF_FFFFu32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        0xEDB8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        fn chunk(out: &mut Vec<u8>, kind: &[u8], body: &[u8]) {
+            out.extend((body.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend(kind);
+            out.extend(body);
+            let c = crc(&out[start..]);
+            out.extend(c.to_be_bytes());
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(
+            &mut out,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn huge_image_headers_are_refused_without_allocating() {
+        let err = decode_image(&png_claiming(60_000, 60_000)).unwrap_err();
+        assert!(
+            matches!(err, image::ImageError::Limits(_)),
+            "expected a limits error, got {err}"
+        );
+        assert!(Frame::decode(&png_claiming(60_000, 60_000)).is_err());
+        // The same file at a sane size gets past the header (then fails on
+        // the short data, as it should).
+        let err = decode_image(&png_claiming(64, 64)).unwrap_err();
+        assert!(!matches!(err, image::ImageError::Limits(_)), "{err}");
+    }
 
     #[test]
     fn sizes_are_checked() {

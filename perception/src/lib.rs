@@ -75,6 +75,7 @@ pub use weights::Weights;
 
 /// The paper's four architectures (for [`Classifier::untrained`]).
 pub use models::Arch;
+pub use models::weights::MAX_WEIGHTS_BYTES;
 
 /// Index of the largest value (the most probable class); 0 for an empty slice.
 pub fn argmax(probs: &[f32]) -> usize {

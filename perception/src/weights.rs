@@ -29,12 +29,7 @@ impl Weights {
 
     /// Reads a weights file of either kind.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PerceptionError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| PerceptionError::Read {
-            path: path.to_owned(),
-            source: e,
-        })?;
-        Self::from_bytes(&bytes)
+        Self::from_bytes(&models::weights::read_file(path.as_ref())?)
     }
 
     /// `"detector"` or `"classifier"`, for messages.

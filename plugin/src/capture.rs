@@ -326,6 +326,9 @@ impl FrameSource for ImageSource {
         if self.loader.is_some() {
             return;
         }
+        // A fresh result slot per start: a loader of an earlier start that is
+        // still decoding writes into its own (orphaned) slot.
+        self.loaded = Arc::default();
         let files = self.files.clone();
         let out = self.loaded.clone();
         let what = self.what.clone();
@@ -393,11 +396,94 @@ impl FrameSource for ImageSource {
     }
 }
 
-/// [`SourceKind::Webcam`]: nokhwa on a thread of its own that opens the
-/// camera, decodes frames to RGB and leaves the newest in a one-slot mailbox.
+/// A camera as the capture thread drives it: opened on that thread, read
+/// frame by frame (each call may block until the next frame), closed when the
+/// source stops. [`NokhwaCamera`] is the real one; a game can wrap another
+/// capture API, and the tests script camera faults with it
+/// ([`WebcamSource::with_device`]). A device is made by its
+/// [`CameraFactory`] on the camera thread and never leaves it, so it need
+/// not be `Send` (nokhwa's camera is not).
+#[cfg(feature = "webcam")]
+pub trait CameraDevice {
+    /// Opens the device and starts streaming.
+    fn open(&mut self) -> Result<(), String>;
+    /// The next frame, as the camera delivered it (MJPEG, YUYV, NV12, gray or
+    /// raw RGB/BGR). An error ends this stream: the source reports
+    /// [`CameraStatus::Unavailable`] and is opened again after a backoff.
+    fn frame(&mut self) -> Result<nokhwa::Buffer, String>;
+    /// Stops streaming and releases the device.
+    fn close(&mut self);
+}
+
+/// The system camera through nokhwa.
+#[cfg(feature = "webcam")]
+pub struct NokhwaCamera {
+    config: WebcamConfig,
+    camera: Option<nokhwa::Camera>,
+}
+
+#[cfg(feature = "webcam")]
+impl NokhwaCamera {
+    /// The camera `config` describes (opened by [`CameraDevice::open`]).
+    pub fn new(config: WebcamConfig) -> Self {
+        Self {
+            config,
+            camera: None,
+        }
+    }
+}
+
+#[cfg(feature = "webcam")]
+impl CameraDevice for NokhwaCamera {
+    fn open(&mut self) -> Result<(), String> {
+        use nokhwa::Camera;
+        use nokhwa::pixel_format::RgbFormat;
+        use nokhwa::utils::{
+            CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType,
+            Resolution,
+        };
+        let cfg = &self.config;
+        let format =
+            RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(CameraFormat::new(
+                Resolution::new(cfg.width, cfg.height),
+                FrameFormat::MJPEG,
+                cfg.fps,
+            )));
+        let mut camera = Camera::new(CameraIndex::Index(cfg.index), format)
+            .map_err(|e| format!("no camera {}: {e}", cfg.index))?;
+        camera
+            .open_stream()
+            .map_err(|e| format!("cannot open camera {}: {e}", cfg.index))?;
+        self.camera = Some(camera);
+        Ok(())
+    }
+
+    fn frame(&mut self) -> Result<nokhwa::Buffer, String> {
+        let index = self.config.index;
+        self.camera
+            .as_mut()
+            .ok_or_else(|| format!("camera {index} is not open"))?
+            .frame()
+            .map_err(|e| format!("camera {index} stopped delivering frames: {e}"))
+    }
+
+    fn close(&mut self) {
+        if let Some(mut camera) = self.camera.take() {
+            let _ = camera.stop_stream();
+        }
+    }
+}
+
+/// Makes the [`CameraDevice`] a [`WebcamSource`] opens (a new one per attempt).
+#[cfg(feature = "webcam")]
+pub type CameraFactory = Arc<dyn Fn() -> Box<dyn CameraDevice> + Send + Sync>;
+
+/// [`SourceKind::Webcam`]: a camera on a thread of its own that opens it,
+/// decodes frames to RGB and leaves the newest in a one-slot mailbox.
 #[cfg(feature = "webcam")]
 pub struct WebcamSource {
-    config: WebcamConfig,
+    what: String,
+    make: CameraFactory,
     slot: Arc<Slot>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -407,8 +493,22 @@ pub struct WebcamSource {
 impl WebcamSource {
     /// A source for the camera `config` describes (opened on `start`).
     pub fn new(config: WebcamConfig) -> Self {
+        let what = format!(
+            "webcam {} ({}x{} at {} fps requested)",
+            config.index, config.width, config.height, config.fps
+        );
+        Self::with_device(
+            what,
+            Arc::new(move || Box::new(NokhwaCamera::new(config.clone()))),
+        )
+    }
+
+    /// A source reading the devices `make` returns (one per start), described
+    /// as `what`.
+    pub fn with_device(what: impl Into<String>, make: CameraFactory) -> Self {
         Self {
-            config,
+            what: what.into(),
+            make,
             slot: Arc::default(),
             stop: Arc::default(),
             thread: None,
@@ -422,15 +522,23 @@ impl FrameSource for WebcamSource {
         if self.thread.is_some() {
             return;
         }
+        // A fresh mailbox and stop flag per start: a thread of an earlier
+        // start that has not noticed its stop yet delivers into its own
+        // (orphaned) mailbox, never into this one.
         self.stop = Arc::default();
-        let (cfg, slot, stop) = (self.config.clone(), self.slot.clone(), self.stop.clone());
+        self.slot = Arc::default();
+        let (make, slot, stop) = (self.make.clone(), self.slot.clone(), self.stop.clone());
         let spawned = std::thread::Builder::new()
             .name("emotion-camera".into())
             .spawn(move || {
-                // nokhwa's backends can panic on odd devices: report it as a
+                // Camera backends can panic on odd devices: report it as a
                 // failure instead of losing the thread silently.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    camera_loop(&cfg, &slot, &stop)
+                    let mut device = make();
+                    let result = camera_loop(device.as_mut(), &slot, &stop);
+                    // Releases the device (also when stopping on request).
+                    device.close();
+                    result
                 }));
                 match result {
                     Ok(Ok(())) => {}
@@ -468,10 +576,7 @@ impl FrameSource for WebcamSource {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "webcam {} ({}x{} at {} fps requested)",
-            self.config.index, self.config.width, self.config.height, self.config.fps
-        )
+        self.what.clone()
     }
 }
 
@@ -483,50 +588,49 @@ impl Drop for WebcamSource {
 }
 
 #[cfg(feature = "webcam")]
-fn camera_loop(cfg: &WebcamConfig, slot: &Slot, stop: &AtomicBool) -> Result<(), String> {
-    use nokhwa::Camera;
-    use nokhwa::pixel_format::RgbFormat;
-    use nokhwa::utils::{
-        CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
-    };
-    let format =
-        RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(CameraFormat::new(
-            Resolution::new(cfg.width, cfg.height),
-            FrameFormat::MJPEG,
-            cfg.fps,
-        )));
-    let mut camera = Camera::new(CameraIndex::Index(cfg.index), format)
-        .map_err(|e| format!("no camera {}: {e}", cfg.index))?;
-    camera
-        .open_stream()
-        .map_err(|e| format!("cannot open camera {}: {e}", cfg.index))?;
-    let mut result = Ok(());
+fn camera_loop(
+    device: &mut dyn CameraDevice,
+    slot: &Slot,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    device.open()?;
     while !stop.load(Ordering::Relaxed) {
-        let buffer = match camera.frame() {
-            Ok(b) => b,
-            Err(e) => {
-                result = Err(format!(
-                    "camera {} stopped delivering frames: {e}",
-                    cfg.index
-                ));
-                break;
-            }
-        };
-        let res = buffer.resolution();
-        let (w, h) = (res.width_x as usize, res.height_y as usize);
-        let mut rgb = vec![0u8; w * h * 3];
-        if let Err(e) = buffer.decode_image_to_buffer::<RgbFormat>(&mut rgb) {
-            bevy::log::warn!("dropping an undecodable camera frame: {e}");
-            continue;
+        let buffer = device.frame()?;
+        if stop.load(Ordering::Relaxed) {
+            break;
         }
-        match Frame::new(w, h, perception::PixelFormat::Rgb8, rgb) {
+        match decode_camera_frame(&buffer) {
             Ok(frame) => slot.put(frame),
             Err(e) => bevy::log::warn!("dropping a camera frame: {e}"),
         }
     }
-    // Releases the device (also when stopping on request).
-    let _ = camera.stop_stream();
-    result
+    Ok(())
+}
+
+/// Decodes one camera buffer to an RGB [`Frame`]. MJPEG goes through the
+/// project's size-limited image decoder (so a corrupt or hostile frame is an
+/// error, never a panic or a huge allocation); the uncompressed formats through
+/// nokhwa's converters, after the reported size is checked.
+#[cfg(feature = "webcam")]
+pub fn decode_camera_frame(buffer: &nokhwa::Buffer) -> Result<Frame, String> {
+    use nokhwa::pixel_format::RgbFormat;
+    use nokhwa::utils::FrameFormat;
+    if buffer.source_frame_format() == FrameFormat::MJPEG {
+        return Frame::decode(buffer.buffer()).map_err(|e| format!("corrupt MJPEG frame: {e}"));
+    }
+    let res = buffer.resolution();
+    let (w, h) = (res.width_x as usize, res.height_y as usize);
+    let max = perception::frame::MAX_FRAME_SIDE;
+    if w == 0 || h == 0 || w > max || h > max {
+        return Err(format!(
+            "the camera reports an impossible frame size {w}x{h}"
+        ));
+    }
+    let mut rgb = vec![0u8; w * h * 3];
+    buffer
+        .decode_image_to_buffer::<RgbFormat>(&mut rgb)
+        .map_err(|e| format!("undecodable {:?} frame: {e}", buffer.source_frame_format()))?;
+    Frame::new(w, h, perception::PixelFormat::Rgb8, rgb).map_err(|e| e.to_string())
 }
 
 /// What [`SourceKind::Webcam`] gives in a build without the `webcam`
@@ -835,12 +939,19 @@ fn capture(
         SourcePoll::Pending => {
             // The watchdog: a running source that went quiet.
             let wait = source.frame_period().map_or(1.0, |p| (2.0 * p).max(1.0));
-            if matches!(*status, CameraStatus::Running(_)) && now - state.last_delivery > wait {
-                let what = format!(
-                    "{} (no frame for {:.1} s)",
-                    source.describe(),
-                    now - state.last_delivery
+            let quiet = now - state.last_delivery;
+            let reopen = f64::from(settings.reopen_after_stall);
+            if matches!(*status, CameraStatus::Stalled(_)) && reopen > 0.0 && quiet > wait + reopen
+            {
+                // Still nothing: close it and open it again (counts as a
+                // failure, so a source that never recovers backs off).
+                let reason = format!(
+                    "{} (no frame for {quiet:.1} s; reopening)",
+                    source.describe()
                 );
+                fail_source(state, &mut status, &mut indicator, &mut writer, now, reason);
+            } else if matches!(*status, CameraStatus::Running(_)) && quiet > wait {
+                let what = format!("{} (no frame for {quiet:.1} s)", source.describe());
                 set_status(&mut status, CameraStatus::Stalled(what), &mut writer);
             }
         }
@@ -849,22 +960,36 @@ fn capture(
             set_status(&mut status, CameraStatus::Running(what), &mut writer);
         }
         SourcePoll::Failed(reason) => {
-            source.stop();
-            state.source = None;
-            *indicator = CaptureIndicator::default();
-            let wait = state.backoff;
-            state.retry_at = now + f64::from(wait);
-            state.backoff = (wait * 2.0).min(30.0);
-            set_status(
-                &mut status,
-                CameraStatus::Unavailable {
-                    reason,
-                    retry_in: wait,
-                },
-                &mut writer,
-            );
+            fail_source(state, &mut status, &mut indicator, &mut writer, now, reason);
         }
     }
+}
+
+/// Stops the source after a failure and schedules the next attempt with
+/// exponential backoff (1, 2, 4 ... 30 s; reset by the next frame).
+fn fail_source(
+    state: &mut CaptureState,
+    status: &mut CameraStatus,
+    indicator: &mut CaptureIndicator,
+    writer: &mut MessageWriter<CameraStatusChanged>,
+    now: f64,
+    reason: String,
+) {
+    if let Some(mut source) = state.source.take() {
+        source.stop();
+    }
+    *indicator = CaptureIndicator::default();
+    let wait = state.backoff;
+    state.retry_at = now + f64::from(wait);
+    state.backoff = (wait * 2.0).min(30.0);
+    set_status(
+        status,
+        CameraStatus::Unavailable {
+            reason,
+            retry_in: wait,
+        },
+        writer,
+    );
 }
 
 #[cfg(test)]

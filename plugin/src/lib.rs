@@ -83,6 +83,8 @@ pub use perception::{
     Observation, QualityGate, Tracker, TrackerConfig, UnsureReason,
 };
 
+#[cfg(feature = "webcam")]
+pub use capture::{CameraDevice, CameraFactory, NokhwaCamera, WebcamSource, decode_camera_frame};
 pub use capture::{
     CameraStatus, CameraStatusChanged, CaptureIndicator, CustomSource, EmotionCapturePlugin,
     EmotionConsent, EmotionStats, FramePusher, FrameSource, LatestFrame, SourceKind, SourcePoll,
@@ -98,6 +100,9 @@ pub use inference::{EmotionInferencePlugin, InferenceFinished};
 pub use model::{
     EmotionModel, EmotionModelLoader, EmotionModelPlugin, EmotionPipeline, ModelSource, ModelStatus,
 };
+/// nokhwa, for [`CameraDevice`] implementations (its `Buffer` and formats).
+#[cfg(feature = "webcam")]
+pub use nokhwa;
 pub use record::{EmotionRecordPlugin, EmotionRecorder};
 pub use settings::{EmotionSettings, EmotionSettingsPlugin, EmotionSystems};
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bevy::asset::io::Reader;
-use bevy::asset::{AssetLoader, LoadContext, LoadState};
+use bevy::asset::{AssetLoader, AsyncReadExt, LoadContext, LoadState};
 use bevy::prelude::*;
 use perception::{DetectorConfig, Pipeline, PipelineConfig, Weights};
 
@@ -45,8 +45,12 @@ impl AssetLoader for EmotionModelLoader {
         _settings: &(),
         _load_context: &mut LoadContext<'_>,
     ) -> Result<EmotionModel, ModelLoadError> {
+        // At most one byte past the size limit: a huge file is refused by
+        // `parse_model` without being read whole.
         let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes).await?;
+        AsyncReadExt::take(reader, perception::MAX_WEIGHTS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await?;
         parse_model(&bytes)
     }
 

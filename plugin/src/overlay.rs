@@ -1,17 +1,26 @@
 //! An egui debug overlay (Cargo feature `egui`): the camera image with each
-//! face's box, id and emotion, per-face probability bars and the camera
-//! status. [`EmotionOverlayPlugin`] shows it in a window of its own; the
-//! pieces ([`FramePreview`], [`probability_bars`], [`emotion_colour`],
-//! [`status_line`]) are public for apps that lay out their own panel, as the
-//! demo does.
+//! face's box, id and emotion, per-face probability bars (raw and
+//! calibrated), a timeline of every face's expression with onset, apex and
+//! offset markers, the inference rate and latency, and the capture status
+//! with its consent indicator. [`EmotionOverlayPlugin`] shows it in a window
+//! of its own; the pieces ([`FramePreview`], [`EmotionTimeline`] and
+//! [`timeline`], [`face_probabilities`], [`probability_bars`],
+//! [`perf_line`], [`capture_line`], [`emotion_colour`], [`status_line`]) are
+//! public for apps that lay out their own panel, as the demo does.
+
+use std::collections::BTreeMap;
 
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 use perception::Emotion;
 
-use crate::capture::{CameraStatus, LatestFrame};
-use crate::faces::{FaceBox, SmoothedEmotion, TrackedFace};
+use crate::capture::{CameraStatus, CaptureIndicator, EmotionStats, LatestFrame};
+use crate::faces::{
+    EmotionDetected, ExpressionApex, ExpressionOffset, ExpressionOnset, FaceBox, RawEmotion,
+    SmoothedEmotion, TrackedFace,
+};
 use crate::model::ModelStatus;
+use crate::settings::EmotionSystems;
 
 /// A colour per emotion, shared by boxes, bars and timelines.
 pub fn emotion_colour(e: Emotion) -> egui::Color32 {
@@ -52,6 +61,244 @@ pub fn probability_bars(ui: &mut egui::Ui, classes: &[Emotion], probs: &[f32], w
                     .text(format!("{:.0}%", p * 100.0)),
             );
         });
+    }
+}
+
+/// A face's raw probabilities beside the calibrated ones (when the face has
+/// a neutral baseline, else the raw ones only).
+pub fn face_probabilities(ui: &mut egui::Ui, classes: &[Emotion], raw: &RawEmotion, width: f32) {
+    if raw.calibrated.is_empty() || raw.calibrated == raw.probs {
+        probability_bars(ui, classes, &raw.probs, width);
+        return;
+    }
+    ui.columns(2, |cols| {
+        cols[0].label("raw");
+        probability_bars(&mut cols[0], classes, &raw.probs, width / 2.0);
+        cols[1].label("calibrated");
+        probability_bars(&mut cols[1], classes, &raw.calibrated, width / 2.0);
+    });
+}
+
+/// Inference rate and capture-to-message latency, one line.
+pub fn perf_line(timeline: &EmotionTimeline, stats: &EmotionStats) -> String {
+    format!(
+        "Inference {:.1} frames/s, latency {:.0} ms (capture to message), {} failures",
+        timeline.rate,
+        stats.last_latency.as_secs_f64() * 1e3,
+        stats.failures
+    )
+}
+
+/// Whether a source is open (the player is being watched), in red when so.
+pub fn capture_line(ui: &mut egui::Ui, indicator: &CaptureIndicator) {
+    if indicator.live {
+        ui.colored_label(
+            egui::Color32::from_rgb(230, 60, 60),
+            format!("● capturing: {}", indicator.source),
+        );
+    } else {
+        ui.label("○ not capturing");
+    }
+}
+
+/// What happened to one face's expression, for [`timeline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// An expression started.
+    Onset,
+    /// It peaked.
+    Apex,
+    /// It ended.
+    Offset,
+}
+
+/// The last [`EmotionTimeline::window`] seconds of every face: its smoothed
+/// emotion at each result and its expression events. Filled by
+/// [`EmotionOverlayPlugin`] (or [`EmotionTimelinePlugin`] alone).
+#[derive(Resource, Debug, Clone)]
+pub struct EmotionTimeline {
+    /// Seconds kept and shown.
+    pub window: f64,
+    /// `(time, emotion, confidence)` per face id, oldest first.
+    pub rows: BTreeMap<u64, Vec<(f64, Emotion, f32)>>,
+    /// `(time, face id, kind, emotion)`, oldest first.
+    pub marks: Vec<(f64, u64, MarkKind, Emotion)>,
+    /// Results per second (smoothed).
+    pub rate: f32,
+    /// The clock (`Time<Real>`, seconds) at the last update.
+    pub now: f64,
+    last_frame: Option<(f64, u64)>,
+}
+
+impl Default for EmotionTimeline {
+    fn default() -> Self {
+        Self {
+            window: 30.0,
+            rows: BTreeMap::new(),
+            marks: Vec::new(),
+            rate: 0.0,
+            now: 0.0,
+            last_frame: None,
+        }
+    }
+}
+
+impl EmotionTimeline {
+    /// Adds one result.
+    pub fn sample(&mut self, t: f64, id: u64, e: Emotion, confidence: f32, frame: u64) {
+        self.rows.entry(id).or_default().push((t, e, confidence));
+        match self.last_frame {
+            Some((t0, f0)) if frame > f0 && t > t0 => {
+                let r = 1.0 / (t - t0) as f32;
+                self.rate = if self.rate == 0.0 {
+                    r
+                } else {
+                    self.rate * 0.9 + r * 0.1
+                };
+                self.last_frame = Some((t, frame));
+            }
+            Some(_) => {}
+            None => self.last_frame = Some((t, frame)),
+        }
+    }
+
+    /// Drops what is older than the window at `now`.
+    pub fn prune(&mut self, now: f64) {
+        self.now = now;
+        let since = now - self.window;
+        for row in self.rows.values_mut() {
+            row.retain(|(t, ..)| *t >= since);
+        }
+        self.rows.retain(|_, row| !row.is_empty());
+        self.marks.retain(|(t, ..)| *t >= since);
+    }
+}
+
+/// Records [`EmotionTimeline`] (part of [`EmotionOverlayPlugin`]).
+pub struct EmotionTimelinePlugin;
+
+impl Plugin for EmotionTimelinePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<EmotionTimeline>()
+            .add_systems(Update, record_timeline.after(EmotionSystems::Publish));
+    }
+}
+
+fn record_timeline(
+    time: Res<Time<Real>>,
+    mut detected: MessageReader<EmotionDetected>,
+    mut onsets: MessageReader<ExpressionOnset>,
+    mut apexes: MessageReader<ExpressionApex>,
+    mut offsets: MessageReader<ExpressionOffset>,
+    mut timeline: ResMut<EmotionTimeline>,
+) {
+    for d in detected.read() {
+        timeline.sample(d.timestamp, d.id, d.emotion, d.confidence, d.frame);
+    }
+    for o in onsets.read() {
+        timeline
+            .marks
+            .push((o.at, o.id, MarkKind::Onset, o.emotion));
+    }
+    for a in apexes.read() {
+        timeline.marks.push((a.at, a.id, MarkKind::Apex, a.emotion));
+    }
+    for o in offsets.read() {
+        timeline
+            .marks
+            .push((o.at, o.id, MarkKind::Offset, o.emotion));
+    }
+    timeline.prune(time.elapsed_secs_f64());
+}
+
+/// The timeline: a time axis (seconds before now), one row per face with its
+/// emotion as coloured segments, and ▲ onset, ● apex, ▼ offset markers.
+pub fn timeline(ui: &mut egui::Ui, data: &EmotionTimeline, width: f32) {
+    let row_h = 16.0;
+    let rows = data.rows.len().max(1);
+    let label_w = 34.0;
+    let (rect, _) = ui.allocate_exact_size(
+        egui::vec2(width, rows as f32 * (row_h + 4.0) + 18.0),
+        egui::Sense::hover(),
+    );
+    let painter = ui.painter_at(rect);
+    let plot = egui::Rect::from_min_max(
+        rect.min + egui::vec2(label_w, 0.0),
+        egui::pos2(rect.max.x, rect.max.y - 16.0),
+    );
+    let x_of = |t: f64| {
+        let f = ((t - (data.now - data.window)) / data.window).clamp(0.0, 1.0) as f32;
+        plot.left() + f * plot.width()
+    };
+    let text = ui.visuals().text_color();
+    // Axis: a tick every 5 s.
+    let mut s = 0.0;
+    while s <= data.window {
+        let x = x_of(data.now - s);
+        painter.line_segment(
+            [
+                egui::pos2(x, plot.bottom()),
+                egui::pos2(x, plot.bottom() + 4.0),
+            ],
+            egui::Stroke::new(1.0, text),
+        );
+        painter.text(
+            egui::pos2(x, plot.bottom() + 4.0),
+            egui::Align2::CENTER_TOP,
+            if s == 0.0 {
+                "now".to_string()
+            } else {
+                format!("-{s:.0}s")
+            },
+            egui::FontId::proportional(10.0),
+            text,
+        );
+        s += 5.0;
+    }
+    if data.rows.is_empty() {
+        painter.text(
+            plot.center(),
+            egui::Align2::CENTER_CENTER,
+            "no faces yet",
+            egui::FontId::proportional(12.0),
+            text,
+        );
+    }
+    for (i, (id, row)) in data.rows.iter().enumerate() {
+        let top = plot.top() + i as f32 * (row_h + 4.0);
+        painter.text(
+            egui::pos2(rect.left(), top + row_h / 2.0),
+            egui::Align2::LEFT_CENTER,
+            format!("#{id}"),
+            egui::FontId::proportional(11.0),
+            text,
+        );
+        for (k, &(t, e, _)) in row.iter().enumerate() {
+            // Each sample lasts until the next one (at most a second).
+            let end = row.get(k + 1).map_or(t + 0.1, |n| n.0.min(t + 1.0));
+            painter.rect_filled(
+                egui::Rect::from_min_max(
+                    egui::pos2(x_of(t), top),
+                    egui::pos2(x_of(end).max(x_of(t) + 1.0), top + row_h),
+                ),
+                0.0,
+                emotion_colour(e),
+            );
+        }
+        for &(t, _, kind, _) in data.marks.iter().filter(|m| m.1 == *id) {
+            let glyph = match kind {
+                MarkKind::Onset => "▲",
+                MarkKind::Apex => "●",
+                MarkKind::Offset => "▼",
+            };
+            painter.text(
+                egui::pos2(x_of(t), top + row_h / 2.0),
+                egui::Align2::CENTER_CENTER,
+                glyph,
+                egui::FontId::proportional(12.0),
+                egui::Color32::BLACK,
+            );
+        }
     }
 }
 
@@ -135,6 +382,7 @@ pub struct EmotionOverlayPlugin;
 impl Plugin for EmotionOverlayPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<FramePreview>()
+            .add_plugins(EmotionTimelinePlugin)
             .add_systems(EguiPrimaryContextPass, overlay_window);
     }
 }
@@ -143,8 +391,10 @@ fn overlay_window(
     mut contexts: EguiContexts,
     latest: Option<Res<LatestFrame>>,
     faces: Query<(&TrackedFace, &FaceBox, &SmoothedEmotion)>,
-    status: Res<CameraStatus>,
+    raw: Query<(&TrackedFace, &RawEmotion)>,
+    (status, indicator, stats): (Res<CameraStatus>, Res<CaptureIndicator>, Res<EmotionStats>),
     model: Res<ModelStatus>,
+    data: Res<EmotionTimeline>,
     mut preview: ResMut<FramePreview>,
 ) -> Result {
     let ctx = contexts.ctx_mut()?;
@@ -152,6 +402,8 @@ fn overlay_window(
         .default_size([660.0, 600.0])
         .show(ctx, |ui| {
             ui.label(status_line(&status));
+            capture_line(ui, &indicator);
+            ui.label(perf_line(&data, &stats));
             if let ModelStatus::Failed(e) = &*model {
                 ui.colored_label(egui::Color32::LIGHT_RED, format!("Model: {e}"));
             }
@@ -161,10 +413,11 @@ fn overlay_window(
                 faces.iter(),
                 egui::vec2(640.0, 480.0),
             );
-            for (face, _, s) in &faces {
+            timeline(ui, &data, 640.0);
+            for (face, r) in &raw {
                 ui.separator();
-                ui.label(format!("face #{}: {}", face.id, s.emotion));
-                probability_bars(ui, &Emotion::FER2013, &s.probs, 200.0);
+                ui.label(format!("face #{}", face.id));
+                face_probabilities(ui, &Emotion::FER2013, r, 400.0);
             }
         });
     Ok(())

@@ -39,6 +39,10 @@ pub struct EmotionSettings {
     pub calibration: CalibrationConfig,
     /// Onset, apex and offset detection.
     pub episodes: EpisodeConfig,
+    /// Seconds a source may stay [`Stalled`](crate::CameraStatus::Stalled)
+    /// before it is closed and opened again (a hung driver or a replugged
+    /// camera usually comes back on reopen); `0` waits for it forever.
+    pub reopen_after_stall: f32,
 }
 
 impl Default for EmotionSettings {
@@ -55,6 +59,7 @@ impl Default for EmotionSettings {
             quality: QualityGate::default(),
             calibration: CalibrationConfig::default(),
             episodes: EpisodeConfig::default(),
+            reopen_after_stall: 5.0,
         }
     }
 }

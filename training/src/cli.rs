@@ -20,24 +20,25 @@ use crate::output::line;
 /// Options of `training train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Which network: arch1, arch2, arch3 or arch4.
-    #[arg(long, default_value = "arch1")]
-    arch: Arch,
+    /// Which network: arch1, arch2, arch3 or arch4 [default: arch1].
+    #[arg(long)]
+    arch: Option<Arch>,
     #[command(flatten)]
     data: DataSpec,
     /// The run directory (created; must not hold a run unless --resume).
     #[arg(long)]
     run_dir: PathBuf,
     /// Start from a preset: `default` (the project's CPU recipe) or `paper`
-    /// (the paper's literal recipe).
-    #[arg(long, value_enum, default_value = "default")]
-    preset: Preset,
+    /// (the paper's literal recipe) [default: default].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// A JSON `TrainConfig` (as written to `config.json`) to start from instead of
     /// the preset; command-line options still override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run in --run-dir from its last checkpoint (its `config.json`
-    /// is used; only --epochs may change).
+    /// Continue the run in --run-dir from its last checkpoint. Its `config.json`
+    /// is used: only --epochs may change, and --data must name the run's data;
+    /// any other option is refused.
     #[arg(long)]
     resume: bool,
     /// No progress bar (logs only).
@@ -47,8 +48,73 @@ pub struct TrainArgs {
     overrides: Overrides,
 }
 
+/// Refuses `--resume` with options that would change the run: a resumed run
+/// computes what an uninterrupted one would, so only the epoch budget may
+/// change, and the data must be the run's own.
+fn check_resume_args(args: &TrainArgs) -> Result<()> {
+    let mut given = args.overrides.given();
+    given.retain(|o| *o != "--epochs");
+    for (set, name) in [
+        (args.arch.is_some(), "--arch"),
+        (args.preset.is_some(), "--preset"),
+        (args.config.is_some(), "--config"),
+    ] {
+        if set {
+            given.push(name);
+        }
+    }
+    if !given.is_empty() {
+        bail!(
+            "--resume continues the run with its own config.json; {} would change it \
+             (only --epochs may change on resume): drop {} or start a new --run-dir",
+            given.join(", "),
+            if given.len() == 1 { "it" } else { "them" }
+        );
+    }
+    let saved_path = args.run_dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&saved_path) else {
+        return Ok(()); // `train` says the run does not exist
+    };
+    let saved: TrainConfig = serde_json::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a valid config", saved_path.display()))?;
+    let same_path = |a: &std::path::Path, b: &std::path::Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    let (now, then) = (&args.data, &saved.data);
+    let differs = !same_path(&now.data, &then.data)
+        || match (&now.ferplus, &then.ferplus) {
+            (Some(a), Some(b)) => !same_path(a, b),
+            (None, None) => false,
+            _ => true,
+        }
+        || now.fold != then.fold
+        || now.folds != then.folds
+        || now.skip_bad != then.skip_bad
+        || now.limit != then.limit
+        || now.val_limit != then.val_limit;
+    if differs {
+        bail!(
+            "--resume: the data options differ from the run's ({}: --data {}{}{}); \
+             pass the run's own data options",
+            saved_path.display(),
+            then.data.display(),
+            then.ferplus
+                .as_ref()
+                .map(|f| format!(" --ferplus {}", f.display()))
+                .unwrap_or_default(),
+            then.limit
+                .map(|l| format!(" --limit {l}"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 /// Runs `training train`.
 pub fn train(args: TrainArgs) -> Result<()> {
+    if args.resume {
+        check_resume_args(&args)?;
+    }
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -57,7 +123,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 format!("--config {} is not a valid TrainConfig", path.display())
             })?
         }
-        None => TrainConfig::preset(args.preset, args.arch, args.data.clone()),
+        None => TrainConfig::preset(
+            args.preset.unwrap_or(Preset::Default),
+            args.arch.unwrap_or(Arch::Arch1),
+            args.data.clone(),
+        ),
     };
     if args.config.is_some() {
         cfg.data = args.data.clone();

@@ -21,7 +21,7 @@ use crate::data::{
 };
 
 /// Where the data comes from (CLI arguments, also stored in `config.json`).
-#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSpec {
     /// A FER2013 CSV (`emotion,pixels,Usage`, optionally gzipped) or a folder of
@@ -48,6 +48,21 @@ pub struct DataSpec {
     /// Use only the first N validation samples (smoke tests).
     #[arg(long)]
     pub val_limit: Option<usize>,
+}
+
+impl Default for DataSpec {
+    /// The command line's defaults (10 subject folds, validation fold 0).
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            ferplus: None,
+            fold: 0,
+            folds: 10,
+            skip_bad: false,
+            limit: None,
+            val_limit: None,
+        }
+    }
 }
 
 /// A loaded dataset with its split.

@@ -248,6 +248,26 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// The options that are set, as they are spelt on the command line.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.epochs.is_some(), "--epochs"),
+            (self.batch_size.is_some(), "--batch-size"),
+            (self.lr.is_some(), "--lr"),
+            (self.l2.is_some(), "--l2"),
+            (self.weight_decay.is_some(), "--weight-decay"),
+            (self.label_smoothing.is_some(), "--label-smoothing"),
+            (self.dropout.is_some(), "--dropout"),
+            (self.patience.is_some(), "--patience"),
+            (self.no_augment, "--no-augment"),
+            (self.soft_targets, "--soft-targets"),
+            (self.seed.is_some(), "--seed"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+
     /// Applies the overrides that are set.
     pub fn apply(&self, cfg: &mut TrainConfig) {
         if let Some(v) = self.epochs {
@@ -352,8 +372,12 @@ pub struct MachineRecord {
     pub logical_cpus: usize,
     /// Threads the kernels use.
     pub threads: usize,
-    /// The commit of the binary's source tree.
+    /// The commit the binary was built from ([`build_commit`]).
     pub commit: String,
+    /// The line was written by hand after the run, not by `training train`
+    /// as the run started: the machine is what was believed, not measured.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub written_after: bool,
 }
 
 impl MachineRecord {
@@ -374,7 +398,8 @@ impl MachineRecord {
             cpu,
             logical_cpus: std::thread::available_parallelism().map_or(1, usize::from),
             threads: rayon::current_num_threads(),
-            commit: git_commit(),
+            commit: build_commit().to_owned(),
+            written_after: false,
         }
     }
 }
@@ -385,15 +410,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// The commit the binary's source tree is at, when git can tell.
-pub fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
+/// The commit this binary was built from, as `build.rs` read it at build
+/// time: 12 hex digits, with `-dirty` when tracked files differed from that
+/// commit, or `unknown` outside a git checkout. Not the working directory's
+/// commit at run time, which may be another.
+pub fn build_commit() -> &'static str {
+    env!("TRAINING_BUILD_COMMIT")
 }
 
 /// The training data order of `epoch`: a seeded shuffle.
@@ -485,18 +507,80 @@ fn ckpt_paths(dir: &Path, epoch: usize) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Takes the run folder's lock (`.lock`), or says which run is busy.
+fn lock_run(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => bail!(
+            "another `training train` is running in {}; wait for it or stop it first",
+            dir.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Copies the checkpoint of `state.epochs_done` to `last.safetensors`, and to
+/// `best.safetensors` when that epoch is the best; both atomically. Done after
+/// the state is saved, and again on resume (a kill may have come in between).
+fn publish(dir: &Path, state: &RunState) -> Result<()> {
+    if state.epochs_done == 0 {
+        return Ok(());
+    }
+    let (w, _) = ckpt_paths(dir, state.epochs_done);
+    let bytes = models::weights::read_file(&w)?;
+    models::weights::write_atomic(&dir.join("last.safetensors"), &bytes)?;
+    if state.best_epoch == state.epochs_done {
+        models::weights::write_atomic(&dir.join("best.safetensors"), &bytes)?;
+    }
+    Ok(())
+}
+
 /// Trains `cfg` in `opts.run_dir`. `stop` is polled between steps (Ctrl-C).
 pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary> {
     let dir = &opts.run_dir;
     let config_path = dir.join("config.json");
     let state_path = dir.join("state.json");
+    if !opts.resume && config_path.exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume or choose another --run-dir",
+            dir.display()
+        );
+    }
+    if opts.resume && !config_path.exists() {
+        bail!(
+            "--resume: {} holds no run (no config.json); start one without --resume",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(dir.join("ckpt")).with_context(|| format!("creating {}", dir.display()))?;
+    // One process per run: a second `train` on the same folder would interleave
+    // checkpoints. The lock goes with the process, also on `kill -9`.
+    let _lock = lock_run(dir)?;
     let cfg = if opts.resume {
+        // Temporary files of a killed writer (never a checkpoint: those are
+        // renamed into place whole).
+        for d in [dir.clone(), dir.join("ckpt")] {
+            let n = models::weights::remove_stale_temporaries(&d)?;
+            if n > 0 {
+                tracing::info!(folder = %d.display(), files = n, "removed unfinished temporary files");
+            }
+        }
         let text = fs::read_to_string(&config_path)
             .with_context(|| format!("--resume: cannot read {}", config_path.display()))?;
         let mut saved: TrainConfig = serde_json::from_str(&text).with_context(|| {
             format!("--resume: {} is not a valid config", config_path.display())
         })?;
-        // Only the epoch budget may change on resume; everything else is the run's.
+        // Only the epoch budget may change on resume; everything else is the run's
+        // (the command line refuses other changes before it gets here).
         if cfg.epochs != saved.epochs {
             tracing::info!(
                 from = saved.epochs,
@@ -508,14 +592,6 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         }
         saved
     } else {
-        if config_path.exists() {
-            bail!(
-                "{} already holds a run; continue it with --resume or choose another --run-dir",
-                dir.display()
-            );
-        }
-        fs::create_dir_all(dir.join("ckpt"))
-            .with_context(|| format!("creating {}", dir.display()))?;
         cfg.validate()?;
         write_json(&config_path, &cfg)?;
         cfg
@@ -567,6 +643,8 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             .with_context(|| format!("loading checkpoint {}", w.display()))?
             .load_into(&varmap)?;
         adam.load(&a)?;
+        // A kill between the state and `last`/`best` leaves them one epoch behind.
+        publish(dir, &state)?;
         // Drop metrics lines of an epoch that finished after the checkpoint.
         if let Ok(text) = fs::read_to_string(&metrics_path) {
             let kept: Vec<&str> = text
@@ -600,7 +678,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             .create(true)
             .append(true)
             .open(dir.join("machine.jsonl"))?;
-        writeln!(f, "{record}")?;
+        f.write_all(format!("{record}\n").as_bytes())?;
     }
 
     let augmenter = match &cfg.augment {
@@ -610,7 +688,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
     let provenance = |metrics: &[(&str, f64)], epoch: usize| Provenance {
         dataset: loaded.name.clone(),
         recipe: serde_json::to_string(&cfg).unwrap_or_default(),
-        commit: git_commit(),
+        commit: build_commit().to_owned(),
         metrics: metrics.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         notes: format!("trained by `training train`, epoch {epoch}"),
     };
@@ -742,7 +820,10 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         state.epochs_done = epoch + 1;
         state.seconds += seconds;
 
-        // Checkpoint: weights and optimizer of this epoch, then the state.
+        // Checkpoint: weights and optimizer of this epoch, the metrics line,
+        // then the state that points at them (the commit point), then the
+        // published copies. A kill at any moment leaves a state whose
+        // checkpoint is whole; `--resume` redoes what came after it.
         let meta = WeightsMeta::new(
             cfg.model.clone(),
             provenance(
@@ -753,19 +834,17 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         let (w, a) = ckpt_paths(dir, epoch + 1);
         models::weights::save_varmap(&varmap, &meta, &w)?;
         adam.save(&a)?;
-        models::weights::save_varmap(&varmap, &meta, dir.join("last.safetensors"))?;
-        if improved {
-            models::weights::save_varmap(&varmap, &meta, dir.join("best.safetensors"))?;
-        }
         // The metrics line first, then the state that points past it: a crash
         // in between leaves a line that `--resume` drops, never a gap.
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&metrics_path)?;
-        writeln!(f, "{}", serde_json::to_string(&m)?)?;
+        // One write of the whole line: a kill leaves all of it or none.
+        f.write_all(format!("{}\n", serde_json::to_string(&m)?).as_bytes())?;
         f.sync_all()?;
         write_json(&state_path, &state)?;
+        publish(dir, &state)?;
         // Older checkpoints are no longer needed once the state points past them.
         let (old_w, old_a) = ckpt_paths(dir, epoch);
         let _ = fs::remove_file(old_w);

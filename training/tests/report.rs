@@ -57,6 +57,7 @@ fn write_run(dir: &Path, arch: Arch, data: &str, fold: usize, val_acc: &[f64]) {
         logical_cpus: 2,
         threads: 2,
         commit: "abc".into(),
+        written_after: false,
     };
     std::fs::write(
         dir.join("machine.jsonl"),

@@ -2,41 +2,17 @@
 //! a one-epoch smoke run on a small subset of the shared FER2013 data.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 use candle_core::Device;
+use common::write_fixture;
 use models::{Arch, LoadedWeights};
 use training::spec::DataSpec;
 use training::train::{EpochMetrics, Preset, RunOptions, TrainConfig, train};
-
-/// A FER2013-format CSV with `n_train` Training and `n_val` PublicTest rows of
-/// pseudo-random faces whose brightness depends on the label (learnable).
-fn write_fixture(path: &Path, n_train: usize, n_val: usize) {
-    let mut f = std::fs::File::create(path).unwrap();
-    writeln!(f, "emotion,pixels,Usage").unwrap();
-    let mut state = 12_345u64;
-    for i in 0..n_train + n_val {
-        let label = i % 7;
-        let pixels: Vec<String> = (0..2304)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                let noise = (state >> 58) as usize;
-                ((label * 30 + noise) % 256).to_string()
-            })
-            .collect();
-        let usage = if i < n_train {
-            "Training"
-        } else {
-            "PublicTest"
-        };
-        writeln!(f, "{label},{},{usage}", pixels.join(" ")).unwrap();
-    }
-}
 
 fn config(data: &Path, epochs: usize) -> TrainConfig {
     let spec = DataSpec {
@@ -166,4 +142,89 @@ fn empty_training_sets_and_zero_patience_are_refused() {
         .to_string();
     assert!(err.contains("early_stopping"), "{err}");
     assert!(!tmp.path().join("patience0/metrics.jsonl").exists());
+}
+
+#[test]
+fn resume_repairs_what_a_kill_left_and_one_process_holds_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("tiny.csv");
+    write_fixture(&csv, 32, 8);
+    let dir = tmp.path().join("run");
+    run(config(&csv, 2), &dir, false);
+    let ckpt = dir.join("ckpt/weights-2.safetensors");
+    // A kill after the state was saved but before `last` was published, and
+    // in the middle of writing a temporary file.
+    std::fs::remove_file(dir.join("last.safetensors")).unwrap();
+    let stale = dir.join(".last.safetensors.999-0.tmp");
+    std::fs::write(&stale, b"half a file").unwrap();
+    let stale_ckpt = dir.join("ckpt/.weights-3.safetensors.999-1.tmp");
+    std::fs::write(&stale_ckpt, b"half").unwrap();
+    run(config(&csv, 2), &dir, true);
+    assert!(!stale.exists() && !stale_ckpt.exists(), "temporaries stay");
+    // The weights name the commit the binary was built from (with -dirty
+    // when the tree differed), as git saw it at build time.
+    let meta = LoadedWeights::from_file(&ckpt, &Device::Cpu).unwrap().meta;
+    let built = training::train::build_commit();
+    assert_eq!(meta.provenance.commit, built);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert!(
+            built.starts_with(&head),
+            "built from {built}, HEAD is {head}"
+        );
+    }
+    assert_eq!(weights(&dir.join("last.safetensors")), weights(&ckpt));
+
+    // A second process on the same run is refused while the first holds it.
+    let lock = std::fs::File::open(dir.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let opts = RunOptions {
+        run_dir: dir.clone(),
+        resume: true,
+        progress: false,
+    };
+    let err = train(config(&csv, 3), &opts, Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another `training train`"), "{err}");
+    drop(lock);
+    assert_eq!(run(config(&csv, 3), &dir, true).state.epochs_done, 3);
+}
+
+#[test]
+fn resume_refuses_options_that_would_change_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("tiny.csv");
+    write_fixture(&csv, 16, 8);
+    let dir = tmp.path().join("run");
+    run(config(&csv, 1), &dir, false);
+    let cli = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_training"))
+            .args(["train", "--resume", "--no-progress", "--run-dir"])
+            .arg(&dir)
+            .arg("--data")
+            .arg(&csv)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = cli(&["--lr", "0.1", "--arch", "arch3"]);
+    assert!(!ok);
+    assert!(err.contains("--lr, --arch would change it"), "{err}");
+    let (ok, err) = cli(&["--limit", "4"]);
+    assert!(!ok);
+    assert!(err.contains("data options differ"), "{err}");
+    // Only the epoch budget may change.
+    let (ok, err) = cli(&["--epochs", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(metrics(&dir).len(), 2);
 }

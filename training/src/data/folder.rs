@@ -212,7 +212,7 @@ fn decode_gray48(path: &Path, mode: ResizeMode) -> Result<Vec<u8>, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let img = image::load_from_memory(&bytes).map_err(|source| DataError::Image {
+    let img = perception::frame::decode_image(&bytes).map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,
     })?;

@@ -586,11 +586,14 @@ fn machines_of(runs: &[&Run]) -> String {
     let mut seen: Vec<String> = Vec::new();
     for r in runs {
         for m in &r.machines {
-            let d = if m.device == "cpu" {
+            let mut d = if m.device == "cpu" {
                 format!("{} ({})", m.cpu, threads(m.threads))
             } else {
                 m.device.clone()
             };
+            if m.written_after {
+                d.push_str(", recorded after the run");
+            }
             if !seen.contains(&d) {
                 seen.push(d);
             }

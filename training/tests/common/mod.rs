@@ -1,0 +1,31 @@
+//! Helpers shared by the training tests.
+#![allow(dead_code, reason = "each test file uses a part of the helpers")]
+
+use std::io::Write;
+use std::path::Path;
+
+/// A FER2013-format CSV with `n_train` Training and `n_val` PublicTest rows of
+/// pseudo-random faces whose brightness depends on the label (learnable).
+pub fn write_fixture(path: &Path, n_train: usize, n_val: usize) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "emotion,pixels,Usage").unwrap();
+    let mut state = 12_345u64;
+    for i in 0..n_train + n_val {
+        let label = i % 7;
+        let pixels: Vec<String> = (0..2304)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                let noise = (state >> 58) as usize;
+                ((label * 30 + noise) % 256).to_string()
+            })
+            .collect();
+        let usage = if i < n_train {
+            "Training"
+        } else {
+            "PublicTest"
+        };
+        writeln!(f, "{label},{},{usage}", pixels.join(" ")).unwrap();
+    }
+}
