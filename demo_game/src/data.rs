@@ -55,7 +55,10 @@ pub trait DataFile: Asset + DeserializeOwned {
 
     /// Parses and checks `text`.
     fn parse(text: &str) -> Result<Self, DataError> {
-        let value: Self = ron::from_str(text).map_err(|e| DataError {
+        // `face: "happy"` rather than `face: Some("happy")`.
+        let options = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+        let value: Self = options.from_str(text).map_err(|e| DataError {
             line: e.span.start.line,
             column: e.span.start.col,
             message: e.code.to_string(),

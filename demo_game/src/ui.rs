@@ -152,7 +152,7 @@ fn panels(
             if let Some(r) = player.main_face.and_then(|f| raw.get(f).ok()) {
                 face_probabilities(ui, &Emotion::FER2013, r, 260.0);
             }
-            ui.label("Timeline (one row per face; ▲ onset, ● apex, ▼ offset):");
+            ui.label("Timeline, one row per face (triangle up: onset, dot: apex, down: offset):");
             timeline(ui, &data, 320.0);
             ui.separator();
             match player.manual {

@@ -106,13 +106,15 @@ fn adas_expressions_are_read_as_intended() {
     );
 }
 
-/// The seven faces side by side, each cut around its box (or the centre).
+/// The seven faces side by side (in FER2013 order: angry, disgust, fear,
+/// happy, sad, surprise, neutral), each cut around its box (or the centre).
 fn strip(faces: &[(Frame, Option<[f32; 4]>)], dst: PathBuf) {
-    let (cw, ch) = (300u32, 340u32);
+    let (cw, ch) = (340u32, 430u32);
     let mut out = image::RgbImage::new(cw * faces.len() as u32, ch);
     for (k, (frame, bbox)) in faces.iter().enumerate() {
         let [x0, y0, x1, y1] = bbox.unwrap_or([540.0, 200.0, 740.0, 460.0]);
-        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0 + 10.0);
+        // The box is the inner face: the head reaches higher.
+        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0 - 0.15 * (y1 - y0));
         let img =
             image::RgbImage::from_raw(frame.width() as u32, frame.height() as u32, frame.to_rgb8())
                 .unwrap();

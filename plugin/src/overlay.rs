@@ -94,10 +94,10 @@ pub fn capture_line(ui: &mut egui::Ui, indicator: &CaptureIndicator) {
     if indicator.live {
         ui.colored_label(
             egui::Color32::from_rgb(230, 60, 60),
-            format!("● capturing: {}", indicator.source),
+            format!("[REC] capturing: {}", indicator.source),
         );
     } else {
-        ui.label("○ not capturing");
+        ui.label("not capturing");
     }
 }
 
@@ -211,11 +211,21 @@ fn record_timeline(
     timeline.prune(time.elapsed_secs_f64());
 }
 
-/// The timeline: a time axis (seconds before now), one row per face with its
-/// emotion as coloured segments, and ▲ onset, ● apex, ▼ offset markers.
+/// The timeline: a time axis (seconds before now), one row per face (the
+/// `MAX_ROWS` most recently seen) with its emotion as coloured segments, and
+/// markers: a triangle pointing up at an onset, a dot at the apex, a
+/// triangle pointing down at the offset.
 pub fn timeline(ui: &mut egui::Ui, data: &EmotionTimeline, width: f32) {
+    const MAX_ROWS: usize = 5;
     let row_h = 16.0;
-    let rows = data.rows.len().max(1);
+    let mut recent: Vec<(&u64, &Vec<(f64, Emotion, f32)>)> = data.rows.iter().collect();
+    recent.sort_by(|a, b| {
+        let last = |r: &Vec<(f64, Emotion, f32)>| r.last().map_or(f64::MIN, |s| s.0);
+        last(b.1).total_cmp(&last(a.1))
+    });
+    recent.truncate(MAX_ROWS);
+    recent.sort_by_key(|(id, _)| **id);
+    let rows = recent.len().max(1);
     let label_w = 34.0;
     let (rect, _) = ui.allocate_exact_size(
         egui::vec2(width, rows as f32 * (row_h + 4.0) + 18.0),
@@ -264,7 +274,7 @@ pub fn timeline(ui: &mut egui::Ui, data: &EmotionTimeline, width: f32) {
             text,
         );
     }
-    for (i, (id, row)) in data.rows.iter().enumerate() {
+    for (i, (id, row)) in recent.into_iter().enumerate() {
         let top = plot.top() + i as f32 * (row_h + 4.0);
         painter.text(
             egui::pos2(rect.left(), top + row_h / 2.0),
@@ -286,18 +296,28 @@ pub fn timeline(ui: &mut egui::Ui, data: &EmotionTimeline, width: f32) {
             );
         }
         for &(t, _, kind, _) in data.marks.iter().filter(|m| m.1 == *id) {
-            let glyph = match kind {
-                MarkKind::Onset => "▲",
-                MarkKind::Apex => "●",
-                MarkKind::Offset => "▼",
+            let (x, y, r) = (x_of(t), top + row_h / 2.0, 5.0);
+            let ink = egui::Stroke::new(1.0, egui::Color32::WHITE);
+            let triangle = |dir: f32| {
+                egui::Shape::convex_polygon(
+                    vec![
+                        egui::pos2(x, y - dir * r),
+                        egui::pos2(x + r, y + dir * r),
+                        egui::pos2(x - r, y + dir * r),
+                    ],
+                    egui::Color32::BLACK,
+                    ink,
+                )
             };
-            painter.text(
-                egui::pos2(x_of(t), top + row_h / 2.0),
-                egui::Align2::CENTER_CENTER,
-                glyph,
-                egui::FontId::proportional(12.0),
-                egui::Color32::BLACK,
-            );
+            match kind {
+                MarkKind::Onset => painter.add(triangle(1.0)),
+                MarkKind::Offset => painter.add(triangle(-1.0)),
+                MarkKind::Apex => painter.add(egui::Shape::circle_filled(
+                    egui::pos2(x, y),
+                    r * 0.8,
+                    egui::Color32::BLACK,
+                )),
+            };
         }
     }
 }
