@@ -42,6 +42,7 @@ impl Plugin for AgentPlugin {
         };
         state.current = state.target();
         app.add_plugins(DataFilePlugin::<ExpressionRecipes>::default())
+            .init_resource::<Voice>()
             .insert_resource(state)
             .add_systems(Startup, spawn)
             .add_systems(
@@ -267,8 +268,31 @@ fn reload(
     }
 }
 
+/// Speak Ada's lines aloud through `espeak-ng` (`--voice`): only when it is
+/// installed; the mouth animation does not depend on it.
+#[derive(Resource, Debug, Default)]
+pub struct Voice(pub bool);
+
+fn say_aloud(text: &str, voice: &mut Voice) {
+    match std::process::Command::new("espeak-ng")
+        .arg(text)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        // Reaped on a thread of its own; a new line does not wait for it.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => {
+            warn!("no voice: cannot run espeak-ng ({e}); Ada goes on silently");
+            voice.0 = false;
+        }
+    }
+}
+
 /// A new dialogue line: Ada says it with its expression.
-fn follow_dialogue(talk: Res<Talk>, mut state: ResMut<AgentState>) {
+fn follow_dialogue(talk: Res<Talk>, mut state: ResMut<AgentState>, mut voice: ResMut<Voice>) {
     if state.hold.is_some() || state.line_id == Some(talk.dialogue.line_id) {
         return;
     }
@@ -277,7 +301,11 @@ fn follow_dialogue(talk: Res<Talk>, mut state: ResMut<AgentState>) {
         .dialogue
         .face()
         .map_or(Emotion::Neutral, Emotion::from_name);
-    state.speech = Some((talk.dialogue.text().chars().collect(), 0.0));
+    let text = talk.dialogue.text();
+    if voice.0 {
+        say_aloud(&text, &mut voice);
+    }
+    state.speech = Some((text.chars().collect(), 0.0));
 }
 
 /// While the player answers: a nod at each change of their expression, a

@@ -74,6 +74,9 @@ struct Args {
     /// FILE-<expression>.png each, --frames frames apart).
     #[arg(long, value_parser = parse_express)]
     express: Option<Express>,
+    /// Ada speaks her lines aloud through espeak-ng (when it is installed).
+    #[arg(long)]
+    voice: bool,
 }
 
 /// What `--express` shows.
@@ -257,6 +260,7 @@ fn main() -> AppExit {
     app.insert_state(consent)
         .init_state::<Calibration>()
         .insert_resource(Notice(notice))
+    .insert_resource(agent::Voice(args.voice))
         .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
         .insert_resource(args)
         .init_resource::<Player>()
