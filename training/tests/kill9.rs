@@ -8,7 +8,7 @@
 //! and resumed each time. After every kill each weights, optimizer, state,
 //! config and metrics file in the run folder must read back whole; at the end
 //! the run's metrics and weights must equal an uninterrupted run's.
-//! `KILL9_ROUNDS` (default 12) and `KILL9_SEED` (default: the clock) vary it;
+//! `KILL9_ROUNDS` (default 24) and `KILL9_SEED` (default: the clock) vary it;
 //! the seed is printed.
 
 mod common;
@@ -21,7 +21,7 @@ use candle_core::Device;
 use common::write_fixture;
 use training::train::{EpochMetrics, RunState, TrainConfig};
 
-const EPOCHS: usize = 5;
+const EPOCHS: usize = 12;
 
 fn start(dir: &Path, csv: &Path, resume: bool) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_training"));
@@ -75,7 +75,11 @@ fn check_whole(dir: &Path) -> usize {
             }
         }
     }
-    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    // Killed before config.json was in place: nothing else may be either.
+    let Ok(config) = std::fs::read_to_string(dir.join("config.json")) else {
+        assert!(!dir.join("state.json").exists() && !dir.join("metrics.jsonl").exists());
+        return 0;
+    };
     serde_json::from_str::<TrainConfig>(&config).unwrap();
     if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
         for line in text.lines() {
@@ -136,7 +140,7 @@ fn sigkill_at_any_moment_loses_nothing() {
     let rounds: usize = std::env::var("KILL9_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(24);
     let mut seed: u64 = std::env::var("KILL9_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -161,13 +165,18 @@ fn sigkill_at_any_moment_loses_nothing() {
         let mut child = start(&killed, &csv, resume);
         let begun = Instant::now();
         let limit = run_time.mul_f64(1.5);
+        // Each part lives for a few epochs at most, so the run is killed many times.
+        let epoch = run_time.div_f64(EPOCHS as f64);
         if round % 2 == 0 {
-            // In the middle of a checkpoint write: the first temporary file.
+            // In the middle of a checkpoint write: the first temporary file
+            // after a random moment (mostly an epoch's checkpoint, sometimes
+            // the start's config or the resume's repairs).
+            std::thread::sleep(epoch.mul_f64(2.0 * random()));
             while !has_temporary(&killed) && begun.elapsed() < limit {
                 std::thread::sleep(Duration::from_micros(200));
             }
         } else {
-            std::thread::sleep(run_time.mul_f64(random()));
+            std::thread::sleep(epoch.mul_f64(3.0 * random()));
         }
         let saw_temporary = has_temporary(&killed);
         if child.try_wait().unwrap().is_some() {
