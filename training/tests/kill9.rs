@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use common::write_fixture;
+use common::{metrics, weights, write_fixture};
 use training::train::{EpochMetrics, RunState, TrainConfig};
 
 const EPOCHS: usize = 12;
@@ -99,30 +99,6 @@ fn check_whole(dir: &Path) -> usize {
         }
         Err(_) => 0,
     }
-}
-
-fn metrics(dir: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let w = models::LoadedWeights::from_file(path, &Device::Cpu).unwrap();
-    let mut out: Vec<_> = w
-        .tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 #[test]
@@ -220,7 +196,7 @@ fn sigkill_at_any_moment_loses_nothing() {
     }
     for f in ["last.safetensors", "best.safetensors"] {
         assert!(
-            tensors(&straight.join(f)) == tensors(&killed.join(f)),
+            weights(&straight.join(f)) == weights(&killed.join(f)),
             "{f} differs from the uninterrupted run's"
         );
     }

@@ -1,7 +1,6 @@
 //! The training loop end to end: resume equivalence on a tiny synthetic run, and
 //! a one-epoch smoke run on a small subset of the shared FER2013 data.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -9,10 +8,10 @@ use std::sync::atomic::AtomicBool;
 mod common;
 
 use candle_core::Device;
-use common::write_fixture;
+use common::{metrics, weights, write_fixture};
 use models::{Arch, LoadedWeights};
 use training::spec::DataSpec;
-use training::train::{EpochMetrics, Preset, RunOptions, TrainConfig, train};
+use training::train::{Preset, RunOptions, TrainConfig, train};
 
 fn config(data: &Path, epochs: usize) -> TrainConfig {
     let spec = DataSpec {
@@ -32,27 +31,6 @@ fn run(cfg: TrainConfig, dir: &Path, resume: bool) -> training::train::RunSummar
         progress: false,
     };
     train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap()
-}
-
-fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let w = LoadedWeights::from_file(path, &Device::Cpu).unwrap();
-    w.tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn metrics(dir: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -1,8 +1,35 @@
 //! Helpers shared by the training tests.
 #![allow(dead_code, reason = "each test file uses a part of the helpers")]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+
+use candle_core::Device;
+use training::train::EpochMetrics;
+
+/// Every tensor of a weights file, flattened, by name.
+pub fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let w = models::LoadedWeights::from_file(path, &Device::Cpu).unwrap();
+    w.tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A run's `metrics.jsonl`.
+pub fn metrics(dir: &Path) -> Vec<EpochMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
 
 /// A FER2013-format CSV with `n_train` Training and `n_val` PublicTest rows of
 /// pseudo-random faces whose brightness depends on the label (learnable).
