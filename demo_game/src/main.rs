@@ -260,7 +260,7 @@ fn main() -> AppExit {
     app.insert_state(consent)
         .init_state::<Calibration>()
         .insert_resource(Notice(notice))
-    .insert_resource(agent::Voice(args.voice))
+        .insert_resource(agent::Voice(args.voice))
         .insert_resource(ClearColor(Color::srgb(0.12, 0.14, 0.18)))
         .insert_resource(args)
         .init_resource::<Player>()
