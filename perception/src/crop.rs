@@ -43,6 +43,24 @@ impl GrayCrop {
     pub fn pixels(&self) -> &[u8] {
         &self.pixels
     }
+
+    /// The crop mirrored left-right (when `mirror`), then moved by
+    /// `(dx, dy)` pixels with its border repeated: test-time augmentation's
+    /// views ([`crate::Tta`]).
+    pub fn transformed(&self, dx: isize, dy: isize, mirror: bool) -> Self {
+        let n = INPUT_SIZE;
+        let last = n as isize - 1;
+        let mut pixels = Vec::with_capacity(n * n);
+        for y in 0..n {
+            for x in 0..n {
+                let x = if mirror { n - 1 - x } else { x };
+                let sx = (x as isize - dx).clamp(0, last) as usize;
+                let sy = (y as isize - dy).clamp(0, last) as usize;
+                pixels.push(self.pixels[sy * n + sx]);
+            }
+        }
+        Self { pixels }
+    }
 }
 
 /// ITU-R BT.601 luma, unrounded: the weights of [`rgb_to_gray`], for

@@ -186,6 +186,7 @@ pub struct Classifier {
     net: EmotionNet,
     meta: WeightsMeta,
     device: Device,
+    tta: Tta,
     /// ARCH-1's deployment path (BatchNorm folded, buffers reused across
     /// calls): used for every ARCH-1 file; other networks run the graph.
     engine: Option<Mutex<Arch1Engine>>,
@@ -198,6 +199,7 @@ impl Clone for Classifier {
             net: self.net.clone(),
             meta: self.meta.clone(),
             device: self.device.clone(),
+            tta: self.tta,
             engine: self
                 .engine
                 .as_ref()
@@ -242,8 +244,25 @@ impl Classifier {
             net,
             meta: w.meta,
             device,
+            tta: Tta::None,
             engine,
         })
+    }
+
+    /// Averages every crop's probabilities over the views of `tta`.
+    pub fn with_tta(mut self, tta: Tta) -> Self {
+        self.tta = tta;
+        self
+    }
+
+    /// Sets the test-time augmentation.
+    pub fn set_tta(&mut self, tta: Tta) {
+        self.tta = tta;
+    }
+
+    /// The test-time augmentation in use.
+    pub fn tta(&self) -> Tta {
+        self.tta
     }
 
     /// Class names in output order.
@@ -256,11 +275,35 @@ impl Classifier {
         &self.meta
     }
 
-    /// Class probabilities for each crop, in one batch.
+    /// Class probabilities for each crop, in one batch (with test-time
+    /// augmentation, every view of every crop in that batch, averaged per
+    /// crop).
     pub fn classify(&self, crops: &[GrayCrop]) -> Result<Vec<Vec<f32>>, PerceptionError> {
         if crops.is_empty() {
             return Ok(Vec::new());
         }
+        let views = self.tta.views();
+        if views == 1 {
+            return self.classify_batch(crops);
+        }
+        let all: Vec<GrayCrop> = crops.iter().flat_map(|c| self.tta.apply(c)).collect();
+        let probs = self.classify_batch(&all)?;
+        Ok(probs
+            .chunks(views)
+            .map(|v| {
+                let mut mean = vec![0f32; v[0].len()];
+                for row in v {
+                    for (m, x) in mean.iter_mut().zip(row) {
+                        *m += x / views as f32;
+                    }
+                }
+                mean
+            })
+            .collect())
+    }
+
+    /// Class probabilities for each crop as it is, in one batch.
+    fn classify_batch(&self, crops: &[GrayCrop]) -> Result<Vec<Vec<f32>>, PerceptionError> {
         let norm = self.meta.normalization;
         let data: Vec<f32> = crops
             .iter()
@@ -286,6 +329,49 @@ impl Classifier {
     }
 }
 
+/// Test-time augmentation: [`Classifier::classify`] averages each crop's
+/// probabilities over these views of it (all views of all crops run as one
+/// batch). The cost at batch 1 is in `training bench-pipeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "reflect", derive(bevy_reflect::Reflect))]
+#[serde(rename_all = "kebab-case")]
+pub enum Tta {
+    /// The crop alone.
+    #[default]
+    None,
+    /// The crop and its mirror image (two views).
+    Flip,
+    /// The crop, its mirror image, and the crop shifted by 2 pixels left,
+    /// right, up and down (six views).
+    FlipShift,
+}
+
+impl Tta {
+    /// How many views of each crop.
+    pub fn views(self) -> usize {
+        match self {
+            Self::None => 1,
+            Self::Flip => 2,
+            Self::FlipShift => 6,
+        }
+    }
+
+    /// The views of `crop`, the crop itself first.
+    pub fn apply(self, crop: &GrayCrop) -> Vec<GrayCrop> {
+        let moved = |dx, dy, mirror| crop.transformed(dx, dy, mirror);
+        let mut views = vec![crop.clone()];
+        if self != Self::None {
+            views.push(moved(0, 0, true));
+        }
+        if self == Self::FlipShift {
+            for (dx, dy) in [(-2, 0), (2, 0), (0, -2), (0, 2)] {
+                views.push(moved(dx, dy, false));
+            }
+        }
+        views
+    }
+}
+
 /// A numerically stable softmax of one row of logits.
 fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -297,6 +383,33 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tta_views_and_their_average() {
+        let pixels: Vec<u8> = (0..INPUT_SIZE * INPUT_SIZE).map(|i| (i % 251) as u8).collect();
+        let crop = GrayCrop::new(pixels.clone()).unwrap();
+        let views = Tta::FlipShift.apply(&crop);
+        assert_eq!(views.len(), Tta::FlipShift.views());
+        assert_eq!(views[0], crop);
+        // The mirror: first column of the view is the last of the crop.
+        assert_eq!(views[1].pixels()[0], pixels[INPUT_SIZE - 1]);
+        // Moved right by 2 (dx = 2): column 5 holds column 3, column 0 the border.
+        assert_eq!(views[3].pixels()[5], pixels[3]);
+        assert_eq!(views[3].pixels()[1], pixels[0]);
+        assert_eq!(Tta::None.apply(&crop).len(), 1);
+
+        let c = Classifier::untrained(Arch::Arch1).unwrap();
+        let one = c.classify(std::slice::from_ref(&crop)).unwrap();
+        let by_view = c.classify(&views[..2]).unwrap();
+        let flip = c.clone().with_tta(Tta::Flip);
+        let avg = flip.classify(&[crop.clone(), crop]).unwrap();
+        assert_eq!(avg.len(), 2);
+        for k in 0..one[0].len() {
+            let want = (by_view[0][k] + by_view[1][k]) / 2.0;
+            assert!((avg[0][k] - want).abs() < 1e-5 && (avg[1][k] - want).abs() < 1e-5);
+        }
+        assert!((avg[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
 
     #[test]
     fn probabilities_sum_to_one_and_batch_matches_singles() {

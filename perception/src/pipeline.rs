@@ -15,6 +15,8 @@ pub struct PipelineConfig {
     pub detector: DetectorConfig,
     /// At most this many faces are classified per frame, the largest first.
     pub max_faces: usize,
+    /// Test-time augmentation of the classifier.
+    pub tta: crate::Tta,
 }
 
 impl Default for PipelineConfig {
@@ -22,6 +24,7 @@ impl Default for PipelineConfig {
         Self {
             detector: DetectorConfig::default(),
             max_faces: 8,
+            tta: crate::Tta::None,
         }
     }
 }
@@ -89,7 +92,7 @@ impl Pipeline {
     ) -> Result<Self, PerceptionError> {
         Ok(Self::new(
             Detector::from_file(detector, config.detector)?,
-            Classifier::from_file(classifier)?,
+            Classifier::from_file(classifier)?.with_tta(config.tta),
             config.max_faces,
         ))
     }
@@ -108,6 +111,7 @@ impl Pipeline {
     pub fn set_config(&mut self, config: PipelineConfig) -> Result<(), PerceptionError> {
         self.detector.set_config(config.detector)?;
         self.max_faces = config.max_faces;
+        self.classifier.set_tta(config.tta);
         Ok(())
     }
 

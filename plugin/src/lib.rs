@@ -80,7 +80,7 @@ use bevy::prelude::*;
 pub use perception;
 pub use perception::{
     CalibrationConfig, CalibrationError, Emotion, EpisodeConfig, FaceQuality, NeutralBaseline,
-    Observation, QualityGate, Tracker, TrackerConfig, UnsureReason,
+    Observation, QualityGate, Tracker, TrackerConfig, Tta, UnsureReason,
 };
 
 #[cfg(feature = "webcam")]

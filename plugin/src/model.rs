@@ -203,7 +203,7 @@ pub(crate) fn assemble_pipeline(
         Ok(()) => {
             commands.insert_resource(EmotionPipeline(Arc::new(Pipeline::new(
                 detector,
-                (**classifier).clone(),
+                (**classifier).clone().with_tta(config.tta),
                 config.max_faces,
             ))));
             info!("emotion networks ready");
@@ -224,6 +224,7 @@ pub(crate) fn pipeline_config(settings: &EmotionSettings) -> PipelineConfig {
             ..Default::default()
         },
         max_faces: settings.max_faces,
+        tta: settings.tta,
     }
 }
 

@@ -2,7 +2,9 @@
 //! ([`EmotionSystems`]) and the run conditions every stage shares.
 
 use bevy::prelude::*;
-use perception::{CalibrationConfig, EpisodeConfig, FollowConfig, QualityGate, TrackerConfig};
+use perception::{
+    CalibrationConfig, EpisodeConfig, FollowConfig, QualityGate, TrackerConfig, Tta,
+};
 
 use crate::capture::SourceKind;
 
@@ -30,6 +32,11 @@ pub struct EmotionSettings {
     /// detecting every frame (`docs/PERFORMANCE.md`). `None`: the full
     /// detector on every frame.
     pub follow: Option<FollowConfig>,
+    /// Test-time augmentation of the classifier: the mirror image (`Flip`,
+    /// twice the classifier's cost) or the mirror and four 2-pixel shifts
+    /// (`FlipShift`, six times); `docs/PERFORMANCE.md` and the report give
+    /// cost and accuracy.
+    pub tta: Tta,
     /// Tracking and smoothing.
     pub tracker: TrackerConfig,
     /// What a face must pass for its expression to be reported (otherwise
@@ -55,6 +62,7 @@ impl Default for EmotionSettings {
             inference_hz: 15.0,
             threads: 1,
             follow: Some(FollowConfig::default()),
+            tta: Tta::None,
             tracker: TrackerConfig::default(),
             quality: QualityGate::default(),
             calibration: CalibrationConfig::default(),

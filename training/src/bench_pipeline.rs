@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 use perception::crop::face_crop;
 use perception::{
-    Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, PixelFormat,
+    Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, Tta, PixelFormat,
     default_classifier_path, default_detector_path,
 };
 
@@ -260,6 +260,34 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
     line(format!("detect median_ms: {:.2}", median_ms(&mut det_t)));
     line(format!("align median_ms: {:.3}", median_ms(&mut align_t)));
     line(format!("classify median_ms: {:.3}", median_ms(&mut cls_t)));
+    // Test-time augmentation at batch 1: one face's crop, each variant in
+    // turn within every round (the same noise for all).
+    if let Some(d) = detector.detect(&frame)?.first() {
+        let crop = face_crop(&frame, &d.landmarks)?;
+        let variants = [Tta::None, Tta::Flip, Tta::FlipShift];
+        let nets: Vec<Classifier> = variants
+            .iter()
+            .map(|&t| classifier.clone().with_tta(t))
+            .collect();
+        let mut times = vec![Vec::new(); variants.len()];
+        for i in 0..args.runs.max(20) + 3 {
+            for (net, t) in nets.iter().zip(&mut times) {
+                let t0 = Instant::now();
+                std::hint::black_box(net.classify(std::slice::from_ref(&crop))?);
+                if i >= 3 {
+                    t.push(t0.elapsed());
+                }
+            }
+        }
+        let base = median_ms(&mut times[0]);
+        for (v, t) in variants.iter().zip(&mut times) {
+            let m = median_ms(t);
+            line(format!(
+                "classify batch-1 tta {v:?} median_ms: {m:.3} ({:.2}x none)",
+                m / base
+            ));
+        }
+    }
     line(format!(
         "pipeline 640x480 median_ms: {:.2}",
         median_ms(&mut total_t)

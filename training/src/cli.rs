@@ -17,6 +17,27 @@ use training::train::{Overrides, Preset, RunOptions, TrainConfig, train as run_t
 
 use crate::output::line;
 
+/// `--tta`, as clap spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TtaArg {
+    /// The face alone.
+    None,
+    /// The face and its mirror image.
+    Flip,
+    /// The face, its mirror image and four 2-pixel shifts.
+    FlipShift,
+}
+
+impl From<TtaArg> for perception::Tta {
+    fn from(t: TtaArg) -> Self {
+        match t {
+            TtaArg::None => Self::None,
+            TtaArg::Flip => Self::Flip,
+            TtaArg::FlipShift => Self::FlipShift,
+        }
+    }
+}
+
 /// Options of `training train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -184,9 +205,11 @@ pub struct EvaluateArgs {
     /// PrivateTest); by default every row of the file.
     #[arg(long)]
     usage: Option<Usage>,
-    /// Average each face's probabilities with its mirror image's.
-    #[arg(long)]
-    tta_flip: bool,
+    /// Test-time augmentation: average each face's probabilities over its
+    /// mirror image (`flip`) or its mirror image and four 2-pixel shifts
+    /// (`flip-shift`).
+    #[arg(long, value_enum, default_value = "none")]
+    tta: TtaArg,
     /// Print one JSON object instead of the tables (the last line stays the
     /// accuracy line).
     #[arg(long)]
@@ -321,7 +344,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         );
     }
     let all: Vec<usize> = (0..ds.len()).collect();
-    let eval = eval_net(&net, &ds, &all, args.batch_size, args.tta_flip, &device)?;
+    let eval = eval_net(&net, &ds, &all, args.batch_size, args.tta.into(), &device)?;
     let c = &eval.confusion;
     let abstain = args.abstain.then(|| abstention(&ds, &eval));
     let calibrated = if args.calibrate {
@@ -340,7 +363,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             "model": args.model,
             "data": args.data,
             "usage": args.usage.map(|u| u.to_string()),
-            "tta_flip": args.tta_flip,
+            "tta": perception::Tta::from(args.tta),
             "accuracy": c.accuracy(),
             "correct": c.correct(),
             "total": c.total(),
@@ -446,7 +469,7 @@ fn calibrated(
     let rows: Vec<usize> = (0..train.len())
         .filter(|&i| train.label(i) == Some(neutral as u8))
         .collect();
-    let rest = eval_net(net, &train, &rows, args.batch_size, args.tta_flip, device)?;
+    let rest = eval_net(net, &train, &rows, args.batch_size, args.tta.into(), device)?;
     let cfg = perception::CalibrationConfig {
         min_frames: 1,
         ..Default::default()

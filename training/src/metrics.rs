@@ -205,14 +205,14 @@ pub fn threshold_for_coverage(top1: &[f32], coverage: f64) -> f32 {
     (t * 100.0).floor() / 100.0
 }
 
-/// Evaluates `net` (eval mode) on `indices` of `ds` in batches. With `tta_flip`,
-/// the probabilities of each face and its mirror image are averaged.
+/// Evaluates `net` (eval mode) on `indices` of `ds` in batches. With `tta`,
+/// each face's probabilities are averaged over its views ([`tta_views`]).
 pub fn evaluate(
     net: &EmotionNet,
     ds: &Dataset,
     indices: &[usize],
     batch_size: usize,
-    tta_flip: bool,
+    tta: perception::Tta,
     device: &Device,
 ) -> Result<Evaluation> {
     let mut confusion = Confusion::new(ds.classes().to_vec());
@@ -221,11 +221,13 @@ pub fn evaluate(
     let (mut all_probs, mut all_truth) = (Vec::new(), Vec::new());
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = make_batch(ds, chunk, BatchMode::Plain, device)?;
-        let mut probs = candle_nn::ops::softmax(&net.forward_t(&batch.images, false)?, D::Minus1)?;
-        if tta_flip {
-            let flipped = net.forward_t(&flip_horizontal(&batch.images)?, false)?;
-            let p2 = candle_nn::ops::softmax(&flipped, D::Minus1)?;
-            probs = ((probs + p2)? * 0.5)?;
+        let views = tta_views(&batch.images, tta)?;
+        let mut probs = candle_nn::ops::softmax(&net.forward_t(&views[0], false)?, D::Minus1)?;
+        for v in &views[1..] {
+            probs = (probs + candle_nn::ops::softmax(&net.forward_t(v, false)?, D::Minus1)?)?;
+        }
+        if views.len() > 1 {
+            probs = (probs / views.len() as f64)?;
         }
         let logp = probs.clamp(1e-12, 1.0)?.log()?;
         let nll = logp
@@ -262,9 +264,57 @@ pub fn flip_horizontal(x: &Tensor) -> Result<Tensor> {
     Ok(x.index_select(&idx, 3)?)
 }
 
+/// A batch `(n, c, h, w)` moved by `(dx, dy)` pixels, the border repeated
+/// (as [`perception::GrayCrop::transformed`]).
+pub fn shift(x: &Tensor, dx: isize, dy: isize) -> Result<Tensor> {
+    let index = |n: usize, d: isize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..n as isize)
+            .map(|i| (i - d).clamp(0, n as isize - 1) as u32)
+            .collect();
+        Ok(Tensor::new(idx.as_slice(), x.device())?)
+    };
+    let x = x.index_select(&index(x.dim(3)?, dx)?, 3)?;
+    Ok(x.index_select(&index(x.dim(2)?, dy)?, 2)?)
+}
+
+/// The views of a batch that test-time augmentation `tta` averages over,
+/// in [`perception::Tta::apply`]'s order.
+pub fn tta_views(x: &Tensor, tta: perception::Tta) -> Result<Vec<Tensor>> {
+    let mut views = vec![x.clone()];
+    if tta != perception::Tta::None {
+        views.push(flip_horizontal(x)?);
+    }
+    if tta == perception::Tta::FlipShift {
+        for (dx, dy) in [(-2, 0), (2, 0), (0, -2), (0, 2)] {
+            views.push(shift(x, dx, dy)?);
+        }
+    }
+    Ok(views)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_views_match_the_crop_views() {
+        let n = models::INPUT_SIZE;
+        let pixels: Vec<u8> = (0..n * n).map(|i| (i * 7 % 256) as u8).collect();
+        let crop = perception::GrayCrop::new(pixels.clone()).unwrap();
+        let x = Tensor::from_vec(
+            pixels.iter().map(|&p| f32::from(p)).collect::<Vec<f32>>(),
+            (1, 1, n, n),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let tensors = tta_views(&x, perception::Tta::FlipShift).unwrap();
+        let crops = perception::Tta::FlipShift.apply(&crop);
+        assert_eq!(tensors.len(), crops.len());
+        for (t, c) in tensors.iter().zip(&crops) {
+            let t: Vec<u8> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as u8).collect();
+            assert_eq!(t, c.pixels());
+        }
+    }
 
     #[test]
     fn risk_coverage_of_a_known_set() {

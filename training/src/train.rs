@@ -774,7 +774,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             &loaded.dataset,
             &loaded.val,
             cfg.eval_batch_size,
-            false,
+            perception::Tta::None,
             &device,
         )?;
         let seconds = t0.elapsed().as_secs_f64();
