@@ -386,7 +386,9 @@ mod tests {
 
     #[test]
     fn tta_views_and_their_average() {
-        let pixels: Vec<u8> = (0..INPUT_SIZE * INPUT_SIZE).map(|i| (i % 251) as u8).collect();
+        let pixels: Vec<u8> = (0..INPUT_SIZE * INPUT_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let crop = GrayCrop::new(pixels.clone()).unwrap();
         let views = Tta::FlipShift.apply(&crop);
         assert_eq!(views.len(), Tta::FlipShift.views());

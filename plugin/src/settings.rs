@@ -2,9 +2,7 @@
 //! ([`EmotionSystems`]) and the run conditions every stage shares.
 
 use bevy::prelude::*;
-use perception::{
-    CalibrationConfig, EpisodeConfig, FollowConfig, QualityGate, TrackerConfig, Tta,
-};
+use perception::{CalibrationConfig, EpisodeConfig, FollowConfig, QualityGate, TrackerConfig, Tta};
 
 use crate::capture::SourceKind;
 

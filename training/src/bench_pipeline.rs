@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 use perception::crop::face_crop;
 use perception::{
-    Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, Tta, PixelFormat,
-    default_classifier_path, default_detector_path,
+    Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, PixelFormat,
+    Tta, default_classifier_path, default_detector_path,
 };
 
 use crate::output::line;

@@ -9,7 +9,8 @@ use candle_core::Device;
 use clap::Args;
 use models::{Arch, LoadedWeights};
 use training::data::{
-    Dataset, ErrorPolicy, Fer2013Options, FolderOptions, Usage, load_fer2013, load_image_folder,
+    Dataset, ErrorPolicy, Fer2013Options, FerPlusOptions, FolderOptions, Usage, load_fer2013,
+    load_ferplus, load_image_folder,
 };
 use training::metrics::evaluate as eval_net;
 use training::spec::DataSpec;
@@ -205,6 +206,12 @@ pub struct EvaluateArgs {
     /// PrivateTest); by default every row of the file.
     #[arg(long)]
     usage: Option<Usage>,
+    /// FER+ votes (`fer2013new.csv[.gz]`) that line up row by row with the
+    /// FER2013 CSV of --data: score against their majority labels (rows
+    /// without a clear majority, not-a-face or contempt are left out, as in
+    /// training).
+    #[arg(long)]
+    ferplus: Option<PathBuf>,
     /// Test-time augmentation: average each face's probabilities over its
     /// mirror image (`flip`) or its mirror image and four 2-pixel shifts
     /// (`flip-shift`).
@@ -236,13 +243,32 @@ pub struct EvaluateArgs {
 fn load_eval_data(
     path: &std::path::Path,
     usage: Option<Usage>,
+    ferplus: Option<&std::path::Path>,
 ) -> Result<(Dataset, usize, Vec<String>)> {
+    if ferplus.is_some() && !training::spec::is_csv(path) {
+        bail!("--ferplus needs the FER2013 CSV it lines up with as --data");
+    }
     if training::spec::is_csv(path) {
         let opts = Fer2013Options {
             usage,
             on_error: ErrorPolicy::Skip,
         };
-        let (ds, report) = load_fer2013(path, &opts)?;
+        let (ds, report) = match ferplus {
+            Some(plus) => {
+                let (ds, report, plus_report) =
+                    load_ferplus(path, plus, &opts, &FerPlusOptions::default())?;
+                tracing::info!(
+                    kept = plus_report.kept,
+                    not_face = plus_report.not_face,
+                    contempt = plus_report.contempt,
+                    unknown = plus_report.unknown,
+                    ties = plus_report.ties,
+                    "FER+ majority labels"
+                );
+                (ds, report)
+            }
+            None => load_fer2013(path, &opts)?,
+        };
         let reasons: Vec<String> = report
             .skipped_rows
             .iter()
@@ -329,7 +355,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let weights = LoadedWeights::from_file(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let net = weights.build(&device)?;
-    let (ds, unscored, reasons) = load_eval_data(&args.data, args.usage)?;
+    let (ds, unscored, reasons) = load_eval_data(&args.data, args.usage, args.ferplus.as_deref())?;
     if unscored > 0 {
         tracing::warn!(
             "{unscored} rows or files could not be scored{}",
@@ -363,6 +389,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             "model": args.model,
             "data": args.data,
             "usage": args.usage.map(|u| u.to_string()),
+            "ferplus": args.ferplus,
             "tta": perception::Tta::from(args.tta),
             "accuracy": c.accuracy(),
             "correct": c.correct(),
@@ -462,7 +489,7 @@ fn calibrated(
     if !training::spec::is_csv(&args.data) {
         bail!("--calibrate needs a FER2013 CSV (its Training faces make the baseline)");
     }
-    let (train, _, _) = load_eval_data(&args.data, Some(Usage::Training))?;
+    let (train, _, _) = load_eval_data(&args.data, Some(Usage::Training), args.ferplus.as_deref())?;
     let classes = train.classes().to_vec();
     let neutral =
         perception::calibrate::neutral_index(&classes).context("the classes have no neutral")?;

@@ -311,7 +311,14 @@ mod tests {
         let crops = perception::Tta::FlipShift.apply(&crop);
         assert_eq!(tensors.len(), crops.len());
         for (t, c) in tensors.iter().zip(&crops) {
-            let t: Vec<u8> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as u8).collect();
+            let t: Vec<u8> = t
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
             assert_eq!(t, c.pixels());
         }
     }

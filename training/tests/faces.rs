@@ -140,6 +140,61 @@ fn preprocess_writes_aligned_crops_and_a_report() {
     assert_eq!(report["several_faces"][0]["faces"], 3);
 }
 
+/// `evaluate --ferplus` scores against the FER+ majority labels of the rows it
+/// lines up with: the row whose votes say "not a face" is left out, a label
+/// changed by FER+ is scored as FER+ says, and TTA views are accepted.
+#[test]
+fn evaluate_scores_against_ferplus_majority_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = untrained_weights(tmp.path());
+    let px = vec!["128"; 2304].join(" ");
+    let fer = tmp.path().join("fer.csv");
+    std::fs::write(
+        &fer,
+        format!("emotion,pixels,Usage\n3,{px},PublicTest\n4,{px},PublicTest\n0,{px},PublicTest\n"),
+    )
+    .unwrap();
+    let plus = tmp.path().join("plus.csv");
+    std::fs::write(
+        &plus,
+        "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n\
+         PublicTest,a.png,0,10,0,0,0,0,0,0,0,0\n\
+         PublicTest,b.png,9,0,0,1,0,0,0,0,0,0\n\
+         PublicTest,,0,0,0,0,0,0,0,0,0,10\n",
+    )
+    .unwrap();
+    let out = training()
+        .args(["evaluate", "--json", "--tta", "flip-shift", "--model"])
+        .arg(&weights)
+        .arg("--data")
+        .arg(&fer)
+        .arg("--ferplus")
+        .arg(&plus)
+        .args(["--usage", "PublicTest"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(json["total"], 2, "{stdout}");
+    assert_eq!(json["tta"], "flip-shift");
+    // Not the FER2013 CSV it lines up with: refused.
+    let out = training()
+        .args(["evaluate", "--model"])
+        .arg(&weights)
+        .arg("--data")
+        .arg(tmp.path())
+        .arg("--ferplus")
+        .arg(&plus)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
 /// Inputs that give nothing to score or write are refused with the reason, never
 /// "accuracy 0/0" with exit code 0; a FER2013 file with Training rows needs
 /// --usage.
