@@ -2,12 +2,14 @@
 //! from capture to message, and how many faces per second it reads.
 //!
 //! ```text
-//! cargo bench -p bevy_emotion --bench bench_plugin -- [PHOTO] [SECONDS]
+//! cargo bench -p bevy_emotion --bench bench_plugin -- [PHOTO] [SECONDS] [UPDATE_HZ] [CAMERA_FPS]
 //! ```
 //!
-//! A headless app is paced at 30 updates per second and a photo (default: the
-//! shipped astronaut portrait) is pushed as a new frame every update, like a
-//! 30 fps camera. The same loop runs without the plugin, then with it; the
+//! A headless app is paced at `UPDATE_HZ` updates per second (default 30) and
+//! a photo (default: the shipped astronaut portrait) is pushed as a new frame
+//! `CAMERA_FPS` times a second (default 30), like a camera; with the app
+//! updating faster than the camera (120 and 30, say), the latency is no
+//! longer rounded up to whole camera frames. The same loop runs without the plugin, then with it; the
 //! difference of the median `App::update` times is the plugin's main-thread
 //! cost (inference itself runs on the async compute pool).
 
@@ -22,15 +24,27 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn run(app: &mut App, frame: Option<&Frame>, seconds: f64) -> (Vec<f64>, Vec<f64>) {
+/// Update and camera rates.
+#[derive(Clone, Copy)]
+struct Pace {
+    update_hz: f64,
+    camera_fps: f64,
+}
+
+fn run(app: &mut App, frame: Option<&Frame>, seconds: f64, pace: Pace) -> (Vec<f64>, Vec<f64>) {
     let mut update_ms = Vec::new();
     let mut latency_ms = Vec::new();
     let start = Instant::now();
     let mut last_processed = 0;
+    let mut next_frame = 0.0;
     while start.elapsed().as_secs_f64() < seconds {
         let tick = Instant::now();
-        if let (Some(f), Some(p)) = (frame, app.world().get_resource::<FramePusher>()) {
-            p.push(f.clone());
+        let now = start.elapsed().as_secs_f64();
+        if now >= next_frame {
+            next_frame += 1.0 / pace.camera_fps;
+            if let (Some(f), Some(p)) = (frame, app.world().get_resource::<FramePusher>()) {
+                p.push(f.clone());
+            }
         }
         let t = Instant::now();
         app.update();
@@ -42,7 +56,7 @@ fn run(app: &mut App, frame: Option<&Frame>, seconds: f64) -> (Vec<f64>, Vec<f64
             latency_ms.push(s.last_latency.as_secs_f64() * 1e3);
         }
         let spent = tick.elapsed();
-        if let Some(rest) = Duration::from_secs_f64(1.0 / 30.0).checked_sub(spent) {
+        if let Some(rest) = Duration::from_secs_f64(1.0 / pace.update_hz).checked_sub(spent) {
             std::thread::sleep(rest);
         }
     }
@@ -57,6 +71,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| perception::assets_dir().join("images/astronaut.png"));
     let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let mut rate = || {
+        args.next()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|r| *r > 0.0)
+    };
+    let pace = Pace {
+        update_hz: rate().unwrap_or(30.0),
+        camera_fps: rate().unwrap_or(30.0),
+    };
     let frame = Frame::open(&photo)?;
     let models = perception::assets_dir().join("models");
     let pipeline = Pipeline::from_files(
@@ -68,28 +91,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut baseline = App::new();
     baseline.add_plugins(MinimalPlugins);
-    let (mut base, _) = run(&mut baseline, None, seconds);
+    let (mut base, _) = run(&mut baseline, None, seconds, pace);
 
     let mut app = App::new();
     app.add_plugins(MinimalPlugins)
         .add_plugins(EmotionPlugin {
             settings: EmotionSettings {
                 source: SourceKind::Pushed,
-                inference_hz: 30.0,
+                inference_hz: pace.camera_fps as f32,
                 ..default()
             },
             models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
         })
         .insert_resource(EmotionConsent::Granted);
-    let (mut with, mut latency) = run(&mut app, Some(&frame), seconds);
+    let (mut with, mut latency) = run(&mut app, Some(&frame), seconds, pace);
     let processed = app.world().resource::<EmotionStats>().frames_processed;
     let (b, w) = (median(&mut base), median(&mut with));
     println!(
-        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads",
+        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps",
         photo.display(),
         frame.width(),
         frame.height(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pace.update_hz,
+        pace.camera_fps
     );
     println!(
         "main thread: update median {b:.3} ms without the plugin, {w:.3} ms with it: +{:.3} ms",

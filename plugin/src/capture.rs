@@ -22,8 +22,17 @@ use crate::settings::{EmotionSystems, stage_setup};
 /// What a source has for the capture system right now.
 #[derive(Debug)]
 pub enum SourcePoll {
-    /// A frame newer than the last one returned.
+    /// A frame newer than the last one returned (delivered now, as far as
+    /// latency is concerned).
     Frame(Frame),
+    /// A frame and when it was delivered (by the camera, before decoding; by
+    /// the app, when pushed): latency is counted from `at`.
+    Delivered {
+        /// The frame.
+        frame: Frame,
+        /// When it arrived.
+        at: Instant,
+    },
     /// Nothing new yet (starting, or between frames).
     Pending,
     /// Running, with nothing to hand over as a frame: a source that feeds
@@ -32,6 +41,18 @@ pub enum SourcePoll {
     /// The source failed (no camera, permission denied, camera unplugged,
     /// unreadable images): the capture system stops it and retries later.
     Failed(String),
+}
+
+impl SourcePoll {
+    /// A frame and when it arrived (now, for [`SourcePoll::Frame`]), or the
+    /// poll as it was.
+    pub fn into_delivered(self) -> Result<(Frame, Instant), Self> {
+        match self {
+            Self::Frame(frame) => Ok((frame, Instant::now())),
+            Self::Delivered { frame, at } => Ok((frame, at)),
+            other => Err(other),
+        }
+    }
 }
 
 /// A producer of frames. Implementations never block: `start` returns at once
@@ -187,7 +208,7 @@ impl Default for WebcamConfig {
 /// consumer always gets the latest frame and stale ones are dropped.
 #[derive(Debug, Default)]
 struct Slot {
-    frame: Mutex<Option<Frame>>,
+    frame: Mutex<Option<(Frame, Instant)>>,
     #[cfg_attr(
         not(feature = "webcam"),
         expect(dead_code, reason = "only the webcam fails")
@@ -196,11 +217,12 @@ struct Slot {
 }
 
 impl Slot {
-    fn put(&self, frame: Frame) {
-        *self.frame.lock().unwrap_or_else(PoisonError::into_inner) = Some(frame);
+    /// Leaves `frame`, delivered at `at`, replacing any unread one.
+    fn put(&self, frame: Frame, at: Instant) {
+        *self.frame.lock().unwrap_or_else(PoisonError::into_inner) = Some((frame, at));
     }
 
-    fn take(&self) -> Option<Frame> {
+    fn take(&self) -> Option<(Frame, Instant)> {
         self.frame
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -228,9 +250,10 @@ impl Slot {
 pub struct FramePusher(Arc<Slot>);
 
 impl FramePusher {
-    /// Queues `frame` (replacing any frame not yet captured).
+    /// Queues `frame` (replacing any frame not yet captured); latency is
+    /// counted from this call.
     pub fn push(&self, frame: Frame) {
-        self.0.put(frame);
+        self.0.put(frame, Instant::now());
     }
 }
 
@@ -258,7 +281,10 @@ impl FrameSource for PushedSource {
     fn poll(&mut self, _now: f64) -> SourcePoll {
         self.slot
             .take()
-            .map_or(SourcePoll::Pending, SourcePoll::Frame)
+            .map_or(SourcePoll::Pending, |(frame, at)| SourcePoll::Delivered {
+                frame,
+                at,
+            })
     }
 
     fn describe(&self) -> String {
@@ -563,8 +589,8 @@ impl FrameSource for WebcamSource {
     }
 
     fn poll(&mut self, _now: f64) -> SourcePoll {
-        if let Some(frame) = self.slot.take() {
-            return SourcePoll::Frame(frame);
+        if let Some((frame, at)) = self.slot.take() {
+            return SourcePoll::Delivered { frame, at };
         }
         match self.slot.failure() {
             Some(e) => {
@@ -596,11 +622,13 @@ fn camera_loop(
     device.open()?;
     while !stop.load(Ordering::Relaxed) {
         let buffer = device.frame()?;
+        // The latency clock starts here, before decoding.
+        let at = Instant::now();
         if stop.load(Ordering::Relaxed) {
             break;
         }
         match decode_camera_frame(&buffer) {
-            Ok(frame) => slot.put(frame),
+            Ok(frame) => slot.put(frame, at),
             Err(e) => bevy::log::warn!("dropping a camera frame: {e}"),
         }
     }
@@ -922,21 +950,32 @@ fn capture(
     if !matches!(polled, SourcePoll::Pending) {
         state.last_delivery = now;
     }
-    match polled {
-        SourcePoll::Frame(frame) => {
+    match polled.into_delivered() {
+        Ok((frame, at)) => {
             let what = source.describe();
             state.seq += 1;
             state.backoff = 1.0;
             stats.frames_captured += 1;
+            // `time` is the app's real clock at capture; `instant` when the
+            // frame arrived (before decoding, for the camera).
+            let waited = at.elapsed().as_secs_f64();
             commands.insert_resource(LatestFrame {
                 frame: Arc::new(frame),
                 seq: state.seq,
-                time: now,
-                instant: Instant::now(),
+                time: now - waited,
+                instant: at,
             });
             set_status(&mut status, CameraStatus::Running(what), &mut writer);
         }
-        SourcePoll::Pending => {
+        Err(SourcePoll::Alive) => {
+            let what = source.describe();
+            set_status(&mut status, CameraStatus::Running(what), &mut writer);
+        }
+        Err(SourcePoll::Failed(reason)) => {
+            fail_source(state, &mut status, &mut indicator, &mut writer, now, reason);
+        }
+        // Pending (`into_delivered` turned both frame variants into `Ok`).
+        Err(_) => {
             // The watchdog: a running source that went quiet.
             let wait = source.frame_period().map_or(1.0, |p| (2.0 * p).max(1.0));
             let quiet = now - state.last_delivery;
@@ -954,13 +993,6 @@ fn capture(
                 let what = format!("{} (no frame for {quiet:.1} s)", source.describe());
                 set_status(&mut status, CameraStatus::Stalled(what), &mut writer);
             }
-        }
-        SourcePoll::Alive => {
-            let what = source.describe();
-            set_status(&mut status, CameraStatus::Running(what), &mut writer);
-        }
-        SourcePoll::Failed(reason) => {
-            fail_source(state, &mut status, &mut indicator, &mut writer, now, reason);
         }
     }
 }
@@ -1023,9 +1055,14 @@ mod tests {
         let mut src = PushedSource::new(&pusher);
         assert!(matches!(src.poll(0.0), SourcePoll::Pending));
         pusher.push(frame(1));
+        let pushed = Instant::now();
         pusher.push(frame(2));
         match src.poll(0.0) {
-            SourcePoll::Frame(f) => assert_eq!(f.data()[0], 2),
+            // The newest, stamped when it was pushed.
+            SourcePoll::Delivered { frame, at } => {
+                assert_eq!(frame.data()[0], 2);
+                assert!(at >= pushed && at <= Instant::now());
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(src.poll(0.0), SourcePoll::Pending));
