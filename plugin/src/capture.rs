@@ -384,9 +384,11 @@ impl FrameSource for ImageSource {
     }
 
     fn stop(&mut self) {
-        // Frames are in memory only; dropping them releases everything.
+        // Frames are in memory only; dropping them releases everything. A
+        // loader still decoding finishes into its own slot, dropped with it:
+        // nothing reaches this source after `stop`.
         self.loader = None;
-        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.loaded = Arc::default();
         self.next = 0;
         self.next_at = f64::NEG_INFINITY;
     }
@@ -583,9 +585,11 @@ impl FrameSource for WebcamSource {
     fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // The thread notices within one frame and closes the device; it is
-        // not joined here so that a stuck driver cannot block the app.
+        // not joined here so that a stuck driver cannot block the app. A
+        // frame it delivers meanwhile goes to the old mailbox, dropped with
+        // the thread.
         self.thread = None;
-        self.slot.take();
+        self.slot = Arc::default();
     }
 
     fn poll(&mut self, _now: f64) -> SourcePoll {
@@ -1047,6 +1051,40 @@ mod tests {
         );
         assert!(matches!(none.poll(0.0), SourcePoll::Failed(_)));
         assert!(matches!(src.poll(0.0), SourcePoll::Pending));
+    }
+
+    /// A loader still decoding when the source stops never hands its frames
+    /// to the stopped source (nor keeps them alive through it).
+    #[test]
+    fn a_stopped_image_source_gets_no_late_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = 1u32;
+        let img = image::RgbImage::from_fn(1500, 1500, |_, _| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+        });
+        img.save(dir.path().join("noise.png")).unwrap();
+        let mut src = ImageSource::folder(dir.path().to_owned(), 10.0);
+        src.start();
+        src.stop();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(matches!(src.poll(0.0), SourcePoll::Pending));
+        // Started again, it loads and delivers.
+        src.start();
+        let t = Instant::now();
+        loop {
+            match src.poll(0.0) {
+                SourcePoll::Frame(f) => {
+                    assert_eq!(f.width(), 1500);
+                    break;
+                }
+                SourcePoll::Pending => {
+                    assert!(t.elapsed().as_secs() < 20, "never loaded");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
