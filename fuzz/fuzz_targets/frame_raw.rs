@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(frame) = Frame::new(w, h, format, pixels.to_vec()) else {
         return;
     };
-    let _ = frame.crop(u16_at(head, 5), u16_at(head, 7), u16_at(head, 9), u16_at(head, 11));
+    let _ = frame.crop(
+        u16_at(head, 5),
+        u16_at(head, 7),
+        u16_at(head, 9),
+        u16_at(head, 11),
+    );
     let mut landmarks = [[0f32; 2]; 5];
     for (k, p) in landmarks.iter_mut().enumerate() {
         let at = 13 + 3 * k;
