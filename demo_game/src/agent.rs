@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bevy::asset::RenderAssetUsages;
-use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::mesh::PrimitiveTopology;
 use bevy::prelude::*;
 use bevy_emotion::Emotion;
 use serde::Deserialize;
@@ -424,10 +424,9 @@ fn animate(
             .enumerate()
             .map(|(i, p)| [p[0], p[1], i as f32 * 1e-6])
             .collect();
-        let n = positions.len() as u32;
+        // A plain triangle list, drawn in order: no index buffer needed.
         mesh.insert_attribute(Mesh::ATTRIBUTE_POSITION, positions);
-        mesh.insert_attribute(Mesh::ATTRIBUTE_COLOR, tri.colours.clone());
-        mesh.insert_indices(Indices::U32((0..n).collect()));
+        mesh.insert_attribute(Mesh::ATTRIBUTE_COLOR, tri.colours);
     }
 }
 

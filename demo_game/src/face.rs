@@ -306,7 +306,7 @@ pub fn draw(au: &ActionUnits, pose: &Pose) -> Triangles {
         [x, -2.05 - 0.35 * (x / 2.2).powi(2) + 0.35]
     });
     let bottom: Vec<P> = shoulders.iter().map(|p| [p[0], -3.2]).collect();
-    t.ribbon(&shoulders, &bottom, pal.shirt, with_alpha(pal.shirt, 1.0));
+    t.ribbon(&shoulders, &bottom, pal.shirt, pal.shirt);
     let neck_top: Vec<P> = curve(8, |u| [-0.42 + 0.84 * u, -1.1]);
     let neck_bottom: Vec<P> = curve(8, |u| [-0.5 + 1.0 * u, -1.95]);
     t.ribbon(&neck_top, &neck_bottom, pal.shadow, pal.skin_edge);

@@ -5,8 +5,9 @@
 //! Also checks that her face differs between expressions. `ADA_STRIP=FILE`
 //! writes the seven faces side by side as one PNG (the README's strip).
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use perception::{Emotion, Frame, Pipeline, PipelineConfig};
 
@@ -18,20 +19,14 @@ fn adas_expressions_are_read_as_intended() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let tmp = tempfile::tempdir().unwrap();
     let shot = tmp.path().join("ada.png");
-    let out = Command::new("xvfb-run")
-        .args(["-a", "-s", "-screen 0 1280x720x24"])
-        .arg(env!("CARGO_BIN_EXE_demo_game"))
-        .args(["--express", "all", "--frames", "40", "--screenshot"])
-        .arg(&shot)
-        .env("WGPU_BACKEND", "vulkan")
-        .output()
-        .expect("xvfb-run not found: install it (.ci/setup does)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{}",
-        stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
+    common::run_demo([
+        "--express".as_ref(),
+        "all".as_ref(),
+        "--frames".as_ref(),
+        "40".as_ref(),
+        "--screenshot".as_ref(),
+        shot.as_os_str(),
+    ]);
     let pipeline = Pipeline::from_files(
         repo.join("assets/models/mtcnn.safetensors"),
         repo.join("assets/models/arch1_fer2013.safetensors"),

@@ -3,8 +3,9 @@
 //! Ada reacted to the faces. Needs `xvfb-run` (installed by `.ci/setup`) and
 //! `../shared/data/faces-fullframe`; fails loudly without them.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 #[test]
 fn demo_renders_and_reacts_under_xvfb() {
@@ -13,23 +14,16 @@ fn demo_renders_and_reacts_under_xvfb() {
     let tmp = std::env::temp_dir().join(format!("demo-shot-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let shot = tmp.join("shot.png");
-    let out = Command::new("xvfb-run")
-        .args(["-a", "-s", "-screen 0 1280x720x24"])
-        .arg(env!("CARGO_BIN_EXE_demo_game"))
-        .arg("--images")
-        .arg(&faces)
-        .args(["--fps", "1", "--frames", "300", "--screenshot"])
-        .arg(&shot)
-        .env("WGPU_BACKEND", "vulkan")
-        .output()
-        .expect("xvfb-run not found: install it (.ci/setup does)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "demo failed\nstdout:\n{stdout}\nstderr (tail):\n{}",
-        stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
+    let stdout = common::run_demo([
+        "--images".as_ref(),
+        faces.as_os_str(),
+        "--fps".as_ref(),
+        "1".as_ref(),
+        "--frames".as_ref(),
+        "300".as_ref(),
+        "--screenshot".as_ref(),
+        shot.as_os_str(),
+    ]);
     let summary = stdout
         .lines()
         .find(|l| l.starts_with("demo: "))

@@ -358,18 +358,20 @@ impl Tta {
 
     /// The views of `crop`, the crop itself first.
     pub fn apply(self, crop: &GrayCrop) -> Vec<GrayCrop> {
-        let moved = |dx, dy, mirror| crop.transformed(dx, dy, mirror);
         let mut views = vec![crop.clone()];
         if self != Self::None {
-            views.push(moved(0, 0, true));
+            views.push(crop.transformed(0, 0, true));
         }
         if self == Self::FlipShift {
-            for (dx, dy) in [(-2, 0), (2, 0), (0, -2), (0, 2)] {
-                views.push(moved(dx, dy, false));
+            for (dx, dy) in Self::SHIFTS {
+                views.push(crop.transformed(dx, dy, false));
             }
         }
         views
     }
+
+    /// The `(dx, dy)` moves of [`Tta::FlipShift`]'s shifted views, in order.
+    pub const SHIFTS: [(isize, isize); 4] = [(-2, 0), (2, 0), (0, -2), (0, 2)];
 }
 
 /// A numerically stable softmax of one row of logits.

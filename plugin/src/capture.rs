@@ -352,9 +352,8 @@ impl FrameSource for ImageSource {
         if self.loader.is_some() {
             return;
         }
-        // A fresh result slot per start: a loader of an earlier start that is
-        // still decoding writes into its own (orphaned) slot.
-        self.loaded = Arc::default();
+        // `stop` gave this source a fresh slot: a loader of an earlier start
+        // that is still decoding writes into its own (orphaned) one.
         let files = self.files.clone();
         let out = self.loaded.clone();
         let what = self.what.clone();

@@ -99,22 +99,17 @@ fn check_resume_args(args: &TrainArgs) -> Result<()> {
     };
     let saved: TrainConfig = serde_json::from_str(&text)
         .with_context(|| format!("--resume: {} is not a valid config", saved_path.display()))?;
-    let same_path = |a: &std::path::Path, b: &std::path::Path| {
-        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
-    };
-    let (now, then) = (&args.data, &saved.data);
-    let differs = !same_path(&now.data, &then.data)
-        || match (&now.ferplus, &then.ferplus) {
-            (Some(a), Some(b)) => !same_path(a, b),
-            (None, None) => false,
-            _ => true,
+    // Every data option must match; paths match when they name the same file.
+    let canonical = |d: &DataSpec| {
+        let path = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        DataSpec {
+            data: path(&d.data),
+            ferplus: d.ferplus.as_deref().map(path),
+            ..d.clone()
         }
-        || now.fold != then.fold
-        || now.folds != then.folds
-        || now.skip_bad != then.skip_bad
-        || now.limit != then.limit
-        || now.val_limit != then.val_limit;
-    if differs {
+    };
+    let then = &saved.data;
+    if canonical(&args.data) != canonical(then) {
         bail!(
             "--resume: the data options differ from the run's ({}: --data {}{}{}); \
              pass the run's own data options",

@@ -285,7 +285,7 @@ pub fn tta_views(x: &Tensor, tta: perception::Tta) -> Result<Vec<Tensor>> {
         views.push(flip_horizontal(x)?);
     }
     if tta == perception::Tta::FlipShift {
-        for (dx, dy) in [(-2, 0), (2, 0), (0, -2), (0, 2)] {
+        for (dx, dy) in perception::Tta::SHIFTS {
             views.push(shift(x, dx, dy)?);
         }
     }
