@@ -196,6 +196,14 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Sets the number of output classes (FER+'s eight, a custom label set).
+    pub fn set_num_classes(&mut self, n: usize) {
+        match self {
+            Self::Arch1(c) | Self::Arch3(c) => c.num_classes = n,
+            Self::Arch2(c) | Self::Arch4(c) => c.num_classes = n,
+        }
+    }
+
     /// Sets the dropout of the dense heads (no effect on ARCH-1/ARCH-3).
     pub fn set_dropout(&mut self, p: f32) {
         if let Self::Arch2(c) | Self::Arch4(c) = self {

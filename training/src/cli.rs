@@ -203,8 +203,9 @@ pub struct EvaluateArgs {
     usage: Option<Usage>,
     /// FER+ votes (`fer2013new.csv[.gz]`) that line up row by row with the
     /// FER2013 CSV of --data: score against their majority labels (rows
-    /// without a clear majority, not-a-face or contempt are left out, as in
-    /// training).
+    /// without a clear majority or not-a-face are left out, as in training;
+    /// contempt rows too, unless the model has FER+'s eighth class
+    /// `contempt`).
     #[arg(long)]
     ferplus: Option<PathBuf>,
     /// Test-time augmentation: average each face's probabilities over its
@@ -234,11 +235,18 @@ pub struct EvaluateArgs {
     batch_size: usize,
 }
 
+/// Whether a model's classes include FER+'s eighth, `contempt` (then FER+
+/// labels are scored over all eight classes).
+fn has_contempt(classes: &[String]) -> bool {
+    classes.iter().any(|c| c == "contempt")
+}
+
 /// The faces to score, and what was left out as `(count, first reasons)`.
 fn load_eval_data(
     path: &std::path::Path,
     usage: Option<Usage>,
     ferplus: Option<&std::path::Path>,
+    contempt: bool,
 ) -> Result<(Dataset, usize, Vec<String>)> {
     if ferplus.is_some() && !training::spec::is_csv(path) {
         bail!("--ferplus needs the FER2013 CSV it lines up with as --data");
@@ -250,8 +258,11 @@ fn load_eval_data(
         };
         let (ds, report) = match ferplus {
             Some(plus) => {
-                let (ds, report, plus_report) =
-                    load_ferplus(path, plus, &opts, &FerPlusOptions::default())?;
+                let plus_opts = FerPlusOptions {
+                    contempt,
+                    ..FerPlusOptions::default()
+                };
+                let (ds, report, plus_report) = load_ferplus(path, plus, &opts, &plus_opts)?;
                 tracing::info!(
                     kept = plus_report.kept,
                     not_face = plus_report.not_face,
@@ -350,7 +361,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let weights = LoadedWeights::from_file(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let net = weights.build(&device)?;
-    let (ds, unscored, reasons) = load_eval_data(&args.data, args.usage, args.ferplus.as_deref())?;
+    let (ds, unscored, reasons) = load_eval_data(
+        &args.data,
+        args.usage,
+        args.ferplus.as_deref(),
+        has_contempt(&weights.meta.classes),
+    )?;
     if unscored > 0 {
         tracing::warn!(
             "{unscored} rows or files could not be scored{}",
@@ -484,7 +500,12 @@ fn calibrated(
     if !training::spec::is_csv(&args.data) {
         bail!("--calibrate needs a FER2013 CSV (its Training faces make the baseline)");
     }
-    let (train, _, _) = load_eval_data(&args.data, Some(Usage::Training), args.ferplus.as_deref())?;
+    let (train, _, _) = load_eval_data(
+        &args.data,
+        Some(Usage::Training),
+        args.ferplus.as_deref(),
+        has_contempt(&eval.confusion.classes),
+    )?;
     let classes = train.classes().to_vec();
     let neutral =
         perception::calibrate::neutral_index(&classes).context("the classes have no neutral")?;

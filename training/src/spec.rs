@@ -33,6 +33,10 @@ pub struct DataSpec {
     /// not-a-face are dropped).
     #[arg(long)]
     pub ferplus: Option<PathBuf>,
+    /// With --ferplus: keep FER+'s `contempt` as an eighth class (FER+'s own
+    /// label set) instead of dropping the rows where it has the most votes.
+    #[arg(long, requires = "ferplus")]
+    pub contempt: bool,
     /// Image folders: which subject fold (0-based) is the validation set.
     #[arg(long, default_value_t = 0)]
     pub fold: usize,
@@ -56,6 +60,7 @@ impl Default for DataSpec {
         Self {
             data: PathBuf::new(),
             ferplus: None,
+            contempt: false,
             fold: 0,
             folds: 10,
             skip_bad: false,
@@ -94,9 +99,22 @@ impl DataSpec {
         }
     }
 
+    /// How many classes the data has: FER+ with `--contempt` has eight, the
+    /// rest FER2013's seven (image folders map their sub-folders onto them).
+    pub fn num_classes(&self) -> usize {
+        if self.ferplus.is_some() && self.contempt {
+            crate::data::FERPLUS8_CLASSES.len()
+        } else {
+            models::FER2013_CLASSES.len()
+        }
+    }
+
     /// Loads the data and splits it.
     pub fn load(&self, seed: u64) -> Result<Loaded> {
         let path = &self.data;
+        if self.contempt && self.ferplus.is_none() {
+            bail!("--contempt is a FER+ class: it needs --ferplus");
+        }
         if !path.exists() {
             bail!("--data {} does not exist", path.display());
         }
@@ -109,6 +127,7 @@ impl DataSpec {
                 Some(plus) => {
                     let plus_opts = FerPlusOptions {
                         on_error: self.policy(),
+                        contempt: self.contempt,
                         ..FerPlusOptions::default()
                     };
                     let (ds, report, _) = load_ferplus(path, plus, &opts, &plus_opts)

@@ -116,6 +116,12 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The configuration a preset gives for `arch` and `data`.
     pub fn preset(preset: Preset, arch: Arch, data: DataSpec) -> Self {
+        let mut cfg = Self::preset_seven(preset, arch, data);
+        cfg.model.set_num_classes(cfg.data.num_classes());
+        cfg
+    }
+
+    fn preset_seven(preset: Preset, arch: Arch, data: DataSpec) -> Self {
         match preset {
             Preset::Paper => Self {
                 preset,
@@ -824,13 +830,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         // then the state that points at them (the commit point), then the
         // published copies. A kill at any moment leaves a state whose
         // checkpoint is whole; `--resume` redoes what came after it.
-        let meta = WeightsMeta::new(
+        let mut meta = WeightsMeta::new(
             cfg.model.clone(),
             provenance(
                 &[("val_accuracy", acc), ("epoch", (epoch + 1) as f64)],
                 epoch + 1,
             ),
         );
+        meta.classes = loaded.dataset.classes().to_vec();
         let (w, a) = ckpt_paths(dir, epoch + 1);
         models::weights::save_varmap(&varmap, &meta, &w)?;
         adam.save(&a)?;

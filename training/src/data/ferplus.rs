@@ -28,6 +28,10 @@
 //!    divided by their sum: `contempt`, `unknown` and `NF` votes are discarded,
 //!    not spread over the other classes. (A kept row always has at least one
 //!    vote for an expression: its label.)
+//! 5. **Eight classes.** With [`FerPlusOptions::contempt`] set, `contempt` is
+//!    an eighth class ([`FERPLUS8_CLASSES`], label 7) instead of a reason to
+//!    drop the row: rows where it has the most votes are kept, and its votes
+//!    count in the soft targets. This is FER+'s own label set.
 //!
 //! On the shared Training rows this keeps 26,778 of 28,709 (150 not a face,
 //! 162 contempt, 170 unknown, 1,449 ties); on `PublicTest` 3,372 of 3,589.
@@ -36,8 +40,8 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use super::{
-    DataError, Dataset, ErrorPolicy, Fer2013Options, LoadReport, NUM_CLASSES, Origin, RowProblem,
-    SkippedRow, Usage, header_columns, load_fer2013, next_line, open_text, show,
+    DataError, Dataset, ErrorPolicy, Fer2013Options, LoadReport, Origin, RowProblem, SkippedRow,
+    Usage, header_columns, load_fer2013, next_line, open_text, show,
 };
 
 /// The ten vote columns, in file order.
@@ -52,6 +56,11 @@ pub const FERPLUS_COLUMNS: [&str; 10] = [
     "contempt",
     "unknown",
     "NF",
+];
+
+/// FER+'s eight expressions in output order: FER2013's seven, then contempt.
+pub const FERPLUS8_CLASSES: [&str; 8] = [
+    "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt",
 ];
 
 /// For each of the first seven vote columns, its FER2013 label.
@@ -99,6 +108,9 @@ pub struct FerPlusOptions {
     pub ties: TiePolicy,
     /// Bad rows in the FER+ file (their FER2013 rows are then dropped).
     pub on_error: ErrorPolicy,
+    /// Keep `contempt` as an eighth class (label 7) instead of dropping its
+    /// rows; see the module documentation.
+    pub contempt: bool,
 }
 
 /// What one row of votes becomes.
@@ -161,19 +173,25 @@ pub fn ferplus_outcome(votes: &[u8; 10], has_name: bool, ties: TiePolicy) -> Fer
     }
 }
 
-/// The soft target of a row: expression votes over their sum, FER2013 order;
-/// `None` if no expression got a vote.
-fn soft_target(votes: &[u8; 10]) -> Option<[f32; NUM_CLASSES]> {
-    let sum: u32 = votes[..TO_FER2013.len()]
-        .iter()
-        .map(|&v| u32::from(v))
-        .sum();
+/// The soft target of a row: expression votes over their sum, in FER2013
+/// order, then contempt when `contempt` (8 values, else 7); `None` if no
+/// counted expression got a vote.
+fn soft_target(votes: &[u8; 10], contempt: bool) -> Option<Vec<f32>> {
+    let counted = if contempt {
+        CONTEMPT + 1
+    } else {
+        TO_FER2013.len()
+    };
+    let sum: u32 = votes[..counted].iter().map(|&v| u32::from(v)).sum();
     if sum == 0 {
         return None;
     }
-    let mut out = [0.0; NUM_CLASSES];
+    let mut out = vec![0.0; counted];
     for (col, &label) in TO_FER2013.iter().enumerate() {
         out[usize::from(label)] = f32::from(votes[col]) / sum as f32;
+    }
+    if contempt {
+        out[CONTEMPT] = f32::from(votes[CONTEMPT]) / sum as f32;
     }
     Some(out)
 }
@@ -300,11 +318,12 @@ pub fn apply_ferplus(
     votes: &FerPlusVotes,
     opts: &FerPlusOptions,
 ) -> Result<(Dataset, FerPlusReport), DataError> {
-    let classes = models::FER2013_CLASSES
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut out = Dataset::empty(classes);
+    let names: &[&str] = if opts.contempt {
+        &FERPLUS8_CLASSES
+    } else {
+        &models::FER2013_CLASSES
+    };
+    let mut out = Dataset::empty(names.iter().map(|s| (*s).to_owned()).collect());
     let mut report = FerPlusReport::default();
     for (index, origin) in fer.origins().iter().enumerate() {
         let Origin::Row { row, usage } = origin else {
@@ -331,9 +350,14 @@ pub fn apply_ferplus(
                 fer2013: *usage,
             });
         }
-        match ferplus_outcome(&entry.votes, entry.image_name.is_some(), opts.ties) {
+        let outcome = match ferplus_outcome(&entry.votes, entry.image_name.is_some(), opts.ties) {
+            FerPlusOutcome::Contempt if opts.contempt => FerPlusOutcome::Label(CONTEMPT as u8),
+            other => other,
+        };
+        match outcome {
             FerPlusOutcome::Label(label) => {
-                let (Some(pixels), Some(soft)) = (fer.image(index), soft_target(&entry.votes))
+                let (Some(pixels), Some(soft)) =
+                    (fer.image(index), soft_target(&entry.votes, opts.contempt))
                 else {
                     // A kept label always has a vote, and `index` is in range.
                     report.unknown += 1;
@@ -438,10 +462,19 @@ mod tests {
 
     #[test]
     fn soft_targets_drop_contempt_unknown_and_nf_votes() {
-        let s = soft_target(&[4, 0, 0, 1, 3, 0, 0, 1, 1, 0]).unwrap();
+        let s = soft_target(&[4, 0, 0, 1, 3, 0, 0, 1, 1, 0], false).unwrap();
         // angry 3/8, sad 1/8, neutral 4/8.
         assert_eq!(s, [0.375, 0.0, 0.0, 0.0, 0.125, 0.0, 0.5]);
-        assert!(soft_target(&[0, 0, 0, 0, 0, 0, 0, 5, 5, 0]).is_none());
+        assert!(soft_target(&[0, 0, 0, 0, 0, 0, 0, 5, 5, 0], false).is_none());
+        let s8 = soft_target(&[4, 0, 0, 1, 3, 0, 0, 2, 1, 0], true).unwrap();
+        assert_eq!(s8.len(), 8);
+        assert_eq!(s8[7], 0.2);
+        assert_eq!(s8[6], 0.4);
+        assert!((s8.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(
+            soft_target(&[0, 0, 0, 0, 0, 0, 0, 5, 5, 0], true).unwrap()[7],
+            1.0
+        );
     }
 
     fn fer_fixture(rows: &[(u8, &str)]) -> Dataset {
@@ -457,6 +490,35 @@ mod tests {
         )
         .unwrap();
         ds
+    }
+
+    #[test]
+    fn contempt_as_an_eighth_class() {
+        let fer = fer_fixture(&[(0, "Training"), (1, "Training"), (2, "Training")]);
+        let text = format!(
+            "{HEADER}\
+             Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n\
+             Training,fer0000001.png,2,0,0,0,0,0,0,6,2,0\n\
+             Training,fer0000002.png,0,0,0,0,0,0,0,0,9,1\n"
+        );
+        let votes = votes_of(&text, ErrorPolicy::Fail).unwrap();
+        let (seven, report) = apply_ferplus(&fer, &votes, &FerPlusOptions::default()).unwrap();
+        assert_eq!(seven.labels(), &[3]);
+        assert_eq!(report.contempt, 1);
+        let eight = FerPlusOptions {
+            contempt: true,
+            ..FerPlusOptions::default()
+        };
+        let (ds, report) = apply_ferplus(&fer, &votes, &eight).unwrap();
+        assert_eq!(ds.classes().len(), 8);
+        assert_eq!(ds.classes()[7], "contempt");
+        assert_eq!(ds.labels(), &[3, 7]); // happy, contempt; "unknown" still dropped
+        assert_eq!(report.contempt, 0);
+        assert_eq!(report.unknown, 1);
+        assert_eq!(
+            ds.soft_target(1).unwrap(),
+            &[0., 0., 0., 0., 0., 0., 0.25, 0.75]
+        );
     }
 
     #[test]

@@ -50,8 +50,8 @@ use models::Normalization;
 
 pub use fer2013::{Fer2013Options, Usage, load_fer2013, read_fer2013};
 pub use ferplus::{
-    FERPLUS_COLUMNS, FerPlusOptions, FerPlusOutcome, FerPlusReport, FerPlusRow, FerPlusVotes,
-    TiePolicy, apply_ferplus, ferplus_outcome, load_ferplus, load_ferplus_votes,
+    FERPLUS_COLUMNS, FERPLUS8_CLASSES, FerPlusOptions, FerPlusOutcome, FerPlusReport, FerPlusRow,
+    FerPlusVotes, TiePolicy, apply_ferplus, ferplus_outcome, load_ferplus, load_ferplus_votes,
     read_ferplus_votes,
 };
 pub use folder::{
