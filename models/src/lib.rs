@@ -30,6 +30,7 @@ pub mod blocks;
 pub mod infer;
 pub mod layers;
 pub mod mtcnn;
+pub mod mtcnn_engine;
 pub mod nets;
 pub mod summary;
 pub mod weights;

@@ -107,9 +107,9 @@ impl Tensors {
 
 /// A convolution with bias, stride 1, no padding.
 #[derive(Debug, Clone)]
-struct Conv {
-    w: Tensor,
-    b: Tensor,
+pub(crate) struct Conv {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
 }
 
 impl Conv {
@@ -127,9 +127,9 @@ impl Conv {
 
 /// A fully connected layer `y = x W^T + b`.
 #[derive(Debug, Clone)]
-struct Linear {
-    wt: Tensor,
-    b: Tensor,
+pub(crate) struct Linear {
+    pub(crate) wt: Tensor,
+    pub(crate) b: Tensor,
 }
 
 impl Linear {
@@ -147,8 +147,8 @@ impl Linear {
 
 /// Parametric ReLU with one slope per channel (dimension 1).
 #[derive(Debug, Clone)]
-struct PRelu {
-    a: Tensor,
+pub(crate) struct PRelu {
+    pub(crate) a: Tensor,
 }
 
 impl PRelu {
@@ -239,6 +239,61 @@ fn pooled_len(len: usize, k: usize, stride: usize) -> usize {
     }
 }
 
+/// [`max_pool_ceil`] on `planes` compact `(h, w)` planes of `x` into `y`
+/// (`planes` planes of the pooled size); `hmax` is scratch, grown as needed.
+/// Returns the pooled `(oh, ow)`.
+pub(crate) fn pool_planes(
+    x: &[f32],
+    planes: usize,
+    (h, w): (usize, usize),
+    (k, st): (usize, usize),
+    y: &mut [f32],
+    hmax: &mut Vec<f32>,
+) -> (usize, usize) {
+    let (oh, ow) = (pooled_len(h, k, st), pooled_len(w, k, st));
+    if hmax.len() < h * ow {
+        hmax.resize(h * ow, 0.0);
+    }
+    let hmax = &mut hmax[..h * ow];
+    // Separable: the maximum over each window's columns, row by row, then
+    // over its rows.
+    for (plane, dst) in x
+        .chunks_exact(h * w)
+        .zip(y.chunks_exact_mut(oh * ow))
+        .take(planes)
+    {
+        for (src, out) in plane.chunks_exact(w).zip(hmax.chunks_exact_mut(ow)) {
+            if k == 2 && st == 2 {
+                let pairs = src.chunks_exact(2);
+                let rest = pairs.remainder();
+                for (o, p) in out.iter_mut().zip(pairs) {
+                    *o = p[0].max(p[1]);
+                }
+                if let Some(&last) = rest.first() {
+                    out[ow - 1] = last;
+                }
+            } else {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let a = j * st;
+                    *o = src[a..(a + k).min(w)]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                }
+            }
+        }
+        for (i, out) in dst.chunks_exact_mut(ow).enumerate() {
+            let a = i * st;
+            out.copy_from_slice(&hmax[a * ow..][..ow]);
+            for r in a + 1..(a + k).min(h) {
+                for (o, &v) in out.iter_mut().zip(&hmax[r * ow..][..ow]) {
+                    *o = o.max(v);
+                }
+            }
+        }
+    }
+    (oh, ow)
+}
+
 struct MaxPoolCeilOp {
     k: usize,
     stride: usize,
@@ -260,39 +315,7 @@ impl candle_core::CustomOp1 for MaxPoolCeilOp {
         let (k, st) = (self.k, self.stride);
         let (oh, ow) = (pooled_len(h, k, st), pooled_len(w, k, st));
         let mut y = vec![0f32; n * c * oh * ow];
-        // Separable: the maximum over each window's columns, row by row, then
-        // over its rows.
-        let mut hmax = vec![0f32; h * ow];
-        for (plane, dst) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
-            for (src, out) in plane.chunks_exact(w).zip(hmax.chunks_exact_mut(ow)) {
-                if k == 2 && st == 2 {
-                    let pairs = src.chunks_exact(2);
-                    let rest = pairs.remainder();
-                    for (o, p) in out.iter_mut().zip(pairs) {
-                        *o = p[0].max(p[1]);
-                    }
-                    if let Some(&last) = rest.first() {
-                        out[ow - 1] = last;
-                    }
-                } else {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let a = j * st;
-                        *o = src[a..(a + k).min(w)]
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    }
-                }
-            }
-            for (i, out) in dst.chunks_exact_mut(ow).enumerate() {
-                let a = i * st;
-                out.copy_from_slice(&hmax[a * ow..][..ow]);
-                for r in a + 1..(a + k).min(h) {
-                    for (o, &v) in out.iter_mut().zip(&hmax[r * ow..][..ow]) {
-                        *o = o.max(v);
-                    }
-                }
-            }
-        }
+        pool_planes(x, n * c, (h, w), (k, st), &mut y, &mut Vec::new());
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 }
@@ -306,14 +329,14 @@ fn flatten_whc(x: &Tensor) -> candle_core::Result<Tensor> {
 /// The proposal network: a fully convolutional 12x12 face / box classifier.
 #[derive(Debug, Clone)]
 pub struct PNet {
-    conv1: Conv,
-    prelu1: PRelu,
-    conv2: Conv,
-    prelu2: PRelu,
-    conv3: Conv,
-    prelu3: PRelu,
-    conv4_1: Conv,
-    conv4_2: Conv,
+    pub(crate) conv1: Conv,
+    pub(crate) prelu1: PRelu,
+    pub(crate) conv2: Conv,
+    pub(crate) prelu2: PRelu,
+    pub(crate) conv3: Conv,
+    pub(crate) prelu3: PRelu,
+    pub(crate) conv4_1: Conv,
+    pub(crate) conv4_2: Conv,
 }
 
 impl PNet {
@@ -346,16 +369,16 @@ impl PNet {
 /// The refinement network: 24x24 candidates -> face probability and box correction.
 #[derive(Debug, Clone)]
 pub struct RNet {
-    conv1: Conv,
-    prelu1: PRelu,
-    conv2: Conv,
-    prelu2: PRelu,
-    conv3: Conv,
-    prelu3: PRelu,
-    dense4: Linear,
-    prelu4: PRelu,
-    dense5_1: Linear,
-    dense5_2: Linear,
+    pub(crate) conv1: Conv,
+    pub(crate) prelu1: PRelu,
+    pub(crate) conv2: Conv,
+    pub(crate) prelu2: PRelu,
+    pub(crate) conv3: Conv,
+    pub(crate) prelu3: PRelu,
+    pub(crate) dense4: Linear,
+    pub(crate) prelu4: PRelu,
+    pub(crate) dense5_1: Linear,
+    pub(crate) dense5_2: Linear,
 }
 
 impl RNet {
@@ -395,19 +418,19 @@ impl RNet {
 /// columns 0..5, y in 5..10, relative to the box).
 #[derive(Debug, Clone)]
 pub struct ONet {
-    conv1: Conv,
-    prelu1: PRelu,
-    conv2: Conv,
-    prelu2: PRelu,
-    conv3: Conv,
-    prelu3: PRelu,
-    conv4: Conv,
-    prelu4: PRelu,
-    dense5: Linear,
-    prelu5: PRelu,
-    dense6_1: Linear,
-    dense6_2: Linear,
-    dense6_3: Linear,
+    pub(crate) conv1: Conv,
+    pub(crate) prelu1: PRelu,
+    pub(crate) conv2: Conv,
+    pub(crate) prelu2: PRelu,
+    pub(crate) conv3: Conv,
+    pub(crate) prelu3: PRelu,
+    pub(crate) conv4: Conv,
+    pub(crate) prelu4: PRelu,
+    pub(crate) dense5: Linear,
+    pub(crate) prelu5: PRelu,
+    pub(crate) dense6_1: Linear,
+    pub(crate) dense6_2: Linear,
+    pub(crate) dense6_3: Linear,
 }
 
 impl ONet {

@@ -5,8 +5,11 @@
 
 use std::path::Path;
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Device, Tensor};
 use models::mtcnn::Mtcnn;
+use models::mtcnn_engine::{MtcnnEngine, MtcnnScratch};
 
 use crate::PerceptionError;
 use crate::frame::{Frame, PixelFormat};
@@ -101,12 +104,51 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// The three networks and the algorithm around them. `Send + Sync`; no global
-/// state.
+/// state. The networks run on [`MtcnnEngine`] (reused buffers, the direct
+/// convolution kernels); [`Detector::set_reference_path`] switches to the
+/// candle graphs it is tested against.
 #[derive(Debug, Clone)]
 pub struct Detector {
     nets: Mtcnn,
+    engine: Arc<MtcnnEngine>,
+    /// Engine buffers, one per thread detecting at the same time.
+    scratch: ScratchPool,
+    reference: bool,
     config: DetectorConfig,
     device: Device,
+}
+
+/// Idle [`MtcnnScratch`]es: a call takes one (or makes one) and puts it back.
+/// A clone of a detector starts with an empty pool of its own.
+#[derive(Debug, Default)]
+struct ScratchPool(Mutex<Vec<MtcnnScratch>>);
+
+impl Clone for ScratchPool {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ScratchPool {
+    fn with<T>(&self, f: impl FnOnce(&mut MtcnnScratch) -> T) -> T {
+        let taken = self.0.lock().ok().and_then(|mut v| v.pop());
+        let mut s = taken.unwrap_or_default();
+        let out = f(&mut s);
+        if let Ok(mut v) = self.0.lock() {
+            v.push(s);
+        }
+        out
+    }
+}
+
+/// R-Net's or O-Net's answers for a batch of crops.
+struct StageOut {
+    /// Face probability per crop.
+    prob: Vec<f32>,
+    /// Box regression, 4 per crop.
+    reg: Vec<f32>,
+    /// O-Net only: landmarks, 10 per crop (x of the five points, then y).
+    landmarks: Vec<f32>,
 }
 
 /// A candidate box during the cascade.
@@ -237,9 +279,86 @@ impl Detector {
     pub fn new(nets: Mtcnn, config: DetectorConfig) -> Result<Self, PerceptionError> {
         config.check()?;
         Ok(Self {
+            engine: Arc::new(MtcnnEngine::new(&nets)?),
             nets,
+            scratch: ScratchPool::default(),
+            reference: false,
             config,
             device: Device::Cpu,
+        })
+    }
+
+    /// Runs the networks as candle graphs (`true`) instead of on
+    /// [`MtcnnEngine`] (the default): the reference path, for parity tests
+    /// and for benchmarks that time the engine against it.
+    pub fn set_reference_path(&mut self, on: bool) {
+        self.reference = on;
+    }
+
+    /// P-Net on one normalised `(3, h, w)` image: face probability per
+    /// position, box regression (4 planes) and the output size.
+    fn run_pnet(
+        &self,
+        data: Vec<f32>,
+        (h, w): (usize, usize),
+    ) -> Result<(Vec<f32>, Vec<f32>, usize, usize), PerceptionError> {
+        if !self.reference {
+            return Ok(self.scratch.with(|s| {
+                let (oh, ow) = self.engine.pnet(&data, (h, w), s);
+                (s.prob.clone(), s.reg.clone(), oh, ow)
+            }));
+        }
+        let x = Tensor::from_vec(data, (1, 3, h, w), &self.device)?;
+        let (reg, prob) = self.nets.pnet.forward(&x)?;
+        let (_, _, oh, ow) = prob.dims4()?;
+        let prob = prob.flatten_all()?.to_vec1::<f32>()?;
+        let reg = reg.flatten_all()?.to_vec1::<f32>()?;
+        Ok((prob[oh * ow..].to_vec(), reg, oh, ow))
+    }
+
+    /// R-Net (`side` 24) or O-Net (`side` 48) on `n` normalised crops.
+    fn run_refiner(
+        &self,
+        data: Vec<f32>,
+        n: usize,
+        side: usize,
+    ) -> Result<StageOut, PerceptionError> {
+        if !self.reference {
+            return Ok(self.scratch.with(|s| {
+                if side == 24 {
+                    self.engine.rnet(&data, n, s);
+                } else {
+                    self.engine.onet(&data, n, s);
+                }
+                StageOut {
+                    prob: s.prob.clone(),
+                    reg: s.reg.clone(),
+                    landmarks: if side == 24 {
+                        Vec::new()
+                    } else {
+                        s.landmarks.clone()
+                    },
+                }
+            }));
+        }
+        let x = Tensor::from_vec(data, (n, 3, side, side), &self.device)?;
+        let face = |p: Tensor| -> Result<Vec<f32>, PerceptionError> {
+            Ok(p.to_vec2::<f32>()?.iter().map(|r| r[1]).collect())
+        };
+        let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+        if side == 24 {
+            let (reg, prob) = self.nets.rnet.forward(&x)?;
+            return Ok(StageOut {
+                prob: face(prob)?,
+                reg: flat(reg)?,
+                landmarks: Vec::new(),
+            });
+        }
+        let (reg, lms, prob) = self.nets.onet.forward(&x)?;
+        Ok(StageOut {
+            prob: face(prob)?,
+            reg: flat(reg)?,
+            landmarks: flat(lms)?,
         })
     }
 
@@ -411,12 +530,7 @@ impl Detector {
             let ws = (img.w as f64 * scale + 1.0) as usize;
             let mut data = vec![0f32; 3 * hs * ws];
             img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut data);
-            let x = Tensor::from_vec(data, (1, 3, hs, ws), &self.device)?;
-            let (reg, prob) = self.nets.pnet.forward(&x)?;
-            let (_, _, oh, ow) = prob.dims4()?;
-            let prob = prob.flatten_all()?.to_vec1::<f32>()?;
-            let reg = reg.flatten_all()?.to_vec1::<f32>()?;
-            let face = &prob[oh * ow..];
+            let (face, reg, oh, ow) = self.run_pnet(data, (hs, ws))?;
             let scale32 = scale as f32;
             let mut found = Vec::new();
             for y in 0..oh {
@@ -490,16 +604,14 @@ impl Detector {
         if cands.is_empty() {
             return Ok(cands);
         }
-        let x = Tensor::from_vec(data, (cands.len(), 3, 24, 24), &self.device)?;
-        let (reg, prob) = self.nets.rnet.forward(&x)?;
-        let (reg, prob) = (reg.to_vec2::<f32>()?, prob.to_vec2::<f32>()?);
+        let out = self.run_refiner(data, cands.len(), 24)?;
         let passed: Vec<Cand> = cands
             .iter()
-            .zip(reg.iter().zip(&prob))
-            .filter(|(_, (_, p))| p[1] > threshold)
+            .zip(out.reg.chunks_exact(4).zip(&out.prob))
+            .filter(|(_, (_, p))| **p > threshold)
             .map(|(c, (r, p))| Cand {
                 b: c.b,
-                score: p[1],
+                score: *p,
                 reg: [r[0], r[1], r[2], r[3]],
             })
             .collect();
@@ -517,30 +629,25 @@ impl Detector {
         if cands.is_empty() {
             return Ok(Vec::new());
         }
-        let x = Tensor::from_vec(data, (cands.len(), 3, 48, 48), &self.device)?;
-        let (reg, lms, prob) = self.nets.onet.forward(&x)?;
-        let (reg, lms, prob) = (
-            reg.to_vec2::<f32>()?,
-            lms.to_vec2::<f32>()?,
-            prob.to_vec2::<f32>()?,
-        );
+        let out = self.run_refiner(data, cands.len(), 48)?;
         let mut passed = Vec::new();
         let mut points = Vec::new();
         for (i, c) in cands.iter().enumerate() {
-            if prob[i][1] <= threshold {
+            let score = out.prob[i];
+            if score <= threshold {
                 continue;
             }
             let (w, h) = (c.b[2] - c.b[0] + 1.0, c.b[3] - c.b[1] + 1.0);
-            let l = &lms[i];
+            let l = &out.landmarks[i * 10..][..10];
             let mut p = [[0f32; 2]; 5];
             for (k, pk) in p.iter_mut().enumerate() {
                 *pk = [w * l[k] + c.b[0] - 1.0, h * l[5 + k] + c.b[1] - 1.0];
             }
             points.push(p);
-            let r = &reg[i];
+            let r = &out.reg[i * 4..][..4];
             passed.push(bbreg(Cand {
                 b: c.b,
-                score: prob[i][1],
+                score,
                 reg: [r[0], r[1], r[2], r[3]],
             }));
         }

@@ -374,3 +374,54 @@ fn refinement_follows_the_faces_the_detector_finds() {
             .is_empty()
     );
 }
+
+#[test]
+fn engine_and_candle_graphs_find_the_same_faces() {
+    // Every photo of faces-fullframe through the engine (the default) and
+    // through the candle graphs it replaced: the same faces, boxes and
+    // landmarks to 1e-2 px, scores to 1e-4.
+    let mut engine = detector(40.0);
+    let mut reference = detector(40.0);
+    engine.set_reference_path(false);
+    reference.set_reference_path(true);
+    let mut files: Vec<_> = std::fs::read_dir(faces_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("png"))
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "too few photos in faces-fullframe");
+    let mut faces = 0;
+    for file in &files {
+        let frame = Frame::open(file).unwrap();
+        let (a, b) = (
+            engine.detect(&frame).unwrap(),
+            reference.detect(&frame).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{}", file.display());
+        for (x, y) in a.iter().zip(&b) {
+            let points = x
+                .landmarks
+                .iter()
+                .flatten()
+                .zip(y.landmarks.iter().flatten());
+            let worst = x
+                .bbox
+                .iter()
+                .zip(&y.bbox)
+                .chain(points)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-2, "{}: {worst} px apart", file.display());
+            assert!((x.score - y.score).abs() < 1e-4, "{}", file.display());
+        }
+        faces += a.len();
+    }
+    eprintln!(
+        "{} photos, {faces} faces, engine == candle graphs",
+        files.len()
+    );
+}
