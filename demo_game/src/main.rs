@@ -77,6 +77,11 @@ struct Args {
     /// Ada speaks her lines aloud through espeak-ng (when it is installed).
     #[arg(long)]
     voice: bool,
+    /// The expression classifier, as a path under `assets/`: the FER2013
+    /// model (seven classes) or `models/arch1_ferplus.safetensors` (FER+'s
+    /// eight, contempt included); class names come from the weights.
+    #[arg(long, default_value = "models/arch1_fer2013.safetensors")]
+    classifier: String,
 }
 
 /// What `--express` shows.
@@ -245,7 +250,10 @@ fn main() -> AppExit {
             source,
             ..default()
         },
-        ..default()
+        models: ModelSource::Assets {
+            detector: "models/mtcnn.safetensors".into(),
+            classifier: args.classifier.clone(),
+        },
     })
     .add_plugins((
         agent::AgentPlugin {

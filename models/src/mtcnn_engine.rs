@@ -1,19 +1,18 @@
-//! MTCNN's three networks on plain slices, for deployment: the same layers as
-//! [`crate::mtcnn`] (whose candle graphs stay the reference), but every
-//! unpadded 3x3 convolution runs on the direct kernels of
-//! [`kernels::direct`] (an `h x w` input laid out as the zero-bordered plane
-//! of an `(h - 2) x (w - 2)` image *is* the unpadded convolution, so no
-//! position is wasted on padding), PReLU is applied while the output is
-//! copied out of the kernel's layout, and all buffers live in a
-//! [`MtcnnScratch`] reused across calls, pyramid levels and frames. The
-//! other layers (2x2 convolutions, 1x1 heads, dense layers) are im2col + GEMM
-//! on the same scratch. On CPUs without AVX2 and FMA every convolution takes
-//! the im2col + GEMM path.
+//! MTCNN's three networks on plain slices: the same layers as
+//! [`crate::mtcnn`] (whose candle graphs stay the reference), as im2col +
+//! GEMM with the bias in the GEMM's accumulator and PReLU in place, the
+//! output heads stacked into one product, and every buffer in a
+//! [`MtcnnScratch`] reused across calls, pyramid levels and frames.
+//!
+//! The direct 3x3 kernels of [`kernels::direct`] were tried for the unpadded
+//! convolutions (an `h x w` input is the bordered plane of an
+//! `(h - 2) x (w - 2)` image) and lost to im2col + GEMM at every MTCNN layer:
+//! few input channels (3, 10, 16) and output counts that are not whole
+//! kernel blocks. `examples/mtcnn_ab.rs` times the engine against the graphs.
 //!
 //! Outputs equal the candle graphs' to 1e-4 (tested below and in
 //! `perception`'s detector tests).
 
-use kernels::direct::{self, Padded};
 use kernels::slice::{self, ConvGeom, Mat};
 
 use crate::WeightsError;
@@ -30,8 +29,6 @@ fn values(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 struct Conv {
     /// `(o, c * k * k)` row-major, for im2col + GEMM.
     w: Vec<f32>,
-    /// Packed for the direct kernel (3x3 on AVX2 CPUs), else `None`.
-    packed: Option<Vec<f32>>,
     b: Vec<f32>,
     /// PReLU slopes, one per output channel.
     alpha: Option<Vec<f32>>,
@@ -44,9 +41,7 @@ impl Conv {
     fn new(conv: &crate::mtcnn::Conv, prelu: Option<&crate::mtcnn::PRelu>) -> Result<Self> {
         let (o, c, k, _) = conv.w.dims4()?;
         let w = values(&conv.w)?;
-        let packed = (k == 3 && direct::fast()).then(|| direct::pack(&w, o, c));
         Ok(Self {
-            packed,
             w,
             b: values(&conv.b)?,
             alpha: prelu.map(|p| values(&p.a)).transpose()?,
@@ -66,44 +61,6 @@ impl Conv {
     ) -> (usize, usize) {
         let (ho, wo) = (h + 1 - self.k, w + 1 - self.k);
         grow(y, self.o * ho * wo);
-        if let Some(packed) = &self.packed {
-            // The input planes, each followed by the kernel's slack, read as
-            // the bordered planes of an `ho x wo` image.
-            let g = Padded { h: ho, w: wo };
-            let plane = g.plane();
-            grow(&mut s.xp, self.c * plane);
-            for (dst, src) in
-                s.xp.chunks_exact_mut(plane)
-                    .zip(x.chunks_exact(h * w))
-                    .take(self.c)
-            {
-                dst[..h * w].copy_from_slice(src);
-                dst[h * w..].fill(0.0);
-            }
-            let out_len = g.out_len();
-            let rows = self.o.div_ceil(direct::ROWS) * direct::ROWS;
-            grow(&mut s.flat, rows * out_len);
-            direct::conv(
-                &s.xp,
-                packed,
-                Some(&self.b),
-                self.o,
-                self.c,
-                g,
-                false,
-                &mut s.flat,
-            );
-            for (oi, dst) in y.chunks_exact_mut(ho * wo).take(self.o).enumerate() {
-                let a = self.alpha.as_ref().map_or(1.0, |a| a[oi]);
-                for (r, d) in dst.chunks_exact_mut(wo).enumerate() {
-                    let src = &s.flat[oi * out_len + r * g.row()..][..wo];
-                    for (d, &v) in d.iter_mut().zip(src) {
-                        *d = if v > 0.0 { v } else { v * a };
-                    }
-                }
-            }
-            return (ho, wo);
-        }
         let g = ConvGeom {
             c: self.c,
             h,
@@ -223,8 +180,6 @@ fn flatten_whc(x: &[f32], (c, h, w): (usize, usize, usize), out: &mut [f32]) {
 /// Kernel work space (see [`MtcnnScratch`]).
 #[derive(Debug, Default)]
 struct Buffers {
-    xp: Vec<f32>,
-    flat: Vec<f32>,
     col: Vec<f32>,
     hmax: Vec<f32>,
 }
@@ -277,7 +232,6 @@ fn stack_conv(parts: &[&crate::mtcnn::Conv]) -> Result<Conv> {
         out.b.extend_from_slice(&next.b);
         out.o += next.o;
     }
-    out.packed = None;
     Ok(out)
 }
 

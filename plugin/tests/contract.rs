@@ -312,3 +312,31 @@ fn a_bad_replay_file_is_reported_not_fatal() {
         CameraStatus::Unavailable { reason, .. } if reason.contains("line 1")
     ));
 }
+
+#[test]
+fn the_ferplus_model_speaks_eight_classes_contempt_included() {
+    // The shipped FER+ classifier (FER+'s eight classes) behind the same
+    // plugin: the probabilities have eight entries, the class names come
+    // from the weights, and the smoothed emotion is one of them.
+    let p = std::sync::Arc::new(
+        perception::Pipeline::from_files(
+            common::repo().join("assets/models/mtcnn.safetensors"),
+            common::repo().join("assets/models/arch1_ferplus.safetensors"),
+            perception::PipelineConfig::default(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(p.classifier().classes().len(), 8);
+    assert_eq!(p.classifier().classes()[7], "contempt");
+    let a = photo().crop(288, 10, 200, 240).unwrap();
+    let mut app = app(open_settings(), ModelSource::Preloaded(p));
+    feed(&mut app, &a);
+    feed(&mut app, &a);
+    let log = app.world().resource::<Log>();
+    let d = log.detected.last().expect("no EmotionDetected");
+    assert_eq!(d.probs.len(), 8);
+    assert_eq!(d.raw_probs.len(), 8);
+    assert!((d.raw_probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    assert_ne!(d.emotion, Emotion::Other);
+    assert_eq!(log.appeared.len(), 1);
+}

@@ -232,8 +232,16 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
     }
     let (mut det_t, mut align_t, mut cls_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The candle graphs the engine replaced, timed alternately in the same
+    // process as the baseline.
+    let mut reference = detector.clone();
+    reference.set_reference_path(true);
+    let mut ref_t = Vec::new();
     let mut faces = 0;
     for i in 0..args.runs + 3 {
+        let r0 = Instant::now();
+        let ref_faces = reference.detect(&frame)?.len();
+        let r1 = Instant::now();
         let t0 = Instant::now();
         let dets = detector.detect(&frame)?;
         let t1 = Instant::now();
@@ -246,7 +254,12 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         let t3 = Instant::now();
         std::hint::black_box(probs);
         faces = dets.len();
+        ensure!(
+            ref_faces == faces,
+            "the engine found {faces} faces, the candle graphs {ref_faces}"
+        );
         if i >= 3 {
+            ref_t.push(r1 - r0);
             det_t.push(t1 - t0);
             align_t.push(t2 - t1);
             cls_t.push(t3 - t2);
@@ -257,7 +270,11 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         "frame 640x480 faces: {faces} threads: {} min_face: {}",
         args.threads, args.min_face
     ));
-    line(format!("detect median_ms: {:.2}", median_ms(&mut det_t)));
+    let (det_ms, ref_ms) = (median_ms(&mut det_t), median_ms(&mut ref_t));
+    line(format!(
+        "detect median_ms: {det_ms:.2} (candle graphs {ref_ms:.2}: engine {:.2}x faster)",
+        ref_ms / det_ms
+    ));
     line(format!("align median_ms: {:.3}", median_ms(&mut align_t)));
     line(format!("classify median_ms: {:.3}", median_ms(&mut cls_t)));
     // Test-time augmentation at batch 1: one face's crop, each variant in
