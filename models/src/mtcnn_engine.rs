@@ -209,17 +209,54 @@ pub struct MtcnnEngine {
     p2: Conv,
     p3: Conv,
     p4: Conv,
-    r1: Conv,
-    r2: Conv,
-    r3: Conv,
-    r4: Dense,
-    r5: Dense,
-    o1: Conv,
-    o2: Conv,
-    o3: Conv,
-    o4: Conv,
-    o5: Dense,
-    o6: Dense,
+    rnet: Refiner,
+    onet: Refiner,
+}
+
+/// R-Net or O-Net: convolutions (each with an optional ceil-mode max-pool
+/// `(kernel, stride)` after it) on a square crop, flattened in
+/// facenet-pytorch's order, a dense layer, then the stacked heads.
+#[derive(Debug, Clone)]
+struct Refiner {
+    side: usize,
+    body: Vec<(Conv, Option<(usize, usize)>)>,
+    hidden: Dense,
+    heads: Dense,
+}
+
+impl Refiner {
+    /// Runs `n` normalised `(3, side, side)` crops; leaves the heads'
+    /// outputs, `(n, heads.outputs)`, in `s.head`.
+    fn run(&self, x: &[f32], n: usize, s: &mut MtcnnScratch) {
+        let flat_len = self.hidden.inputs;
+        grow(&mut s.flat_in, n * flat_len);
+        let side = self.side;
+        // Ping-pong buffers: `cur` holds the last output.
+        let (mut cur, mut next) = (std::mem::take(&mut s.a), std::mem::take(&mut s.b));
+        for (img, flat) in x
+            .chunks_exact(3 * side * side)
+            .zip(s.flat_in.chunks_exact_mut(flat_len))
+            .take(n)
+        {
+            let mut size = (side, side);
+            for (i, (conv, pool)) in self.body.iter().enumerate() {
+                let input: &[f32] = if i == 0 { img } else { &cur };
+                size = conv.run(input, size, &mut s.k, &mut next);
+                std::mem::swap(&mut cur, &mut next);
+                if let Some((k, stride)) = *pool {
+                    let pooled = |len: usize| len.saturating_sub(k).div_ceil(stride) + 1;
+                    grow(&mut next, conv.o * pooled(size.0) * pooled(size.1));
+                    size = pool_planes(&cur, conv.o, size, (k, stride), &mut next, &mut s.k.hmax);
+                    std::mem::swap(&mut cur, &mut next);
+                }
+            }
+            let last = self.body.last().map_or(3, |(c, _)| c.o);
+            flatten_whc(&cur, (last, size.0, size.1), flat);
+        }
+        (s.a, s.b) = (cur, next);
+        self.hidden.run(&s.flat_in, n, &mut s.hidden);
+        self.heads.run(&s.hidden, n, &mut s.head);
+    }
 }
 
 /// Concatenates 1x1 heads (or dense heads) into one layer: their output
@@ -272,17 +309,27 @@ impl MtcnnEngine {
             p3: Conv::new(&p.conv3, Some(&p.prelu3))?,
             // Probability logits (2), then box regression (4).
             p4: stack_conv(&[&p.conv4_1, &p.conv4_2])?,
-            r1: Conv::new(&r.conv1, Some(&r.prelu1))?,
-            r2: Conv::new(&r.conv2, Some(&r.prelu2))?,
-            r3: Conv::new(&r.conv3, Some(&r.prelu3))?,
-            r4: Dense::new(&r.dense4, Some(&r.prelu4))?,
-            r5: stack_dense(&[&r.dense5_1, &r.dense5_2])?,
-            o1: Conv::new(&o.conv1, Some(&o.prelu1))?,
-            o2: Conv::new(&o.conv2, Some(&o.prelu2))?,
-            o3: Conv::new(&o.conv3, Some(&o.prelu3))?,
-            o4: Conv::new(&o.conv4, Some(&o.prelu4))?,
-            o5: Dense::new(&o.dense5, Some(&o.prelu5))?,
-            o6: stack_dense(&[&o.dense6_1, &o.dense6_2, &o.dense6_3])?,
+            rnet: Refiner {
+                side: 24,
+                body: vec![
+                    (Conv::new(&r.conv1, Some(&r.prelu1))?, Some((3, 2))),
+                    (Conv::new(&r.conv2, Some(&r.prelu2))?, Some((3, 2))),
+                    (Conv::new(&r.conv3, Some(&r.prelu3))?, None),
+                ],
+                hidden: Dense::new(&r.dense4, Some(&r.prelu4))?,
+                heads: stack_dense(&[&r.dense5_1, &r.dense5_2])?,
+            },
+            onet: Refiner {
+                side: 48,
+                body: vec![
+                    (Conv::new(&o.conv1, Some(&o.prelu1))?, Some((3, 2))),
+                    (Conv::new(&o.conv2, Some(&o.prelu2))?, Some((3, 2))),
+                    (Conv::new(&o.conv3, Some(&o.prelu3))?, Some((2, 2))),
+                    (Conv::new(&o.conv4, Some(&o.prelu4))?, None),
+                ],
+                hidden: Dense::new(&o.dense5, Some(&o.prelu5))?,
+                heads: stack_dense(&[&o.dense6_1, &o.dense6_2, &o.dense6_3])?,
+            },
         })
     }
 
@@ -308,24 +355,7 @@ impl MtcnnEngine {
     /// R-Net on `n` normalised `(3, 24, 24)` crops: fills `s.prob` (`n`
     /// face probabilities) and `s.reg` (`(n, 4)`).
     pub fn rnet(&self, x: &[f32], n: usize, s: &mut MtcnnScratch) {
-        const FLAT: usize = 64 * 3 * 3;
-        grow(&mut s.flat_in, n * FLAT);
-        for (img, flat) in x
-            .chunks_exact(3 * 24 * 24)
-            .zip(s.flat_in.chunks_exact_mut(FLAT))
-            .take(n)
-        {
-            let (h, w) = self.r1.run(img, (24, 24), &mut s.k, &mut s.a);
-            grow(&mut s.b, self.r1.o * 11 * 11);
-            let (h, w) = pool_planes(&s.a, self.r1.o, (h, w), (3, 2), &mut s.b, &mut s.k.hmax);
-            let (h, w) = self.r2.run(&s.b, (h, w), &mut s.k, &mut s.a);
-            grow(&mut s.b, self.r2.o * 4 * 4);
-            let (h, w) = pool_planes(&s.a, self.r2.o, (h, w), (3, 2), &mut s.b, &mut s.k.hmax);
-            let (h, w) = self.r3.run(&s.b, (h, w), &mut s.k, &mut s.a);
-            flatten_whc(&s.a, (self.r3.o, h, w), flat);
-        }
-        self.r4.run(&s.flat_in, n, &mut s.hidden);
-        self.r5.run(&s.hidden, n, &mut s.head);
+        self.rnet.run(x, n, s);
         s.prob.clear();
         s.reg.clear();
         for row in s.head.chunks_exact(6).take(n) {
@@ -338,27 +368,7 @@ impl MtcnnEngine {
     /// face probabilities), `s.reg` (`(n, 4)`) and `s.landmarks`
     /// (`(n, 10)`: x of the five points, then y).
     pub fn onet(&self, x: &[f32], n: usize, s: &mut MtcnnScratch) {
-        const FLAT: usize = 128 * 3 * 3;
-        grow(&mut s.flat_in, n * FLAT);
-        for (img, flat) in x
-            .chunks_exact(3 * 48 * 48)
-            .zip(s.flat_in.chunks_exact_mut(FLAT))
-            .take(n)
-        {
-            let (h, w) = self.o1.run(img, (48, 48), &mut s.k, &mut s.a);
-            grow(&mut s.b, self.o1.o * 23 * 23);
-            let (h, w) = pool_planes(&s.a, self.o1.o, (h, w), (3, 2), &mut s.b, &mut s.k.hmax);
-            let (h, w) = self.o2.run(&s.b, (h, w), &mut s.k, &mut s.a);
-            grow(&mut s.b, self.o2.o * 10 * 10);
-            let (h, w) = pool_planes(&s.a, self.o2.o, (h, w), (3, 2), &mut s.b, &mut s.k.hmax);
-            let (h, w) = self.o3.run(&s.b, (h, w), &mut s.k, &mut s.a);
-            grow(&mut s.b, self.o3.o * 4 * 4);
-            let (h, w) = pool_planes(&s.a, self.o3.o, (h, w), (2, 2), &mut s.b, &mut s.k.hmax);
-            let (h, w) = self.o4.run(&s.b, (h, w), &mut s.k, &mut s.a);
-            flatten_whc(&s.a, (self.o4.o, h, w), flat);
-        }
-        self.o5.run(&s.flat_in, n, &mut s.hidden);
-        self.o6.run(&s.hidden, n, &mut s.head);
+        self.onet.run(x, n, s);
         s.prob.clear();
         s.reg.clear();
         s.landmarks.clear();
