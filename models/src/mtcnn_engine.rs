@@ -429,45 +429,24 @@ mod tests {
                 "pnet reg",
             );
         }
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let face =
+            |p: &Tensor| -> Vec<f32> { p.to_vec2::<f32>().unwrap().iter().map(|r| r[1]).collect() };
         for n in [1, 5] {
             let x = input(n, 24, 24, n as f32);
             engine.rnet(&x, n, &mut s);
             let t = Tensor::from_vec(x, (n, 3, 24, 24), &Device::Cpu).unwrap();
             let (reg, prob) = nets.rnet.forward(&t).unwrap();
-            let prob: Vec<f32> = prob
-                .to_vec2::<f32>()
-                .unwrap()
-                .iter()
-                .map(|p| p[1])
-                .collect();
-            close(&s.prob, &prob, "rnet prob");
-            close(
-                &s.reg,
-                &reg.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                "rnet reg",
-            );
+            close(&s.prob, &face(&prob), "rnet prob");
+            close(&s.reg, &flat(&reg), "rnet reg");
 
             let x = input(n, 48, 48, n as f32 + 0.5);
             engine.onet(&x, n, &mut s);
             let t = Tensor::from_vec(x, (n, 3, 48, 48), &Device::Cpu).unwrap();
             let (reg, lms, prob) = nets.onet.forward(&t).unwrap();
-            let prob: Vec<f32> = prob
-                .to_vec2::<f32>()
-                .unwrap()
-                .iter()
-                .map(|p| p[1])
-                .collect();
-            close(&s.prob, &prob, "onet prob");
-            close(
-                &s.reg,
-                &reg.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                "onet reg",
-            );
-            close(
-                &s.landmarks,
-                &lms.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                "onet landmarks",
-            );
+            close(&s.prob, &face(&prob), "onet prob");
+            close(&s.reg, &flat(&reg), "onet reg");
+            close(&s.landmarks, &flat(&lms), "onet landmarks");
         }
     }
 }
