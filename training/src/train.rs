@@ -111,6 +111,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation batch size.
     pub eval_batch_size: usize,
+    /// Start from these weights instead of random ones (fine-tuning, e.g. a
+    /// FER2013 model on CK+); they must be of the same network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -145,6 +149,7 @@ impl TrainConfig {
                 early_stopping: Some(20),
                 seed: 0,
                 eval_batch_size: 256,
+                init: None,
             },
             Preset::Default => Self {
                 preset,
@@ -167,6 +172,7 @@ impl TrainConfig {
                 early_stopping: None,
                 seed: 0,
                 eval_batch_size: 256,
+                init: None,
             },
         }
     }
@@ -251,6 +257,11 @@ pub struct Overrides {
     /// Seed for initialisation, data order and augmentation.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start from these weights (a `.safetensors` of the same network, e.g.
+    /// `assets/models/arch1_fer2013.safetensors`) instead of random ones:
+    /// fine-tuning.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -268,6 +279,7 @@ impl Overrides {
             (self.no_augment, "--no-augment"),
             (self.soft_targets, "--soft-targets"),
             (self.seed.is_some(), "--seed"),
+            (self.init.is_some(), "--init"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -308,6 +320,9 @@ impl Overrides {
         }
         if let Some(v) = self.seed {
             cfg.seed = v;
+        }
+        if let Some(p) = &self.init {
+            cfg.init = Some(p.clone());
         }
     }
 }
@@ -677,6 +692,32 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         if metrics_path.exists() {
             models::weights::write_atomic(&metrics_path, b"")?;
         }
+    }
+    if state.epochs_done == 0
+        && let Some(path) = &cfg.init
+    {
+        let init = models::LoadedWeights::from_file(path, &device)
+            .with_context(|| format!("--init: loading {}", path.display()))?;
+        if init.meta.config != cfg.model {
+            bail!(
+                "--init {}: its network ({} with {} classes) is not the one trained here ({} with {})",
+                path.display(),
+                init.meta.arch(),
+                init.meta.config.num_classes(),
+                cfg.model.arch(),
+                cfg.model.num_classes()
+            );
+        }
+        if init.meta.classes != loaded.dataset.classes() {
+            bail!(
+                "--init {}: its classes {:?} are not the data's {:?}",
+                path.display(),
+                init.meta.classes,
+                loaded.dataset.classes()
+            );
+        }
+        init.load_into(&varmap)?;
+        tracing::info!(weights = %path.display(), "starting from trained weights");
     }
     if state.epochs_done < cfg.epochs {
         let record = serde_json::to_string(&MachineRecord::here(state.epochs_done + 1))?;

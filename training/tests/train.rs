@@ -206,3 +206,63 @@ fn resume_refuses_options_that_would_change_the_run() {
     assert!(ok, "{err}");
     assert_eq!(metrics(&dir).len(), 2);
 }
+
+#[test]
+fn init_starts_from_trained_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("tiny.csv");
+    write_fixture(&csv, 48, 16);
+    let first = tmp.path().join("first");
+    let mut cfg = config(&csv, 2);
+    cfg.seed = 1;
+    run(cfg, &first, false);
+    let trained = weights(&first.join("last.safetensors"));
+    // Fine-tuning at a negligible learning rate keeps the kernels where the
+    // first run left them; a fresh start (another seed) at that rate stays
+    // at its own random initialisation, far from them.
+    let still = |init: Option<&Path>, dir: &str| {
+        let mut cfg = config(&csv, 1);
+        cfg.lr = 1e-12;
+        cfg.init = init.map(Path::to_owned);
+        let d = tmp.path().join(dir);
+        run(cfg, &d, false);
+        weights(&d.join("last.safetensors"))
+    };
+    let distance = |w: &std::collections::BTreeMap<String, Vec<f32>>| {
+        trained
+            .iter()
+            .filter(|(n, _)| n.ends_with(".weight") && !n.contains("batch_norm"))
+            .flat_map(|(n, v)| v.iter().zip(&w[n]).map(|(a, b)| (a - b).abs()))
+            .fold(0f32, f32::max)
+    };
+    let tuned = still(Some(&first.join("last.safetensors")), "tuned");
+    let fresh = still(None, "fresh");
+    assert!(
+        distance(&tuned) < 1e-5,
+        "fine-tuned moved {}",
+        distance(&tuned)
+    );
+    assert!(
+        distance(&fresh) > 1e-2,
+        "fresh start equals the trained weights"
+    );
+
+    // Weights of another network are refused before training starts.
+    let mut cfg = TrainConfig::preset(
+        Preset::Default,
+        Arch::Arch3,
+        DataSpec {
+            data: csv.clone(),
+            ..DataSpec::default()
+        },
+    );
+    cfg.epochs = 1;
+    cfg.init = Some(first.join("last.safetensors"));
+    let opts = RunOptions {
+        run_dir: tmp.path().join("wrong"),
+        resume: false,
+        progress: false,
+    };
+    let err = train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+    assert!(format!("{err:#}").contains("--init"), "{err:#}");
+}

@@ -703,11 +703,19 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
         let status = if g.finished() { "" } else { " (in progress)" };
         let _ = writeln!(
             md,
-            "| {} | {}{status} | {params} | {}, batch {} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
+            "| {} | {}{status} | {params} | {}, batch {}{} | {epochs} | {hours:.2} h | {best} | {last}{} | {} | {} |",
             arch_label(g.arch),
             g.dataset,
             preset_name(first.config.preset),
             first.config.batch_size,
+            first
+                .config
+                .init
+                .as_ref()
+                .map_or(String::new(), |p| format!(
+                    ", fine-tuned from `{}`",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                )),
             if first.val_steers() {
                 " (val. steered training)"
             } else {
