@@ -272,6 +272,18 @@ pub(crate) fn pool_planes(
                 if let Some(&last) = rest.first() {
                     out[ow - 1] = last;
                 }
+            } else if k == 3 && st == 2 {
+                // Whole windows first (no clipping, no slicing per window),
+                // then the clipped last one if there is one.
+                let whole = if w >= 3 { (w - 3) / 2 + 1 } else { 0 };
+                for (j, o) in out[..whole].iter_mut().enumerate() {
+                    *o = src[2 * j].max(src[2 * j + 1]).max(src[2 * j + 2]);
+                }
+                for (j, o) in out.iter_mut().enumerate().skip(whole) {
+                    *o = src[2 * j..w]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                }
             } else {
                 for (j, o) in out.iter_mut().enumerate() {
                     let a = j * st;

@@ -91,10 +91,9 @@ impl Conv {
         );
         if let Some(alpha) = &self.alpha {
             for (row, &a) in y.chunks_exact_mut(hw).zip(alpha) {
+                // Branch-free, so that it vectorises.
                 for v in row {
-                    if *v < 0.0 {
-                        *v *= a;
-                    }
+                    *v = v.max(0.0) + a * v.min(0.0);
                 }
             }
         }
@@ -142,9 +141,7 @@ impl Dense {
         if let Some(alpha) = &self.alpha {
             for row in y.chunks_exact_mut(self.outputs) {
                 for (v, &a) in row.iter_mut().zip(alpha) {
-                    if *v < 0.0 {
-                        *v *= a;
-                    }
+                    *v = v.max(0.0) + a * v.min(0.0);
                 }
             }
         }
