@@ -172,8 +172,14 @@ struct Planes {
 
 impl Planes {
     fn from_frame(frame: &Frame) -> Self {
-        let (w, h) = (frame.width(), frame.height());
+        Self::from_region(frame, (0, 0, frame.width(), frame.height()))
+    }
+
+    /// The tables of the rectangle `(x0, y0, w, h)` of `frame` (inside it),
+    /// without copying the rectangle out first.
+    fn from_region(frame: &Frame, (x0, y0, w, h): (usize, usize, usize, usize)) -> Self {
         let ch = frame.format().channels();
+        let fw = frame.width();
         let bytes = frame.data();
         let stride = w + 1;
         let plane = (h + 1) * stride;
@@ -183,7 +189,7 @@ impl Planes {
             let table = &mut sums[c * plane..][..plane];
             for y in 0..h {
                 let mut row_sum = 0u32;
-                let src = &bytes[y * w * ch..][..w * ch];
+                let src = &bytes[((y0 + y) * fw + x0) * ch..][..w * ch];
                 let (above, below) = table.split_at_mut((y + 1) * stride);
                 let above = &above[y * stride..];
                 let dst = &mut below[..stride];
@@ -463,7 +469,9 @@ impl Detector {
                 (x0, y0, x1, y1) = (x0.min(a), y0.min(b), x1.max(e), y1.max(f));
             }
         }
-        let sub = frame.crop(x0, y0, x1 - x0, y1 - y0)?;
+        if x1 <= x0 || y1 <= y0 || x1 > fw || y1 > fh {
+            return Ok(Vec::new());
+        }
         let (ox, oy) = (x0 as f32, y0 as f32);
         let shifted = cands
             .into_iter()
@@ -473,7 +481,7 @@ impl Detector {
             })
             .collect();
         let mut dets = self.stage3(
-            &Planes::from_frame(&sub),
+            &Planes::from_region(frame, (x0, y0, x1 - x0, y1 - y0)),
             shifted,
             self.config.thresholds[2],
         )?;
