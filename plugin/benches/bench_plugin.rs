@@ -2,8 +2,10 @@
 //! from capture to message, and how many faces per second it reads.
 //!
 //! ```text
-//! cargo bench -p bevy_emotion --bench bench_plugin -- [PHOTO] [SECONDS] [UPDATE_HZ] [CAMERA_FPS]
+//! cargo bench -p bevy_emotion --bench bench_plugin -- [PHOTO] [SECONDS] [UPDATE_HZ] [CAMERA_FPS] [INFERENCE_HZ]
 //! ```
+//!
+//! `INFERENCE_HZ` is `EmotionSettings::inference_hz` (default: the camera's rate).
 //!
 //! A headless app is paced at `UPDATE_HZ` updates per second (default 30) and
 //! a photo (default: the shipped astronaut portrait) is pushed as a new frame
@@ -80,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         update_hz: rate().unwrap_or(30.0),
         camera_fps: rate().unwrap_or(30.0),
     };
+    let inference_hz = rate().unwrap_or(pace.camera_fps);
     let frame = Frame::open(&photo)?;
     let models = perception::assets_dir().join("models");
     let pipeline = Pipeline::from_files(
@@ -98,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_plugins(EmotionPlugin {
             settings: EmotionSettings {
                 source: SourceKind::Pushed,
-                inference_hz: pace.camera_fps as f32,
+                inference_hz: inference_hz as f32,
                 ..default()
             },
             models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
@@ -108,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let processed = app.world().resource::<EmotionStats>().frames_processed;
     let (b, w) = (median(&mut base), median(&mut with));
     println!(
-        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps",
+        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps, inference_hz {inference_hz}",
         photo.display(),
         frame.width(),
         frame.height(),

@@ -45,7 +45,28 @@ struct InferenceState {
     pool: Option<(usize, Arc<rayon::ThreadPool>)>,
     follower: Option<FaceFollower>,
     last_seq: u64,
-    last_start: Option<f64>,
+    /// When the next inference may start: slots `1 / inference_hz` apart on
+    /// a fixed schedule (see [`pace`]).
+    next_due: Option<f64>,
+}
+
+/// How early, as a share of the period, a frame may start an inference
+/// before its slot: frames and updates jitter, and a camera at the
+/// inference rate would otherwise miss its slot by a fraction of a
+/// millisecond and wait a whole update (or be dropped).
+const EARLY: f64 = 0.25;
+
+/// Whether an inference may start at `now` given the next slot `due`, and
+/// the slot after it if it does. Slots follow a fixed schedule, so starting
+/// a little early never raises the long-run rate above `hz`; after an idle
+/// spell the schedule restarts from `now`.
+fn pace(due: Option<f64>, now: f64, hz: f32) -> Option<f64> {
+    let period = 1.0 / f64::from(hz.max(0.1));
+    match due {
+        Some(d) if now < d - EARLY * period => None,
+        Some(d) if now - d <= period => Some(d + period),
+        _ => Some(now + period),
+    }
 }
 
 /// Runs the pipeline off the main thread.
@@ -87,16 +108,13 @@ fn start_inference(
         return;
     }
     let now = time.elapsed_secs_f64();
-    if let Some(last) = state.last_start {
-        let period = 1.0 / f64::from(settings.inference_hz.max(0.1));
-        if now - last < period - 1e-9 {
-            return;
-        }
-    }
+    let Some(next_due) = pace(state.next_due, now, settings.inference_hz) else {
+        return;
+    };
     let (frame, pipeline) = (latest.frame.clone(), pipeline.0.clone());
     let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
     state.last_seq = seq;
-    state.last_start = Some(now);
+    state.next_due = Some(next_due);
     let threads = settings.threads.max(1);
     if state.pool.as_ref().is_none_or(|(n, _)| *n != threads) {
         match rayon::ThreadPoolBuilder::new()
@@ -191,5 +209,50 @@ fn collect(state: &mut InferenceState, finished: &mut MessageWriter<InferenceFin
         state.task = None;
         state.follower = follower;
         finished.write(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace;
+
+    #[test]
+    fn pacing_keeps_the_rate_and_forgives_jitter() {
+        // A 30 fps camera whose frames come a little early or late, paced
+        // at 30 Hz: every frame starts an inference.
+        let mut due = None;
+        let mut started = 0;
+        for i in 0..300 {
+            let jitter = if i % 2 == 0 { -0.004 } else { 0.003 };
+            let now = f64::from(i) / 30.0 + jitter;
+            if let Some(next) = pace(due, now, 30.0) {
+                due = Some(next);
+                started += 1;
+            }
+        }
+        assert_eq!(started, 300);
+        // The same camera at 15 Hz: every other frame, never more.
+        let (mut due, mut started) = (None, 0);
+        for i in 0..300 {
+            let now = f64::from(i) / 30.0 + if i % 3 == 0 { -0.004 } else { 0.0 };
+            if let Some(next) = pace(due, now, 15.0) {
+                due = Some(next);
+                started += 1;
+            }
+        }
+        assert!((148..=151).contains(&started), "{started}");
+        // Frames far faster than the rate: the rate holds.
+        let (mut due, mut started) = (None, 0);
+        for i in 0..1000 {
+            if let Some(next) = pace(due, f64::from(i) / 1000.0, 10.0) {
+                due = Some(next);
+                started += 1;
+            }
+        }
+        assert!((10..=11).contains(&started), "{started}");
+        // After an idle spell the schedule restarts instead of bursting.
+        let due = pace(Some(1.0), 5.0, 10.0).unwrap();
+        assert!((due - 5.1).abs() < 1e-9);
+        assert!(pace(Some(due), 5.01, 10.0).is_none());
     }
 }
