@@ -73,6 +73,59 @@ pub trait FrameSource: Send + Sync + 'static {
     fn frame_period(&self) -> Option<f64> {
         None
     }
+    /// Hands the source the plugin's [`FrameDemand`] (called once after it
+    /// is made): a source that can skip work on frames nobody will use
+    /// reads it. The default ignores it.
+    fn set_demand(&mut self, _demand: FrameDemand) {}
+}
+
+/// When the plugin will next take a frame, set by the inference stage every
+/// update and read by the camera thread as each frame arrives: a frame that
+/// a newer one will replace before then is dropped undecoded. Until the
+/// inference stage says otherwise every frame is wanted.
+#[derive(Resource, Debug, Clone)]
+pub struct FrameDemand(Arc<DemandInner>);
+
+#[derive(Debug)]
+struct DemandInner {
+    base: Instant,
+    /// Nanoseconds after `base` when the next frame is taken; 0: always.
+    next_take: std::sync::atomic::AtomicU64,
+}
+
+impl Default for FrameDemand {
+    fn default() -> Self {
+        Self(Arc::new(DemandInner {
+            base: Instant::now(),
+            next_take: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+}
+
+impl FrameDemand {
+    /// Says when the next frame will be taken (`None`: every frame is
+    /// wanted).
+    pub fn set_next_take(&self, at: Option<Instant>) {
+        let ns = at.map_or(0, |t| {
+            u64::try_from(t.saturating_duration_since(self.0.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.0.next_take.store(ns, Ordering::Relaxed);
+    }
+
+    /// Whether a frame arriving at `now`, from a source delivering one every
+    /// `period`, will be taken: it will, unless the next frame (expected
+    /// after 80% of a period, allowing for jitter) still comes before the
+    /// take.
+    pub fn wanted(&self, now: Instant, period: Duration) -> bool {
+        let take = self.0.next_take.load(Ordering::Relaxed);
+        if take == 0 {
+            return true;
+        }
+        let next_frame = now.saturating_duration_since(self.0.base) + period.mul_f64(0.8);
+        u64::try_from(next_frame.as_nanos()).unwrap_or(u64::MAX) >= take
+    }
 }
 
 /// Which frame source the capture stage runs (a runtime setting: changing it
@@ -209,6 +262,13 @@ impl Default for WebcamConfig {
 #[derive(Debug, Default)]
 struct Slot {
     frame: Mutex<Option<(Frame, Instant)>>,
+    /// Frames the camera delivered but nobody wanted (dropped undecoded):
+    /// proof of life for the watchdog.
+    #[cfg_attr(
+        not(feature = "webcam"),
+        expect(dead_code, reason = "only the webcam skips frames")
+    )]
+    skipped: std::sync::atomic::AtomicU64,
     #[cfg_attr(
         not(feature = "webcam"),
         expect(dead_code, reason = "only the webcam fails")
@@ -514,6 +574,9 @@ pub struct WebcamSource {
     slot: Arc<Slot>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    demand: FrameDemand,
+    /// `slot.skipped` at the last poll.
+    seen_skipped: u64,
 }
 
 #[cfg(feature = "webcam")]
@@ -539,6 +602,8 @@ impl WebcamSource {
             slot: Arc::default(),
             stop: Arc::default(),
             thread: None,
+            demand: FrameDemand::default(),
+            seen_skipped: 0,
         }
     }
 }
@@ -554,7 +619,9 @@ impl FrameSource for WebcamSource {
         // (orphaned) mailbox, never into this one.
         self.stop = Arc::default();
         self.slot = Arc::default();
+        self.seen_skipped = 0;
         let (make, slot, stop) = (self.make.clone(), self.slot.clone(), self.stop.clone());
+        let demand = self.demand.clone();
         let spawned = std::thread::Builder::new()
             .name("emotion-camera".into())
             .spawn(move || {
@@ -562,7 +629,7 @@ impl FrameSource for WebcamSource {
                 // failure instead of losing the thread silently.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut device = make();
-                    let result = camera_loop(device.as_mut(), &slot, &stop);
+                    let result = camera_loop(device.as_mut(), &slot, &stop, &demand);
                     // Releases the device (also when stopping on request).
                     device.close();
                     result
@@ -595,17 +662,25 @@ impl FrameSource for WebcamSource {
         if let Some((frame, at)) = self.slot.take() {
             return SourcePoll::Delivered { frame, at };
         }
-        match self.slot.failure() {
-            Some(e) => {
-                self.thread = None;
-                SourcePoll::Failed(e)
-            }
-            None => SourcePoll::Pending,
+        if let Some(e) = self.slot.failure() {
+            self.thread = None;
+            return SourcePoll::Failed(e);
         }
+        // Frames dropped undecoded still show the camera is alive.
+        let skipped = self.slot.skipped.load(Ordering::Relaxed);
+        if skipped != self.seen_skipped {
+            self.seen_skipped = skipped;
+            return SourcePoll::Alive;
+        }
+        SourcePoll::Pending
     }
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+
+    fn set_demand(&mut self, demand: FrameDemand) {
+        self.demand = demand;
     }
 }
 
@@ -621,14 +696,26 @@ fn camera_loop(
     device: &mut dyn CameraDevice,
     slot: &Slot,
     stop: &AtomicBool,
+    demand: &FrameDemand,
 ) -> Result<(), String> {
     device.open()?;
+    // The camera's frame period, as measured between frames.
+    let (mut period, mut last) = (Duration::from_millis(33), None::<Instant>);
     while !stop.load(Ordering::Relaxed) {
         let buffer = device.frame()?;
         // The latency clock starts here, before decoding.
         let at = Instant::now();
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(l) = last {
+            period = at.saturating_duration_since(l).min(Duration::from_secs(1));
+        }
+        last = Some(at);
+        if !demand.wanted(at, period) {
+            // Inference would not take it: not worth decoding.
+            slot.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         match decode_camera_frame(&buffer) {
             Ok(frame) => slot.put(frame, at),
@@ -838,6 +925,7 @@ impl Plugin for EmotionCapturePlugin {
             .init_resource::<CameraStatus>()
             .init_resource::<EmotionStats>()
             .init_resource::<CaptureIndicator>()
+            .init_resource::<FrameDemand>()
             .register_type::<CameraStatus>()
             .register_type::<EmotionStats>()
             .register_type::<EmotionConsent>()
@@ -909,6 +997,7 @@ fn capture(
     mut stats: ResMut<EmotionStats>,
     mut indicator: ResMut<CaptureIndicator>,
     mut writer: MessageWriter<CameraStatusChanged>,
+    demand: Res<FrameDemand>,
 ) {
     let now = time.elapsed_secs_f64();
     let state = &mut *state;
@@ -933,6 +1022,7 @@ fn capture(
             return;
         }
         let mut s = make_source(&settings.source, &pusher, &feed);
+        s.set_demand(demand.clone());
         s.start();
         *indicator = CaptureIndicator {
             live: true,

@@ -14,7 +14,7 @@ use bevy::tasks::{AsyncComputeTaskPool, Task};
 use perception::{FaceFollower, Observation, UnsureReason};
 
 use crate::capture::LatestFrame;
-use crate::capture::capture_allowed;
+use crate::capture::{FrameDemand, capture_allowed};
 use crate::model::EmotionPipeline;
 use crate::settings::{EmotionSettings, EmotionSystems, stage_setup};
 
@@ -99,8 +99,21 @@ fn start_inference(
     settings: Res<EmotionSettings>,
     time: Res<Time<Real>>,
     mut finished: MessageWriter<InferenceFinished>,
+    demand: Res<FrameDemand>,
 ) {
     collect(&mut state, &mut finished);
+    // The camera decodes only the frames inference may take: the next one
+    // is taken when the slot opens (a frame that a newer one replaces
+    // before then is dropped undecoded).
+    let period = 1.0 / f64::from(settings.inference_hz.max(0.1));
+    let take = match state.next_due {
+        Some(due) if !settings.decode_every_frame && pipeline.is_some() => {
+            let wait = due - EARLY * period - time.elapsed_secs_f64();
+            Some(Instant::now() + std::time::Duration::from_secs_f64(wait.max(0.0)))
+        }
+        _ => None,
+    };
+    demand.set_next_take(take);
     let (Some(latest), Some(pipeline)) = (latest, pipeline) else {
         return;
     };

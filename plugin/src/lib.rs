@@ -87,8 +87,8 @@ pub use perception::{
 pub use capture::{CameraDevice, CameraFactory, NokhwaCamera, WebcamSource, decode_camera_frame};
 pub use capture::{
     CameraStatus, CameraStatusChanged, CaptureIndicator, CustomSource, EmotionCapturePlugin,
-    EmotionConsent, EmotionStats, FramePusher, FrameSource, LatestFrame, SourceKind, SourcePoll,
-    WebcamConfig,
+    EmotionConsent, EmotionStats, FrameDemand, FramePusher, FrameSource, LatestFrame, SourceKind,
+    SourcePoll, WebcamConfig,
 };
 pub use faces::{
     CalibrateNeutral, Calibrating, CalibrationFinished, EmotionChanged, EmotionDetected,

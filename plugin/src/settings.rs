@@ -35,6 +35,11 @@ pub struct EmotionSettings {
     /// (`FlipShift`, six times); `docs/PERFORMANCE.md` and the report give
     /// cost and accuracy.
     pub tta: Tta,
+    /// Decode every camera frame (for a live preview at the camera's rate,
+    /// e.g. the debug overlay's). Off by default: the camera thread then
+    /// decodes only the frames inference will use (those arriving within one
+    /// inference period of the next slot) and drops the rest undecoded.
+    pub decode_every_frame: bool,
     /// Tracking and smoothing.
     pub tracker: TrackerConfig,
     /// What a face must pass for its expression to be reported (otherwise
@@ -61,6 +66,7 @@ impl Default for EmotionSettings {
             threads: 1,
             follow: Some(FollowConfig::default()),
             tta: Tta::None,
+            decode_every_frame: false,
             tracker: TrackerConfig::default(),
             quality: QualityGate::default(),
             calibration: CalibrationConfig::default(),

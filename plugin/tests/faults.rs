@@ -310,3 +310,58 @@ fn corrupt_and_impossible_camera_frames_are_errors() {
     let short = Buffer::new(Resolution::new(64, 64), &[0; 12], FrameFormat::YUYV);
     assert!(decode_camera_frame(&short).is_err());
 }
+
+#[test]
+fn frames_inference_will_not_take_are_not_decoded() {
+    // A 15 fps camera and inference twice a second: the camera thread
+    // decodes only the frames inference takes (about two a second), drops
+    // the rest undecoded, and the watchdog still sees a live camera.
+    let mjpeg = Step::Frame(Resolution::new(640, 480), FrameFormat::MJPEG, photo_jpeg());
+    let script = Arc::new(Mutex::new(Script {
+        steps: VecDeque::from([(mjpeg, 1000)]),
+        ..Default::default()
+    }));
+    let shared = script.clone();
+    let source = CustomSource::new(move || {
+        let shared = shared.clone();
+        Box::new(WebcamSource::with_device(
+            "scripted camera",
+            Arc::new(move || Box::new(Scripted(shared.clone()))),
+        ))
+    });
+    let settings = EmotionSettings {
+        source: SourceKind::Custom(source),
+        inference_hz: 2.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    let mut app = app(settings, ModelSource::Preloaded(pipeline()));
+    until(&mut app, Duration::from_secs(10), |a| {
+        a.world().resource::<EmotionStats>().frames_processed >= 1
+    });
+    let remaining = |s: &Arc<Mutex<Script>>| s.lock().unwrap().steps.front().map_or(0, |x| x.1);
+    let (before, captured_before) = (
+        remaining(&script),
+        app.world().resource::<EmotionStats>().frames_captured,
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        app.update();
+        assert!(
+            matches!(status(&app), CameraStatus::Running(_)),
+            "{:?}",
+            status(&app)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let produced = before - remaining(&script);
+    let decoded = app.world().resource::<EmotionStats>().frames_captured - captured_before;
+    let processed = app.world().resource::<EmotionStats>().frames_processed;
+    assert!(produced >= 40, "the camera produced only {produced} frames");
+    assert!(
+        decoded * 3 <= produced as u64,
+        "{decoded} of {produced} frames decoded"
+    );
+    assert!(processed >= 6, "only {processed} frames processed");
+    eprintln!("{produced} frames from the camera, {decoded} decoded, {processed} processed");
+}
