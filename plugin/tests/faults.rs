@@ -91,6 +91,19 @@ impl CameraDevice for Scripted {
     }
 }
 
+/// The real webcam source reading the scripted camera (a new device per
+/// open, all following the same script).
+fn scripted_source(script: &Arc<Mutex<Script>>) -> SourceKind {
+    let shared = script.clone();
+    SourceKind::Custom(CustomSource::new(move || {
+        let shared = shared.clone();
+        Box::new(WebcamSource::with_device(
+            "scripted camera",
+            Arc::new(move || Box::new(Scripted(shared.clone()))),
+        ))
+    }))
+}
+
 fn photo_jpeg() -> Arc<Vec<u8>> {
     let path = repo().join("../shared/data/faces-fullframe/2008_002506.jpg");
     assert!(path.is_file(), "shared data missing: {}", path.display());
@@ -162,16 +175,8 @@ fn camera_faults_are_survived_and_recovered_from() {
         ]),
         ..Default::default()
     }));
-    let shared = script.clone();
-    let source = CustomSource::new(move || {
-        let shared = shared.clone();
-        Box::new(WebcamSource::with_device(
-            "scripted camera",
-            Arc::new(move || Box::new(Scripted(shared.clone()))),
-        ))
-    });
     let settings = EmotionSettings {
-        source: SourceKind::Custom(source),
+        source: scripted_source(&script),
         inference_hz: 1000.0,
         quality: QualityGate::open(),
         reopen_after_stall: 1.0,
@@ -321,16 +326,8 @@ fn frames_inference_will_not_take_are_not_decoded() {
         steps: VecDeque::from([(mjpeg, 1000)]),
         ..Default::default()
     }));
-    let shared = script.clone();
-    let source = CustomSource::new(move || {
-        let shared = shared.clone();
-        Box::new(WebcamSource::with_device(
-            "scripted camera",
-            Arc::new(move || Box::new(Scripted(shared.clone()))),
-        ))
-    });
     let settings = EmotionSettings {
-        source: SourceKind::Custom(source),
+        source: scripted_source(&script),
         inference_hz: 2.0,
         quality: QualityGate::open(),
         ..Default::default()
