@@ -201,8 +201,9 @@ impl CustomOp2 for PReluOp {
         let inner: usize = dims[2..].iter().product();
         let mut y = Vec::with_capacity(x.len());
         for (chunk_index, chunk) in x.chunks(inner.max(1)).enumerate() {
-            let slope = a[chunk_index % a.len()];
-            y.extend(chunk.iter().map(|&v| if v > 0.0 { v } else { v * slope }));
+            let start = y.len();
+            y.extend_from_slice(chunk);
+            prelu_in_place(&mut y[start..], a[chunk_index % a.len()]);
         }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -230,8 +231,16 @@ pub fn max_pool_ceil(x: &Tensor, k: usize, stride: usize) -> candle_core::Result
     x.max_pool2d_with_stride(k, stride)
 }
 
+/// PReLU of `values` with one `slope`, in place: `max(v, 0) + slope *
+/// min(v, 0)`, written without a branch so that it vectorises.
+pub(crate) fn prelu_in_place(values: &mut [f32], slope: f32) {
+    for v in values {
+        *v = v.max(0.0) + slope * v.min(0.0);
+    }
+}
+
 /// Output length of a ceil-mode pooling window sweep (PyTorch, no padding).
-fn pooled_len(len: usize, k: usize, stride: usize) -> usize {
+pub(crate) fn pooled_len(len: usize, k: usize, stride: usize) -> usize {
     if len < k {
         1
     } else {

@@ -16,7 +16,7 @@
 use kernels::slice::{self, ConvGeom, Mat};
 
 use crate::WeightsError;
-use crate::mtcnn::{Mtcnn, pool_planes};
+use crate::mtcnn::{Mtcnn, pool_planes, pooled_len, prelu_in_place};
 
 type Result<T> = std::result::Result<T, WeightsError>;
 
@@ -91,10 +91,7 @@ impl Conv {
         );
         if let Some(alpha) = &self.alpha {
             for (row, &a) in y.chunks_exact_mut(hw).zip(alpha) {
-                // Branch-free, so that it vectorises.
-                for v in row {
-                    *v = v.max(0.0) + a * v.min(0.0);
-                }
+                prelu_in_place(row, a);
             }
         }
         (ho, wo)
@@ -241,7 +238,7 @@ impl Refiner {
                 size = conv.run(input, size, &mut s.k, &mut next);
                 std::mem::swap(&mut cur, &mut next);
                 if let Some((k, stride)) = *pool {
-                    let pooled = |len: usize| len.saturating_sub(k).div_ceil(stride) + 1;
+                    let pooled = |len| pooled_len(len, k, stride);
                     grow(&mut next, conv.o * pooled(size.0) * pooled(size.1));
                     size = pool_planes(&cur, conv.o, size, (k, stride), &mut next, &mut s.k.hmax);
                     std::mem::swap(&mut cur, &mut next);
@@ -335,7 +332,10 @@ impl MtcnnEngine {
     /// `oh x ow`) and returns `(oh, ow)`.
     pub fn pnet(&self, x: &[f32], (h, w): (usize, usize), s: &mut MtcnnScratch) -> (usize, usize) {
         let (h1, w1) = self.p1.run(x, (h, w), &mut s.k, &mut s.a);
-        grow(&mut s.b, self.p1.o * h1.div_ceil(2) * w1.div_ceil(2));
+        grow(
+            &mut s.b,
+            self.p1.o * pooled_len(h1, 2, 2) * pooled_len(w1, 2, 2),
+        );
         let (h2, w2) = pool_planes(&s.a, self.p1.o, (h1, w1), (2, 2), &mut s.b, &mut s.k.hmax);
         let (h3, w3) = self.p2.run(&s.b, (h2, w2), &mut s.k, &mut s.a);
         let (h4, w4) = self.p3.run(&s.a, (h3, w3), &mut s.k, &mut s.b);

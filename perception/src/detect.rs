@@ -4,7 +4,6 @@
 //! O-Net on 48x48 crops for the final boxes, scores and five landmarks.
 
 use std::path::Path;
-
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
@@ -104,9 +103,9 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// The three networks and the algorithm around them. `Send + Sync`; no global
-/// state. The networks run on [`MtcnnEngine`] (reused buffers, the direct
-/// convolution kernels); [`Detector::set_reference_path`] switches to the
-/// candle graphs it is tested against.
+/// state. The networks run on [`MtcnnEngine`] (im2col + GEMM on reused
+/// buffers); [`Detector::set_reference_path`] switches to the candle graphs
+/// it is tested against.
 #[derive(Debug, Clone)]
 pub struct Detector {
     nets: Mtcnn,

@@ -61,12 +61,22 @@ const EARLY: f64 = 0.25;
 /// a little early never raises the long-run rate above `hz`; after an idle
 /// spell the schedule restarts from `now`.
 fn pace(due: Option<f64>, now: f64, hz: f32) -> Option<f64> {
-    let period = 1.0 / f64::from(hz.max(0.1));
+    let period = period(hz);
     match due {
-        Some(d) if now < d - EARLY * period => None,
+        Some(d) if now < slot_opens(d, hz) => None,
         Some(d) if now - d <= period => Some(d + period),
         _ => Some(now + period),
     }
+}
+
+/// Seconds between inference slots at `hz` (at least 0.1 Hz).
+fn period(hz: f32) -> f64 {
+    1.0 / f64::from(hz.max(0.1))
+}
+
+/// When the slot due at `due` opens: [`EARLY`] of a period before it.
+fn slot_opens(due: f64, hz: f32) -> f64 {
+    due - EARLY * period(hz)
 }
 
 /// Runs the pipeline off the main thread.
@@ -91,7 +101,7 @@ impl Plugin for EmotionInferencePlugin {
 
 /// Collects a finished inference first (so the next one starts in the same
 /// update, not one update later), then starts one on the newest frame when
-/// it is due.
+/// it is due, then tells the camera when the next frame will be taken.
 fn start_inference(
     mut state: ResMut<InferenceState>,
     latest: Option<Res<LatestFrame>>,
@@ -102,25 +112,36 @@ fn start_inference(
     demand: Res<FrameDemand>,
 ) {
     collect(&mut state, &mut finished);
+    let now = time.elapsed_secs_f64();
+    if let (Some(latest), Some(pipeline)) = (&latest, &pipeline) {
+        start(&mut state, latest, pipeline, &settings, now);
+    }
     // The camera decodes only the frames inference may take: the next one
-    // is taken when the slot opens (a frame that a newer one replaces
-    // before then is dropped undecoded).
-    let period = 1.0 / f64::from(settings.inference_hz.max(0.1));
+    // is taken when the next slot opens (a frame that a newer one replaces
+    // before then is dropped undecoded). Set after this update's start, so
+    // that it already names the slot after it.
     let take = match state.next_due {
         Some(due) if !settings.decode_every_frame && pipeline.is_some() => {
-            let wait = due - EARLY * period - time.elapsed_secs_f64();
+            let wait = slot_opens(due, settings.inference_hz) - now;
             Some(Instant::now() + std::time::Duration::from_secs_f64(wait.max(0.0)))
         }
         _ => None,
     };
     demand.set_next_take(take);
-    let (Some(latest), Some(pipeline)) = (latest, pipeline) else {
-        return;
-    };
+}
+
+/// Starts an inference on the newest frame when its slot is open and no
+/// inference is running.
+fn start(
+    state: &mut InferenceState,
+    latest: &LatestFrame,
+    pipeline: &EmotionPipeline,
+    settings: &EmotionSettings,
+    now: f64,
+) {
     if state.task.is_some() || latest.seq == state.last_seq {
         return;
     }
-    let now = time.elapsed_secs_f64();
     let Some(next_due) = pace(state.next_due, now, settings.inference_hz) else {
         return;
     };
