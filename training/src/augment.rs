@@ -99,6 +99,11 @@ pub struct AugmentConfig {
     pub zoom: f32,
     /// Mirror left-right with probability 1/2 (`horizontal_flip=True`).
     pub horizontal_flip: bool,
+    /// Random erasing (Zhong et al. 2020): with this probability, 0..=1, a
+    /// rectangle of 2-33 % of the image (aspect 0.3-3.3) is filled with one
+    /// random grey level, after the affine transform. 0 (the default) never
+    /// erases; not part of the paper's augmentation.
+    pub random_erasing: f32,
 }
 
 impl Default for AugmentConfig {
@@ -110,6 +115,7 @@ impl Default for AugmentConfig {
             height_shift: 0.1,
             zoom: 0.1,
             horizontal_flip: true,
+            random_erasing: 0.0,
         }
     }
 }
@@ -123,6 +129,7 @@ impl AugmentConfig {
             height_shift: 0.0,
             zoom: 0.0,
             horizontal_flip: false,
+            random_erasing: 0.0,
         }
     }
 
@@ -150,7 +157,8 @@ impl AugmentConfig {
         check("rotation_deg", self.rotation_deg, 180.0, true)?;
         check("width_shift", self.width_shift, 1.0, true)?;
         check("height_shift", self.height_shift, 1.0, true)?;
-        check("zoom", self.zoom, 1.0, false)
+        check("zoom", self.zoom, 1.0, false)?;
+        check("random_erasing", self.random_erasing, 1.0, true)
     }
 }
 
@@ -185,6 +193,39 @@ impl AffineParams {
 
 /// `ChaCha8` words reserved per sample in an epoch's stream.
 const WORDS_PER_SAMPLE: u128 = 8;
+
+/// Random erasing draws from its own streams (the epoch with this bit set), so
+/// turning it on leaves every sample's affine transform as it was.
+const ERASE_STREAM: u64 = 1 << 62;
+
+/// One drawn random erasure: rows `top..top + height`, columns
+/// `left..left + width` take the normalised grey level `value`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Erasure {
+    /// First row.
+    pub top: usize,
+    /// First column.
+    pub left: usize,
+    /// Rows erased (at least 1).
+    pub height: usize,
+    /// Columns erased (at least 1).
+    pub width: usize,
+    /// The fill, a normalised value within the pixel range.
+    pub value: f32,
+}
+
+impl Erasure {
+    /// Fills the rectangle of one 48x48 normalised image.
+    pub fn apply(&self, out: &mut [f32]) {
+        for row in out
+            .chunks_exact_mut(IMAGE_SIDE)
+            .skip(self.top)
+            .take(self.height)
+        {
+            row[self.left..self.left + self.width].fill(self.value);
+        }
+    }
+}
 
 /// Pixel values to normalised `f32`: the project's [`normalization()`] as a
 /// table, plus its range (for clamping after interpolation).
@@ -272,6 +313,40 @@ impl Augmenter {
         }
     }
 
+    /// The random erasure of sample `index` in `epoch`, if it gets one: a
+    /// function of `(seed, epoch, index)` only, drawn apart from
+    /// [`Augmenter::params`]. Area 2-33 % of the image, aspect 0.3-3.3 (the
+    /// ranges of Zhong et al.), placed uniformly where it fits.
+    pub fn erasure(&self, epoch: u64, index: u64) -> Option<Erasure> {
+        let p = self.config.random_erasing;
+        if p <= 0.0 {
+            return None;
+        }
+        let mut rng = self.rng.clone();
+        rng.set_stream(epoch | ERASE_STREAM);
+        rng.set_word_pos(u128::from(index) * WORDS_PER_SAMPLE);
+        // Uniform in [0, 1) from the top 24 bits of a word.
+        let mut unit = || (rng.next_u32() >> 8) as f32 / 16_777_216.0;
+        if unit() >= p {
+            return None;
+        }
+        let side = IMAGE_SIDE as f32;
+        let area = (0.02 + unit() * (0.33 - 0.02)) * side * side;
+        let aspect = (0.3f32.ln() + unit() * (3.3f32.ln() - 0.3f32.ln())).exp();
+        let height = ((area * aspect).sqrt().round() as usize).clamp(1, IMAGE_SIDE);
+        let width = ((area / aspect).sqrt().round() as usize).clamp(1, IMAGE_SIDE);
+        let top = (unit() * (IMAGE_SIDE - height + 1) as f32) as usize;
+        let left = (unit() * (IMAGE_SIDE - width + 1) as f32) as usize;
+        let value = self.lut.lo + unit() * (self.lut.hi - self.lut.lo);
+        Some(Erasure {
+            top: top.min(IMAGE_SIDE - height),
+            left: left.min(IMAGE_SIDE - width),
+            height,
+            width,
+            value,
+        })
+    }
+
     /// Augments one 48x48 image (sample `index` of `epoch`) into normalised
     /// `f32`s.
     pub fn augment_into(
@@ -282,8 +357,22 @@ impl Augmenter {
         out: &mut [f32],
     ) -> Result<(), AugmentError> {
         let (src, out) = as_images(src, out)?;
-        warp(src, &self.params(epoch, index), &self.lut, out);
+        self.transform(src, epoch, index, out);
         Ok(())
+    }
+
+    /// The affine transform, then the erasure, of one sample.
+    fn transform(
+        &self,
+        src: &[u8; IMAGE_PIXELS],
+        epoch: u64,
+        index: u64,
+        out: &mut [f32; IMAGE_PIXELS],
+    ) {
+        warp(src, &self.params(epoch, index), &self.lut, out);
+        if let Some(e) = self.erasure(epoch, index) {
+            e.apply(out);
+        }
     }
 }
 
@@ -464,7 +553,7 @@ pub fn fill_images(
                 BatchMode::Plain => lut.normalize(src, dst),
                 BatchMode::Augmented { augmenter, epoch } => {
                     if let Ok((src, dst)) = as_images(src, dst) {
-                        warp(src, &augmenter.params(epoch, i as u64), lut, dst);
+                        augmenter.transform(src, epoch, i as u64, dst);
                     }
                 }
             }
@@ -594,6 +683,7 @@ mod tests {
             height_shift: 1.0,
             zoom: 0.9,
             horizontal_flip: true,
+            random_erasing: 1.0,
         };
         for cfg in [AugmentConfig::default(), strong] {
             let a = Augmenter::new(cfg, 5).unwrap();
@@ -613,7 +703,11 @@ mod tests {
                 usage: None,
             },
         );
-        let a = Augmenter::new(strong, 5).unwrap();
+        let no_erasing = AugmentConfig {
+            random_erasing: 0.0,
+            ..strong
+        };
+        let a = Augmenter::new(no_erasing, 5).unwrap();
         for epoch in 0..5 {
             let out = images(&flat, &[0], aug(&a, epoch));
             assert!(out.iter().all(|&v| (v - 77.0 / 255.0).abs() < 1e-6));
@@ -777,6 +871,66 @@ mod tests {
     }
 
     #[test]
+    fn random_erasing_fills_one_rectangle_and_leaves_the_warp_alone() {
+        let ds = dataset(1, false);
+        let plain_cfg = AugmentConfig::default();
+        let erase_cfg = AugmentConfig {
+            random_erasing: 0.5,
+            ..plain_cfg
+        };
+        let plain = Augmenter::new(plain_cfg, 4).unwrap();
+        let erasing = Augmenter::new(erase_cfg, 4).unwrap();
+        let (mut erased, mut areas) = (0, Vec::new());
+        for i in 0..1000u64 {
+            // The affine draw does not depend on erasing being on.
+            assert_eq!(plain.params(2, i), erasing.params(2, i));
+            assert_eq!(plain.erasure(2, i), None);
+            let Some(e) = erasing.erasure(2, i) else {
+                continue;
+            };
+            assert_eq!(erasing.erasure(2, i), Some(e), "not deterministic");
+            erased += 1;
+            assert!(e.top + e.height <= IMAGE_SIDE && e.left + e.width <= IMAGE_SIDE);
+            assert!((0.0..=1.0).contains(&e.value));
+            areas.push((e.height * e.width) as f32 / IMAGE_PIXELS as f32);
+        }
+        assert!(
+            (420..580).contains(&erased),
+            "{erased} of 1000 erased at p = 0.5"
+        );
+        let (lo, hi) = areas
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &a| (l.min(a), h.max(a)));
+        assert!(lo < 0.05 && hi > 0.25 && hi < 0.4, "areas {lo}..{hi}");
+
+        // The image is the plain warp with exactly the rectangle replaced.
+        let i = (0..1000u64)
+            .find(|&i| erasing.erasure(0, i).is_some())
+            .unwrap();
+        let e = erasing.erasure(0, i).unwrap();
+        let (mut want, mut got) = (vec![0.0; IMAGE_PIXELS], vec![0.0; IMAGE_PIXELS]);
+        plain
+            .augment_into(ds.image(0).unwrap(), 0, i, &mut want)
+            .unwrap();
+        erasing
+            .augment_into(ds.image(0).unwrap(), 0, i, &mut got)
+            .unwrap();
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (r, c) = (k / IMAGE_SIDE, k % IMAGE_SIDE);
+            let inside =
+                (e.top..e.top + e.height).contains(&r) && (e.left..e.left + e.width).contains(&c);
+            assert_eq!(*g, if inside { e.value } else { *w }, "pixel {r},{c}");
+        }
+        // Batches go through the same path.
+        let batch = images(&ds, &[0], aug(&erasing, 0));
+        let mut one = vec![0.0; IMAGE_PIXELS];
+        erasing
+            .augment_into(ds.image(0).unwrap(), 0, 0, &mut one)
+            .unwrap();
+        assert_eq!(batch, one);
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let bad = AugmentConfig {
             zoom: 1.0,
@@ -796,6 +950,11 @@ mod tests {
             ..Default::default()
         };
         assert!(Augmenter::new(neg, 0).is_err());
+        let erase_all_twice = AugmentConfig {
+            random_erasing: 1.5,
+            ..Default::default()
+        };
+        assert!(Augmenter::new(erase_all_twice, 0).is_err());
         let ds = dataset(3, false);
         let err = make_batch(&ds, &[0, 3], BatchMode::Plain, &Device::Cpu).unwrap_err();
         assert!(matches!(

@@ -115,6 +115,33 @@ pub struct TrainConfig {
     /// FER2013 model on CK+); they must be of the same network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Knowledge distillation from a trained teacher (none: plain training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
+}
+
+/// Knowledge distillation (Hinton et al. 2015): the loss is
+/// `(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)`, where
+/// `_T` are the softmaxes of the logits divided by the temperature `T`. The
+/// teacher sees the same augmented batch, in inference mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distill {
+    /// The teacher's weights: any of the project's networks trained on the
+    /// same classes (e.g. a wider one, or the shipped model itself:
+    /// self-distillation).
+    pub teacher: PathBuf,
+    /// Weight of the teacher's term, 0..=1.
+    pub alpha: f64,
+    /// Softmax temperature, above 0.
+    pub temperature: f64,
+}
+
+impl Distill {
+    /// The weight of the teacher's term unless `--distill-alpha` says otherwise.
+    pub const DEFAULT_ALPHA: f64 = 0.5;
+    /// The temperature unless `--distill-temperature` says otherwise.
+    pub const DEFAULT_TEMPERATURE: f64 = 4.0;
 }
 
 impl TrainConfig {
@@ -150,6 +177,7 @@ impl TrainConfig {
                 seed: 0,
                 eval_batch_size: 256,
                 init: None,
+                distill: None,
             },
             Preset::Default => Self {
                 preset,
@@ -173,6 +201,7 @@ impl TrainConfig {
                 seed: 0,
                 eval_batch_size: 256,
                 init: None,
+                distill: None,
             },
         }
     }
@@ -196,6 +225,17 @@ impl TrainConfig {
         }
         if let Some(a) = &self.augment {
             a.validate()?;
+        }
+        if let Some(d) = &self.distill {
+            if !(0.0..=1.0).contains(&d.alpha) {
+                bail!("distill alpha must be in [0, 1], got {}", d.alpha);
+            }
+            if !(d.temperature > 0.0 && d.temperature.is_finite()) {
+                bail!(
+                    "distill temperature must be a positive number, got {}",
+                    d.temperature
+                );
+            }
         }
         self.adam.validate()?;
         Ok(())
@@ -262,6 +302,21 @@ pub struct Overrides {
     /// fine-tuning.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Random erasing: the probability that a training image gets a random
+    /// rectangle (2-33 % of it) filled with one grey level (0 = off).
+    #[arg(long, conflicts_with = "no_augment")]
+    pub random_erasing: Option<f32>,
+    /// Knowledge distillation: a trained teacher's weights (`.safetensors` of
+    /// any of the networks, same classes); the student also learns the
+    /// teacher's softened outputs on the same augmented images.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// With --teacher: weight of the teacher's term, 0..=1 [default: 0.5].
+    #[arg(long, requires = "teacher")]
+    pub distill_alpha: Option<f64>,
+    /// With --teacher: softmax temperature [default: 4].
+    #[arg(long, requires = "teacher")]
+    pub distill_temperature: Option<f64>,
 }
 
 impl Overrides {
@@ -280,6 +335,10 @@ impl Overrides {
             (self.soft_targets, "--soft-targets"),
             (self.seed.is_some(), "--seed"),
             (self.init.is_some(), "--init"),
+            (self.random_erasing.is_some(), "--random-erasing"),
+            (self.teacher.is_some(), "--teacher"),
+            (self.distill_alpha.is_some(), "--distill-alpha"),
+            (self.distill_temperature.is_some(), "--distill-temperature"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -323,6 +382,26 @@ impl Overrides {
         }
         if let Some(p) = &self.init {
             cfg.init = Some(p.clone());
+        }
+        if let Some(p) = self.random_erasing
+            && let Some(a) = &mut cfg.augment
+        {
+            a.random_erasing = p;
+        }
+        if let Some(teacher) = &self.teacher {
+            cfg.distill = Some(Distill {
+                teacher: teacher.clone(),
+                alpha: Distill::DEFAULT_ALPHA,
+                temperature: Distill::DEFAULT_TEMPERATURE,
+            });
+        }
+        if let Some(d) = &mut cfg.distill {
+            if let Some(a) = self.distill_alpha {
+                d.alpha = a;
+            }
+            if let Some(t) = self.distill_temperature {
+                d.temperature = t;
+            }
         }
     }
 }
@@ -498,6 +577,15 @@ fn loss_fn(logits: &Tensor, labels: &Tensor, soft: Option<&Tensor>, eps: f64) ->
         target
     };
     Ok((target * logp)?.sum(1)?.mean(0)?.neg()?)
+}
+
+/// The distillation term `T^2 * KL(softmax(teacher / T) || softmax(student / T))`,
+/// averaged over the batch (0 when the student matches the teacher).
+fn distill_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    let logq = candle_nn::ops::log_softmax(&(student / temperature)?, D::Minus1)?;
+    let logp = candle_nn::ops::log_softmax(&(teacher.detach() / temperature)?, D::Minus1)?;
+    let kl = (logp.exp()? * (logp - logq)?)?.sum(1)?.mean(0)?;
+    Ok((kl * (temperature * temperature))?)
 }
 
 /// Options of `training train` besides the configuration.
@@ -719,6 +807,29 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         init.load_into(&varmap)?;
         tracing::info!(weights = %path.display(), "starting from trained weights");
     }
+    let teacher = match &cfg.distill {
+        Some(d) => {
+            let w = models::LoadedWeights::from_file(&d.teacher, &device)
+                .with_context(|| format!("--teacher: loading {}", d.teacher.display()))?;
+            if w.meta.classes != loaded.dataset.classes() {
+                bail!(
+                    "--teacher {}: its classes {:?} are not the data's {:?}",
+                    d.teacher.display(),
+                    w.meta.classes,
+                    loaded.dataset.classes()
+                );
+            }
+            tracing::info!(
+                teacher = %d.teacher.display(),
+                arch = %w.meta.arch(),
+                alpha = d.alpha,
+                temperature = d.temperature,
+                "distilling"
+            );
+            Some((w.build(&device)?, d.alpha, d.temperature))
+        }
+        None => None,
+    };
     if state.epochs_done < cfg.epochs {
         let record = serde_json::to_string(&MachineRecord::here(state.epochs_done + 1))?;
         let mut f = fs::OpenOptions::new()
@@ -781,7 +892,12 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             } else {
                 None
             };
-            let loss = loss_fn(&logits, &batch.labels, soft, cfg.label_smoothing)?;
+            let mut loss = loss_fn(&logits, &batch.labels, soft, cfg.label_smoothing)?;
+            if let Some((teacher, alpha, temperature)) = &teacher {
+                let taught = teacher.forward_t(&batch.images, false)?;
+                let kd = distill_loss(&logits, &taught, *temperature)?;
+                loss = ((loss * (1.0 - alpha))? + (kd * *alpha)?)?;
+            }
             let loss_v = f64::from(loss.to_scalar::<f32>()?);
             if !loss_v.is_finite() {
                 bail!(

@@ -11,7 +11,7 @@ use candle_core::Device;
 use common::{metrics, weights, write_fixture};
 use models::{Arch, LoadedWeights};
 use training::spec::DataSpec;
-use training::train::{Preset, RunOptions, TrainConfig, train};
+use training::train::{Distill, Preset, RunOptions, TrainConfig, train};
 
 fn config(data: &Path, epochs: usize) -> TrainConfig {
     let spec = DataSpec {
@@ -265,4 +265,83 @@ fn init_starts_from_trained_weights() {
     };
     let err = train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
     assert!(format!("{err:#}").contains("--init"), "{err:#}");
+}
+
+#[test]
+fn distillation_learns_from_the_teacher_and_checks_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("tiny.csv");
+    write_fixture(&csv, 48, 16);
+    // The same faces with every label moved to another class.
+    let relabelled = tmp.path().join("relabelled.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let mut out = format!("{}\n", lines.next().unwrap());
+    for line in lines {
+        let (label, rest) = line.split_once(',').unwrap();
+        let label: usize = label.parse().unwrap();
+        out.push_str(&format!("{},{rest}\n", (label + 3) % 7));
+    }
+    std::fs::write(&relabelled, out).unwrap();
+
+    let teacher_dir = tmp.path().join("teacher");
+    run(config(&csv, 2), &teacher_dir, false);
+    let teacher = teacher_dir.join("last.safetensors");
+    let student = |data: &Path, alpha: f64, dir: &str| {
+        let mut cfg = config(data, 1);
+        cfg.seed = 3;
+        cfg.augment = cfg.augment.map(|a| training::augment::AugmentConfig {
+            random_erasing: 0.5,
+            ..a
+        });
+        cfg.distill = Some(Distill {
+            teacher: teacher.clone(),
+            alpha,
+            temperature: 4.0,
+        });
+        let d = tmp.path().join(dir);
+        run(cfg, &d, false);
+        weights(&d.join("last.safetensors"))
+    };
+    // With alpha = 1 the teacher is the only signal: the labels do not matter.
+    assert_eq!(
+        student(&csv, 1.0, "only_teacher"),
+        student(&relabelled, 1.0, "only_teacher_relabelled")
+    );
+    // With alpha < 1 they do.
+    assert_ne!(
+        student(&csv, 0.5, "half"),
+        student(&relabelled, 0.5, "half_relabelled")
+    );
+
+    // A teacher of other classes, or a missing one, is refused before training.
+    let refused = |teacher: &Path, dir: &str| {
+        let mut cfg = config(&csv, 1);
+        cfg.distill = Some(Distill {
+            teacher: teacher.to_owned(),
+            alpha: 0.5,
+            temperature: 4.0,
+        });
+        let opts = RunOptions {
+            run_dir: tmp.path().join(dir),
+            resume: false,
+            progress: false,
+        };
+        let err = train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+        format!("{err:#}")
+    };
+    let err = refused(&tmp.path().join("absent.safetensors"), "absent");
+    assert!(err.contains("--teacher"), "{err}");
+    let ferplus8 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/arch1_ferplus.safetensors");
+    let err = refused(&ferplus8, "eight");
+    assert!(err.contains("classes"), "{err}");
+    // Nonsense settings are refused too.
+    let mut cfg = config(&csv, 1);
+    cfg.distill = Some(Distill {
+        teacher,
+        alpha: 1.5,
+        temperature: 4.0,
+    });
+    assert!(cfg.validate().is_err());
 }

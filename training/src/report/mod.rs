@@ -708,14 +708,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
             g.dataset,
             preset_name(first.config.preset),
             first.config.batch_size,
-            first
-                .config
-                .init
-                .as_ref()
-                .map_or(String::new(), |p| format!(
-                    ", fine-tuned from `{}`",
-                    p.file_name().unwrap_or_default().to_string_lossy()
-                )),
+            recipe_extras(&first.config),
             if first.val_steers() {
                 " (val. steered training)"
             } else {
@@ -1446,4 +1439,32 @@ mod tests {
         assert_eq!(paper_cell(Arch::Arch2, "CK+"), "figure only");
         assert!(paper_cell(Arch::Arch1, "CK+").starts_with("99.4%"));
     }
+}
+
+/// What a run's recipe adds to its preset, for the table's recipe column:
+/// fine-tuning, distillation and random erasing.
+fn recipe_extras(cfg: &TrainConfig) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut out = String::new();
+    if let Some(p) = &cfg.init {
+        let _ = write!(out, ", fine-tuned from `{}`", name(p));
+    }
+    if let Some(d) = &cfg.distill {
+        let _ = write!(
+            out,
+            ", distilled from `{}` (alpha {}, T {})",
+            name(&d.teacher),
+            d.alpha,
+            d.temperature
+        );
+    }
+    if let Some(p) = cfg.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
+        let _ = write!(out, ", random erasing {p}");
+    }
+    out
 }
