@@ -169,6 +169,41 @@ struct Planes {
     sums: Vec<u32>,
 }
 
+/// A full detection under way ([`Detector::start_detection`]): the frame's
+/// tables, the pyramid levels still to run and the candidates so far.
+pub struct DetectionJob {
+    img: Planes,
+    /// Frame pixels per table pixel, for a frame shrunk to `max_side`.
+    back: Option<(f32, f32)>,
+    scales: Vec<f64>,
+    next_level: usize,
+    found: Vec<Cand>,
+    result: Option<Vec<Detection>>,
+}
+
+impl std::fmt::Debug for DetectionJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectionJob")
+            .field("size", &(self.img.w, self.img.h))
+            .field("levels_done", &self.next_level)
+            .field("levels", &self.scales.len())
+            .field("done", &self.result.is_some())
+            .finish()
+    }
+}
+
+impl DetectionJob {
+    /// Whether the detection is finished.
+    pub fn is_done(&self) -> bool {
+        self.result.is_some()
+    }
+
+    /// The faces, largest first, once finished (then `None` again).
+    pub fn take_result(&mut self) -> Option<Vec<Detection>> {
+        self.result.take()
+    }
+}
+
 impl Planes {
     fn from_frame(frame: &Frame) -> Self {
         Self::from_region(frame, (0, 0, frame.width(), frame.height()))
@@ -402,20 +437,77 @@ impl Detector {
     /// All faces in `frame`, largest first. Frames too small to hold a face of
     /// the minimum size give an empty list.
     pub fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, PerceptionError> {
+        let mut job = self.start_detection(frame)?;
+        while !self.step_detection(&mut job)? {}
+        Ok(job.take_result().unwrap_or_default())
+    }
+
+    /// Starts a full detection of `frame` that [`Detector::step_detection`]
+    /// carries out a slice at a time: a video pipeline can spread it over the
+    /// idle time between frames instead of stalling one frame by the whole
+    /// pyramid. The job keeps its own summed-area tables of the frame (in
+    /// memory only), so the frame need not outlive this call. Stepped to the
+    /// end, it gives exactly what [`Detector::detect`] gives.
+    pub fn start_detection(&self, frame: &Frame) -> Result<DetectionJob, PerceptionError> {
         let side = frame.width().max(frame.height());
-        if side > self.config.max_side {
+        let (img, back) = if side > self.config.max_side {
             // Shrink first, then map the results back.
             let k = self.config.max_side as f32 / side as f32;
             let (w, h) = (
                 ((frame.width() as f32 * k).round() as usize).max(1),
                 ((frame.height() as f32 * k).round() as usize).max(1),
             );
-            let small = Planes::shrunk_from_frame(frame, w, h)?;
-            let (sx, sy) = (
+            let back = (
                 frame.width() as f32 / w as f32,
                 frame.height() as f32 / h as f32,
             );
-            let mut dets = self.detect_planes(&small)?;
+            (Planes::shrunk_from_frame(frame, w, h)?, Some(back))
+        } else {
+            (Planes::from_frame(frame), None)
+        };
+        let scales = self.scales(img.w, img.h);
+        Ok(DetectionJob {
+            img,
+            back,
+            scales,
+            next_level: 0,
+            found: Vec::new(),
+            result: None,
+        })
+    }
+
+    /// Carries `job` one slice further and says whether it is finished (then
+    /// [`DetectionJob::take_result`] has the faces). A slice is either
+    /// P-Net on pyramid levels worth about as many pixels as the largest
+    /// level, or, once the pyramid is done, R-Net and O-Net on its
+    /// candidates: a 640x480 frame takes three slices.
+    pub fn step_detection(&self, job: &mut DetectionJob) -> Result<bool, PerceptionError> {
+        if job.result.is_some() {
+            return Ok(true);
+        }
+        let level_pixels = |scale: f64| {
+            let hs = (job.img.h as f64 * scale + 1.0) as usize;
+            let ws = (job.img.w as f64 * scale + 1.0) as usize;
+            hs * ws
+        };
+        if job.next_level < job.scales.len() {
+            let budget = job.scales.first().map_or(0, |&s| level_pixels(s));
+            let mut spent = 0;
+            while let Some(&scale) = job.scales.get(job.next_level) {
+                let pixels = level_pixels(scale);
+                if spent > 0 && spent + pixels > budget {
+                    break;
+                }
+                let found = self.pnet_level(&job.img, scale, self.config.thresholds[0])?;
+                job.found.extend(found);
+                job.next_level += 1;
+                spent += pixels;
+            }
+            return Ok(false);
+        }
+        let cands = merge_levels(std::mem::take(&mut job.found));
+        let mut dets = self.finish(&job.img, cands)?;
+        if let Some((sx, sy)) = job.back {
             for d in &mut dets {
                 d.bbox = [
                     d.bbox[0] * sx,
@@ -427,9 +519,9 @@ impl Detector {
                     *p = [p[0] * sx, p[1] * sy];
                 }
             }
-            return Ok(dets);
         }
-        self.detect_planes(&Planes::from_frame(frame))
+        job.result = Some(dets);
+        Ok(true)
     }
 
     /// Re-locates faces near the boxes of `previous` detections (the last
@@ -499,9 +591,10 @@ impl Detector {
         Ok(dets)
     }
 
-    fn detect_planes(&self, img: &Planes) -> Result<Vec<Detection>, PerceptionError> {
-        let [t1, t2, t3] = self.config.thresholds;
-        let cands = self.stage1(img, t1)?;
+    /// R-Net and O-Net on the pyramid's candidates: the final faces, largest
+    /// first.
+    fn finish(&self, img: &Planes, cands: Vec<Cand>) -> Result<Vec<Detection>, PerceptionError> {
+        let [_, t2, t3] = self.config.thresholds;
         if cands.is_empty() {
             return Ok(Vec::new());
         }
@@ -530,57 +623,46 @@ impl Detector {
         out
     }
 
-    fn stage1(&self, img: &Planes, threshold: f32) -> Result<Vec<Cand>, PerceptionError> {
-        let mut all = Vec::new();
-        for scale in self.scales(img.w, img.h) {
-            let hs = (img.h as f64 * scale + 1.0) as usize;
-            let ws = (img.w as f64 * scale + 1.0) as usize;
-            let mut data = vec![0f32; 3 * hs * ws];
-            img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut data);
-            let (face, reg, oh, ow) = self.run_pnet(data, (hs, ws))?;
-            let scale32 = scale as f32;
-            let mut found = Vec::new();
-            for y in 0..oh {
-                for x in 0..ow {
-                    let i = y * ow + x;
-                    if face[i] >= threshold {
-                        let (bx, by) = (x as f32, y as f32);
-                        found.push(Cand {
-                            b: [
-                                ((2.0 * bx + 1.0) / scale32).floor(),
-                                ((2.0 * by + 1.0) / scale32).floor(),
-                                ((2.0 * bx + 12.0) / scale32).floor(),
-                                ((2.0 * by + 12.0) / scale32).floor(),
-                            ],
-                            score: face[i],
-                            reg: [
-                                reg[i],
-                                reg[oh * ow + i],
-                                reg[2 * oh * ow + i],
-                                reg[3 * oh * ow + i],
-                            ],
-                        });
-                    }
+    /// P-Net on one pyramid level: its candidates after the level's NMS.
+    fn pnet_level(
+        &self,
+        img: &Planes,
+        scale: f64,
+        threshold: f32,
+    ) -> Result<Vec<Cand>, PerceptionError> {
+        let hs = (img.h as f64 * scale + 1.0) as usize;
+        let ws = (img.w as f64 * scale + 1.0) as usize;
+        let mut data = vec![0f32; 3 * hs * ws];
+        img.resize_into((0, 0, img.w, img.h), hs, ws, true, &mut data);
+        let (face, reg, oh, ow) = self.run_pnet(data, (hs, ws))?;
+        let scale32 = scale as f32;
+        let mut found = Vec::new();
+        for y in 0..oh {
+            for x in 0..ow {
+                let i = y * ow + x;
+                if face[i] >= threshold {
+                    let (bx, by) = (x as f32, y as f32);
+                    found.push(Cand {
+                        b: [
+                            ((2.0 * bx + 1.0) / scale32).floor(),
+                            ((2.0 * by + 1.0) / scale32).floor(),
+                            ((2.0 * bx + 12.0) / scale32).floor(),
+                            ((2.0 * by + 12.0) / scale32).floor(),
+                        ],
+                        score: face[i],
+                        reg: [
+                            reg[i],
+                            reg[oh * ow + i],
+                            reg[2 * oh * ow + i],
+                            reg[3 * oh * ow + i],
+                        ],
+                    });
                 }
             }
-            all.extend(nms(&found, 0.5, false).into_iter().map(|k| found[k]));
         }
-        let keep = nms(&all, 0.7, false);
-        Ok(keep
+        Ok(nms(&found, 0.5, false)
             .into_iter()
-            .map(|k| {
-                let c = all[k];
-                let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
-                rerec(Cand {
-                    b: [
-                        c.b[0] + c.reg[0] * w,
-                        c.b[1] + c.reg[1] * h,
-                        c.b[2] + c.reg[2] * w,
-                        c.b[3] + c.reg[3] * h,
-                    ],
-                    ..c
-                })
-            })
+            .map(|k| found[k])
             .collect())
     }
 
@@ -667,6 +749,27 @@ impl Detector {
             })
             .collect())
     }
+}
+
+/// The pyramid's candidates of all levels: NMS across levels, then P-Net's
+/// box regression, squared.
+fn merge_levels(all: Vec<Cand>) -> Vec<Cand> {
+    let keep = nms(&all, 0.7, false);
+    keep.into_iter()
+        .map(|k| {
+            let c = all[k];
+            let (w, h) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+            rerec(Cand {
+                b: [
+                    c.b[0] + c.reg[0] * w,
+                    c.b[1] + c.reg[1] * h,
+                    c.b[2] + c.reg[2] * w,
+                    c.b[3] + c.reg[3] * h,
+                ],
+                ..c
+            })
+        })
+        .collect()
 }
 
 /// The overlap NMS uses, exactly as facenet-pytorch computes it (`plus_one`:

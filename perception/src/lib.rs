@@ -64,7 +64,7 @@ use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
 
 pub use calibrate::{CalibrationConfig, CalibrationError, NeutralBaseline};
 pub use crop::GrayCrop;
-pub use detect::{Detection, Detector, DetectorConfig};
+pub use detect::{Detection, DetectionJob, Detector, DetectorConfig};
 pub use emotion::Emotion;
 pub use episodes::{EpisodeConfig, EpisodeEvent, Episodes};
 pub use frame::{Frame, PixelFormat};

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::crop::face_crop;
-use crate::detect::{Detection, Detector, DetectorConfig};
+use crate::detect::{Detection, DetectionJob, Detector, DetectorConfig};
 use crate::frame::Frame;
 use crate::quality::FaceQuality;
 use crate::{Classifier, GrayCrop, PerceptionError};
@@ -173,26 +173,43 @@ pub struct FollowConfig {
     /// Run the full detector at least every this many frames, to find faces
     /// that entered (1: every frame, i.e. no following).
     pub detect_every: u32,
+    /// Spread the periodic detection over the time between frames: it
+    /// starts on a due frame as a [`DetectionJob`] that
+    /// [`FaceFollower::work`] advances a slice at a time, and the faces it
+    /// finds join a later frame. No frame then waits for the whole pyramid.
+    /// A caller that never calls `work` still gets the detection: it is
+    /// finished in one go once it is `detect_every` frames old. Off: the
+    /// due frame runs the whole detector itself.
+    pub background_detection: bool,
 }
 
 impl Default for FollowConfig {
     fn default() -> Self {
-        Self { detect_every: 15 }
+        Self {
+            detect_every: 15,
+            background_detection: true,
+        }
     }
 }
 
+/// Followed and detected faces overlapping at least this much are the same face.
+const SAME_FACE_IOU: f32 = 0.3;
+
 /// Follows faces through a video instead of detecting them in every frame,
 /// as MediaPipe's face pipeline does: the full MTCNN detector runs on the
-/// first frame, whenever a followed face is lost, and every
-/// [`FollowConfig::detect_every`] frames (to find new faces); in between,
-/// each face is re-located from its previous box by O-Net alone
-/// ([`Detector::refine`]).
-#[derive(Debug, Clone, Default)]
+/// first frame and whenever a followed face is lost; in between, each face
+/// is re-located from its previous box by O-Net alone
+/// ([`Detector::refine`]). Every [`FollowConfig::detect_every`] frames a
+/// detection looks for new faces, in the background between frames
+/// ([`FollowConfig::background_detection`], advanced by
+/// [`FaceFollower::work`]) or on the due frame.
+#[derive(Debug, Default)]
 pub struct FaceFollower {
     /// Settings.
     pub config: FollowConfig,
     last: Vec<Detection>,
     since_detect: u32,
+    job: Option<DetectionJob>,
 }
 
 impl FaceFollower {
@@ -202,35 +219,129 @@ impl FaceFollower {
             config,
             last: Vec::new(),
             since_detect: 0,
+            job: None,
         }
     }
 
     /// Forgets the followed faces: the next frame runs the detector.
     pub fn reset(&mut self) {
         self.last.clear();
+        self.job = None;
     }
 
-    /// The faces of the next video frame, and whether the full detector ran.
+    /// Whether a background detection waits for [`FaceFollower::work`].
+    pub fn has_work(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| !j.is_done())
+    }
+
+    /// Advances the background detection by one slice (a few milliseconds:
+    /// see [`Detector::step_detection`]); call it while no frame is waiting.
+    /// Returns whether work remains. A failed slice drops the detection (the
+    /// next due frame starts another) and returns the error.
+    pub fn work(&mut self, pipeline: &Pipeline) -> Result<bool, PerceptionError> {
+        let Some(job) = self.job.as_mut().filter(|j| !j.is_done()) else {
+            return Ok(false);
+        };
+        match pipeline.detector().step_detection(job) {
+            Ok(done) => Ok(!done),
+            Err(e) => {
+                self.job = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The faces of the next video frame, and whether the full detector ran
+    /// on it.
     pub fn process(
         &mut self,
         pipeline: &Pipeline,
         frame: &Frame,
     ) -> Result<(FrameFaces, bool), PerceptionError> {
-        let due = self.last.is_empty() || self.since_detect + 1 >= self.config.detect_every.max(1);
-        if !due {
+        let every = self.config.detect_every.max(1);
+        let due = self.last.is_empty() || self.since_detect + 1 >= every;
+        if !self.last.is_empty() && (!due || (self.config.background_detection && every > 1)) {
             let refined = pipeline.detector().refine(frame, &self.last)?;
             // Every face still there: classify them. A face lost goes back
             // to the detector (which may find it elsewhere).
             if refined.len() == self.last.len() {
                 self.since_detect += 1;
-                self.last = refined.clone();
-                return Ok((pipeline.classify_detections(frame, refined)?, false));
+                let (faces, ran) = self.background(pipeline, frame, refined)?;
+                self.last = faces.clone();
+                return Ok((pipeline.classify_detections(frame, faces)?, ran));
             }
         }
+        self.job = None;
         let mut dets = pipeline.detector().detect(frame)?;
         dets.truncate(pipeline.max_faces);
         self.since_detect = 0;
         self.last = dets.clone();
         Ok((pipeline.classify_detections(frame, dets)?, true))
+    }
+
+    /// The background detection's part of a followed frame: finishes a job
+    /// the caller left unworked for a whole period, merges a finished one
+    /// into the followed `faces`, and starts the next when it is due.
+    /// Returns the faces and whether the detector ran on this frame.
+    fn background(
+        &mut self,
+        pipeline: &Pipeline,
+        frame: &Frame,
+        mut faces: Vec<Detection>,
+    ) -> Result<(Vec<Detection>, bool), PerceptionError> {
+        if !self.config.background_detection {
+            return Ok((faces, false));
+        }
+        let every = self.config.detect_every.max(1);
+        let mut ran = false;
+        if let Some(job) = self.job.as_mut()
+            && !job.is_done()
+            && self.since_detect >= every
+        {
+            while !pipeline.detector().step_detection(job)? {}
+            ran = true;
+        }
+        if let Some(found) = self.job.as_mut().and_then(DetectionJob::take_result) {
+            self.job = None;
+            faces = self.merge(pipeline, frame, faces, found)?;
+        }
+        if self.job.is_none() && self.since_detect + 1 >= every {
+            self.job = Some(pipeline.detector().start_detection(frame)?);
+            self.since_detect = 0;
+        }
+        Ok((faces, ran))
+    }
+
+    /// Joins a finished background detection (of an earlier frame) with the
+    /// faces followed into `frame`: a detected face that overlaps a followed
+    /// one is that face (the followed box is the newer); a new one is
+    /// re-located into `frame` by O-Net; a followed face the detector did
+    /// not find is dropped, as a detection on the frame would drop it.
+    fn merge(
+        &self,
+        pipeline: &Pipeline,
+        frame: &Frame,
+        followed: Vec<Detection>,
+        found: Vec<Detection>,
+    ) -> Result<Vec<Detection>, PerceptionError> {
+        let same = |a: &Detection, b: &Detection| a.iou(&b.bbox) >= SAME_FACE_IOU;
+        let mut faces: Vec<Detection> = followed
+            .into_iter()
+            .filter(|f| found.iter().any(|d| same(f, d)))
+            .collect();
+        let new: Vec<Detection> = found
+            .into_iter()
+            .filter(|d| !faces.iter().any(|f| same(f, d)))
+            .collect();
+        if !new.is_empty() {
+            for n in pipeline.detector().refine(frame, &new)? {
+                if !faces.iter().any(|f| same(f, &n)) {
+                    faces.push(n);
+                }
+            }
+        }
+        faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        faces.truncate(pipeline.max_faces);
+        Ok(faces)
     }
 }

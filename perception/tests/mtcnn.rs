@@ -425,3 +425,95 @@ fn engine_and_candle_graphs_find_the_same_faces() {
         files.len()
     );
 }
+
+/// A copy of `frame` (RGB) with the boxes filled grey, each grown by a fifth.
+fn without(frame: &Frame, boxes: &[&Detection]) -> Frame {
+    let (w, h) = (frame.width(), frame.height());
+    let mut rgb = frame.to_rgb8();
+    for d in boxes {
+        let [x1, y1, x2, y2] = d.bbox;
+        let (gx, gy) = ((x2 - x1) * 0.2, (y2 - y1) * 0.2);
+        let clip = |v: f32, max: usize| (v.max(0.0) as usize).min(max);
+        for y in clip(y1 - gy, h)..clip(y2 + gy, h) {
+            for x in clip(x1 - gx, w)..clip(x2 + gx, w) {
+                rgb[(y * w + x) * 3..][..3].fill(127);
+            }
+        }
+    }
+    Frame::new(w, h, PixelFormat::Rgb8, rgb).unwrap()
+}
+
+/// The follower's periodic detection in the background: a face that enters
+/// is found within a period and a few slices, no followed frame runs the
+/// whole detector, and a caller that never gives it time still gets the
+/// new faces (then on one frame, as without the background).
+#[test]
+fn the_follower_finds_entering_faces_in_the_background() {
+    let frame = Frame::open(faces_dir().join("2008_002506.jpg")).unwrap();
+    let pipeline = perception::Pipeline::new(
+        detector(40.0),
+        perception::Classifier::from_file(repo().join("assets/models/arch1_fer2013.safetensors"))
+            .unwrap(),
+        8,
+    );
+    let all = pipeline.detector().detect(&frame).unwrap();
+    assert!(all.len() >= 2, "{} faces", all.len());
+    let alone = without(&frame, &all.iter().skip(1).collect::<Vec<_>>());
+    assert_eq!(pipeline.detector().detect(&alone).unwrap().len(), 1);
+
+    // A detection job stepped to its end is `detect`, in several slices.
+    let det = pipeline.detector();
+    let mut job = det.start_detection(&frame).unwrap();
+    let mut slices = 1;
+    while !det.step_detection(&mut job).unwrap() {
+        slices += 1;
+    }
+    assert!(slices >= 2, "{slices} slice");
+    assert_eq!(job.take_result().unwrap(), all);
+
+    let every = 5;
+    for give_time in [true, false] {
+        let mut follower = perception::FaceFollower::new(perception::FollowConfig {
+            detect_every: every,
+            background_detection: true,
+        });
+        let mut found_at = None;
+        let mut full_detections = Vec::new();
+        for i in 0..40 {
+            let f = if i < 10 { &alone } else { &frame };
+            let (faces, ran) = follower.process(&pipeline, f).unwrap();
+            if ran {
+                full_detections.push(i);
+            }
+            if i < 10 {
+                assert_eq!(faces.faces.len(), 1, "frame {i}");
+            } else if found_at.is_none() && faces.faces.len() == all.len() {
+                found_at = Some(i);
+                for d in &all {
+                    assert!(
+                        faces.faces.iter().any(|g| g.detection.iou(&d.bbox) > 0.5),
+                        "{d:?} not followed"
+                    );
+                }
+            }
+            if give_time {
+                while follower.work(&pipeline).unwrap() {}
+            }
+        }
+        let found_at = found_at.expect("the entering faces were never found");
+        if give_time {
+            assert_eq!(full_detections, [0], "only the first frame detects");
+            assert!(
+                found_at <= 10 + every as usize + 1,
+                "found at frame {found_at}"
+            );
+        } else {
+            assert!(full_detections.len() > 1, "{full_detections:?}");
+            assert!(
+                found_at <= 10 + 2 * every as usize + 1,
+                "found at frame {found_at}"
+            );
+        }
+        assert!(!follower.has_work() || !give_time);
+    }
+}

@@ -35,8 +35,9 @@ pub struct InferenceFinished {
     pub full_detection: bool,
 }
 
-/// A running inference and the follower it took along.
-type Running = Task<(InferenceFinished, Option<FaceFollower>)>;
+/// A running task and the follower it took along: an inference (which
+/// gives a result) or a slice of background detection (which does not).
+type Running = Task<(Option<InferenceFinished>, Option<FaceFollower>)>;
 
 #[derive(Resource, Default)]
 struct InferenceState {
@@ -113,8 +114,10 @@ fn start_inference(
 ) {
     collect(&mut state, &mut finished);
     let now = time.elapsed_secs_f64();
-    if let (Some(latest), Some(pipeline)) = (&latest, &pipeline) {
-        start(&mut state, latest, pipeline, &settings, now);
+    if let (Some(latest), Some(pipeline)) = (&latest, &pipeline)
+        && !start(&mut state, latest, pipeline, &settings, now)
+    {
+        start_work(&mut state, pipeline);
     }
     // The camera decodes only the frames inference may take: the next one
     // is taken when the next slot opens (a frame that a newer one replaces
@@ -130,26 +133,10 @@ fn start_inference(
     demand.set_next_take(take);
 }
 
-/// Starts an inference on the newest frame when its slot is open and no
-/// inference is running.
-fn start(
-    state: &mut InferenceState,
-    latest: &LatestFrame,
-    pipeline: &EmotionPipeline,
-    settings: &EmotionSettings,
-    now: f64,
-) {
-    if state.task.is_some() || latest.seq == state.last_seq {
-        return;
-    }
-    let Some(next_due) = pace(state.next_due, now, settings.inference_hz) else {
-        return;
-    };
-    let (frame, pipeline) = (latest.frame.clone(), pipeline.0.clone());
-    let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
-    state.last_seq = seq;
-    state.next_due = Some(next_due);
-    let threads = settings.threads.max(1);
+/// The perception pool of the thread budget (made or remade when the budget
+/// changes); `None` if its threads cannot start (then the global pool runs).
+fn perception_pool(state: &mut InferenceState, threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    let threads = threads.max(1);
     if state.pool.as_ref().is_none_or(|(n, _)| *n != threads) {
         match rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -162,7 +149,47 @@ fn start(
             }
         }
     }
-    let pool = state.pool.as_ref().map(|(_, p)| p.clone());
+    state.pool.as_ref().map(|(_, p)| p.clone())
+}
+
+/// Between frames: one slice of the follower's background detection
+/// ([`FaceFollower::work`], a few milliseconds), when nothing else runs.
+fn start_work(state: &mut InferenceState, pipeline: &EmotionPipeline) {
+    if state.task.is_some() || !state.follower.as_ref().is_some_and(FaceFollower::has_work) {
+        return;
+    }
+    let (Some(mut follower), Some(pool)) = (state.follower.take(), state.pool.clone()) else {
+        return;
+    };
+    let pipeline = pipeline.0.clone();
+    state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
+        if let Err(e) = pool.1.install(|| follower.work(&pipeline)) {
+            warn!("background face detection failed: {e}");
+        }
+        (None, Some(follower))
+    }));
+}
+
+/// Starts an inference on the newest frame when its slot is open and no
+/// task is running; says whether it started one.
+fn start(
+    state: &mut InferenceState,
+    latest: &LatestFrame,
+    pipeline: &EmotionPipeline,
+    settings: &EmotionSettings,
+    now: f64,
+) -> bool {
+    if state.task.is_some() || latest.seq == state.last_seq {
+        return false;
+    }
+    let Some(next_due) = pace(state.next_due, now, settings.inference_hz) else {
+        return false;
+    };
+    let (frame, pipeline) = (latest.frame.clone(), pipeline.0.clone());
+    let (seq, time_s, captured) = (latest.seq, latest.time, latest.instant);
+    state.last_seq = seq;
+    state.next_due = Some(next_due);
+    let pool = perception_pool(state, settings.threads);
     // Following on: the follower travels with the task and comes back.
     let mut follower = match (&settings.follow, state.follower.take()) {
         (Some(cfg), Some(mut f)) => {
@@ -220,8 +247,9 @@ fn start(
             faces,
             full_detection,
         };
-        (result, follower)
+        (Some(result), follower)
     }));
+    true
 }
 
 /// Polls the running task; a finished one is written as a message. Runs
@@ -242,7 +270,9 @@ fn collect(state: &mut InferenceState, finished: &mut MessageWriter<InferenceFin
     if let Some((result, follower)) = check_ready(task) {
         state.task = None;
         state.follower = follower;
-        finished.write(result);
+        if let Some(result) = result {
+            finished.write(result);
+        }
     }
 }
 

@@ -50,6 +50,11 @@ pub struct BenchPipelineArgs {
     /// many frames.
     #[arg(long, default_value_t = 15)]
     detect_every: u32,
+    /// Video mode: run the periodic detection on the due frame itself
+    /// instead of in slices between frames (`FollowConfig::background_detection`
+    /// off), for comparison.
+    #[arg(long)]
+    sync_detection: bool,
 }
 
 /// Frame `i` of the benchmark video: `base` moved by a smooth pan (up to
@@ -98,8 +103,10 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         .collect::<Result<Vec<_>>>()?;
     let mut follower = FaceFollower::new(FollowConfig {
         detect_every: args.detect_every,
+        background_detection: !args.sync_detection,
     });
     let (mut full_t, mut tracked_t, mut detector_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut latency_t, mut slice_t) = (Vec::new(), Vec::new());
     let (mut ious, mut landmark_px) = (Vec::new(), Vec::new());
     let mut faces = 0;
     for frame in &frames {
@@ -108,7 +115,16 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         let t1 = Instant::now();
         let (followed, ran_detector) = follower.process(pipeline, frame)?;
         let t2 = Instant::now();
+        // The idle time before the next frame: one slice of a background
+        // detection, as the plugin runs it.
+        let sliced = follower.has_work();
+        follower.work(pipeline)?;
+        let t3 = Instant::now();
         full_t.push(t1 - t0);
+        latency_t.push(t2 - t1);
+        if sliced {
+            slice_t.push(t3 - t2);
+        }
         if ran_detector {
             detector_t.push(t2 - t1);
         } else {
@@ -158,9 +174,26 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         "landmarks against per-frame detection: mean {:.2} px",
         mean(&landmark_px)
     ));
+    let busy = detector_t.len() + slice_t.len();
+    let slice_ms = median(&mut slice_t.clone());
+    let slice_max = slice_t
+        .iter()
+        .max()
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    let p95_ms = percentile_ms(&mut latency_t, 0.95);
+    let base_p95 = percentile_ms(&mut full_t.clone(), 0.95);
+    line(format!(
+        "frame latency (faces out) p95_ms: {p95_ms:.2} (baseline {base_p95:.2}); detection {}: {} slices between frames, median_ms {slice_ms:.2} max_ms {slice_max:.2}",
+        if args.sync_detection {
+            "on the due frame"
+        } else {
+            "in the background"
+        },
+        slice_t.len(),
+    ));
     line(format!(
         "video 640x480 faces: {faces} tracked median_ms: {tracked_ms:.2} detect median_ms: {detect_ms:.2} detector_share: {:.3} mean_iou: {:.3}",
-        detector_t.len() as f64 / args.frames as f64,
+        busy as f64 / args.frames as f64,
         mean(&ious)
     ));
     Ok(())
@@ -189,6 +222,16 @@ fn bench_frame(src: &Frame) -> Result<Frame> {
         }
     }
     Ok(Frame::new(W, H, PixelFormat::Rgb8, out)?)
+}
+
+/// The `q` quantile (nearest rank) in milliseconds.
+fn percentile_ms(v: &mut [Duration], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    let k = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[k].as_secs_f64() * 1e3
 }
 
 fn median_ms(v: &mut [Duration]) -> f64 {

@@ -1419,28 +1419,6 @@ training time per dataset: ARCH-1 0.841 h, ARCH-3 1.013 h, ARCH-4 2.633 h \
 (Titan V).
 ";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mean_std_matches_hand_values() {
-        assert_eq!(mean_std(&[]), None);
-        assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
-        let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
-        assert!((m - 0.7).abs() < 1e-12);
-        assert!((s - 0.141_421_356).abs() < 1e-6);
-    }
-
-    #[test]
-    fn slugs_and_names() {
-        assert_eq!(file_stem("arch1_ck+/x"), "arch1_ck__x");
-        assert_eq!(arch_label(Arch::Arch3), "ARCH-3");
-        assert_eq!(paper_cell(Arch::Arch2, "CK+"), "figure only");
-        assert!(paper_cell(Arch::Arch1, "CK+").starts_with("99.4%"));
-    }
-}
-
 /// What a run's recipe adds to its preset, for the table's recipe column:
 /// fine-tuning, distillation and random erasing.
 fn recipe_extras(cfg: &TrainConfig) -> String {
@@ -1467,4 +1445,26 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
         let _ = write!(out, ", random erasing {p}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_matches_hand_values() {
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
+        let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
+        assert!((m - 0.7).abs() < 1e-12);
+        assert!((s - 0.141_421_356).abs() < 1e-6);
+    }
+
+    #[test]
+    fn slugs_and_names() {
+        assert_eq!(file_stem("arch1_ck+/x"), "arch1_ck__x");
+        assert_eq!(arch_label(Arch::Arch3), "ARCH-3");
+        assert_eq!(paper_cell(Arch::Arch2, "CK+"), "figure only");
+        assert!(paper_cell(Arch::Arch1, "CK+").starts_with("99.4%"));
+    }
 }
