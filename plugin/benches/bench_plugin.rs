@@ -6,6 +6,8 @@
 //! ```
 //!
 //! `INFERENCE_HZ` is `EmotionSettings::inference_hz` (default: the camera's rate).
+//! `--sync-detection` runs the follower's periodic detection on the due
+//! frame instead of in slices between frames (`FollowConfig::background_detection`).
 //!
 //! A headless app is paced at `UPDATE_HZ` updates per second (default 30) and
 //! a photo (default: the shipped astronaut portrait) is pushed as a new frame
@@ -83,6 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         camera_fps: rate().unwrap_or(30.0),
     };
     let inference_hz = rate().unwrap_or(pace.camera_fps);
+    let background_detection = !std::env::args().any(|a| a == "--sync-detection");
     let frame = Frame::open(&photo)?;
     let models = perception::assets_dir().join("models");
     let pipeline = Pipeline::from_files(
@@ -102,6 +105,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             settings: EmotionSettings {
                 source: SourceKind::Pushed,
                 inference_hz: inference_hz as f32,
+                follow: Some(perception::FollowConfig {
+                    background_detection,
+                    ..default()
+                }),
                 ..default()
             },
             models: ModelSource::Preloaded(std::sync::Arc::new(pipeline)),
@@ -111,13 +118,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let processed = app.world().resource::<EmotionStats>().frames_processed;
     let (b, w) = (median(&mut base), median(&mut with));
     println!(
-        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps, inference_hz {inference_hz}",
+        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps, inference_hz {inference_hz}, periodic detection {}",
         photo.display(),
         frame.width(),
         frame.height(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         pace.update_hz,
-        pace.camera_fps
+        pace.camera_fps,
+        if background_detection {
+            "in the background"
+        } else {
+            "on the due frame"
+        }
     );
     println!(
         "main thread: update median {b:.3} ms without the plugin, {w:.3} ms with it: +{:.3} ms",
