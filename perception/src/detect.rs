@@ -314,6 +314,67 @@ impl Planes {
     }
 }
 
+/// PyTorch's `interpolate(mode="area")` of the frame region
+/// `x0..x1, y0..y1` to `side x side`, normalised to `(v - 127.5) / 128`, into
+/// `out` (`3 x side x side`): what [`Planes::resize_into`] gives on the
+/// region's tables, bit for bit (the block sums are exact integers either
+/// way), without building the tables. Each pixel of the region is read once
+/// into per-column-block sums, which are then summed over row blocks: for a
+/// few crops of a large frame, far less work than the tables.
+fn area_crop(
+    frame: &Frame,
+    (x0, y0, x1, y1): (usize, usize, usize, usize),
+    side: usize,
+    out: &mut [f32],
+) {
+    let (rw, rh) = (x1 - x0, y1 - y0);
+    let ch = frame.format().channels();
+    let fw = frame.width();
+    let bytes = frame.data();
+    let block = |k: usize, n: usize| ((k * n) / side, ((k + 1) * n).div_ceil(side));
+    let cols: Vec<(usize, usize)> = (0..side).map(|j| block(j, rw)).collect();
+    // Row `y` of the region: for each column block and channel, its sum.
+    let mut colsum = vec![0u32; rh * side * 3];
+    for (y, sums) in colsum.chunks_exact_mut(side * 3).enumerate() {
+        let row = &bytes[((y0 + y) * fw + x0) * ch..][..rw * ch];
+        for (j, &(a, b)) in cols.iter().enumerate() {
+            let mut acc = [0u32; 3];
+            for px in row[a * ch..b * ch].chunks_exact(ch) {
+                if ch == 1 {
+                    acc[0] += u32::from(px[0]);
+                } else {
+                    acc[0] += u32::from(px[0]);
+                    acc[1] += u32::from(px[1]);
+                    acc[2] += u32::from(px[2]);
+                }
+            }
+            if ch == 1 {
+                acc = [acc[0]; 3];
+            }
+            sums[j * 3..j * 3 + 3].copy_from_slice(&acc);
+        }
+    }
+    let mut acc = vec![0u32; side * 3];
+    for i in 0..side {
+        let (s, e) = block(i, rh);
+        acc.fill(0);
+        for sums in colsum[s * side * 3..e * side * 3].chunks_exact(side * 3) {
+            for (a, v) in acc.iter_mut().zip(sums) {
+                *a += v;
+            }
+        }
+        let kh = (e - s) as f32;
+        for (j, &(a, b)) in cols.iter().enumerate() {
+            let kw = (b - a) as f32;
+            for c in 0..3 {
+                // PyTorch: sum / kh / kw, in this order.
+                out[(c * side + i) * side + j] =
+                    (acc[j * 3 + c] as f32 / kh / kw - 127.5) * 0.0078125;
+            }
+        }
+    }
+}
+
 impl Detector {
     /// Wraps loaded networks.
     pub fn new(nets: Mtcnn, config: DetectorConfig) -> Result<Self, PerceptionError> {
@@ -528,7 +589,7 @@ impl Detector {
     /// frame's) with the refinement stage alone: each box, squared, is one
     /// O-Net candidate, which gives the new box, score and five landmarks.
     /// No pyramid, no P-Net or R-Net: the cost is one 48x48 O-Net pass per
-    /// face plus the summed-area tables of the region the boxes cover. A
+    /// face plus one read of the pixels under each box. A
     /// face whose score falls to O-Net's threshold or below is not returned
     /// (hand it back to [`Detector::detect`]). Largest first, as `detect`.
     pub fn refine(
@@ -537,56 +598,29 @@ impl Detector {
         previous: &[Detection],
     ) -> Result<Vec<Detection>, PerceptionError> {
         let (fw, fh) = (frame.width(), frame.height());
-        let cands: Vec<Cand> = previous
+        // Each candidate with the frame region its crop reads (clipped as
+        // `pad` clips it); boxes wholly outside the frame are dropped.
+        let (cands, regions): (Vec<Cand>, Vec<_>) = previous
             .iter()
             .filter(|d| d.bbox.iter().all(|v| v.is_finite()))
-            .map(|d| {
-                rerec(Cand {
+            .filter_map(|d| {
+                let c = rerec(Cand {
                     b: d.bbox,
                     score: d.score,
                     reg: [0.0; 4],
-                })
+                });
+                pad(&c.b, fw, fh).map(|r| (c, r))
             })
-            .filter(|c| pad(&c.b, fw, fh).is_some())
-            .collect();
+            .unzip();
         if cands.is_empty() {
             return Ok(Vec::new());
         }
-        // The region the candidates' crops read (as `pad` clips them), so
-        // that the crops equal those of the whole frame.
-        let (mut x0, mut y0, mut x1, mut y1) = (fw, fh, 0, 0);
-        for c in &cands {
-            if let Some((a, b, e, f)) = pad(&c.b, fw, fh) {
-                (x0, y0, x1, y1) = (x0.min(a), y0.min(b), x1.max(e), y1.max(f));
-            }
+        const CROP: usize = 3 * 48 * 48;
+        let mut data = vec![0f32; cands.len() * CROP];
+        for (region, out) in regions.into_iter().zip(data.chunks_exact_mut(CROP)) {
+            area_crop(frame, region, 48, out);
         }
-        if x1 <= x0 || y1 <= y0 || x1 > fw || y1 > fh {
-            return Ok(Vec::new());
-        }
-        let (ox, oy) = (x0 as f32, y0 as f32);
-        let shifted = cands
-            .into_iter()
-            .map(|mut c| {
-                c.b = [c.b[0] - ox, c.b[1] - oy, c.b[2] - ox, c.b[3] - oy];
-                c
-            })
-            .collect();
-        let mut dets = self.stage3(
-            &Planes::from_region(frame, (x0, y0, x1 - x0, y1 - y0)),
-            shifted,
-            self.config.thresholds[2],
-        )?;
-        for d in &mut dets {
-            d.bbox = [
-                d.bbox[0] + ox,
-                d.bbox[1] + oy,
-                d.bbox[2] + ox,
-                d.bbox[3] + oy,
-            ];
-            for p in &mut d.landmarks {
-                *p = [p[0] + ox, p[1] + oy];
-            }
-        }
+        let mut dets = self.onet(cands, data, self.config.thresholds[2])?;
         dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
         Ok(dets)
     }
@@ -715,6 +749,17 @@ impl Detector {
         threshold: f32,
     ) -> Result<Vec<Detection>, PerceptionError> {
         let (cands, data) = self.crops(img, cands, 48);
+        self.onet(cands, data, threshold)
+    }
+
+    /// O-Net on the 48x48 crops `data` of `cands`: the faces above
+    /// `threshold`, after NMS.
+    fn onet(
+        &self,
+        cands: Vec<Cand>,
+        data: Vec<f32>,
+        threshold: f32,
+    ) -> Result<Vec<Detection>, PerceptionError> {
         if cands.is_empty() {
             return Ok(Vec::new());
         }
@@ -921,6 +966,36 @@ mod tests {
         img.resize_into((0, 0, 5, 1), 2, 10, false, &mut up);
         assert_eq!(&up[..10], &[0., 0., 10., 10., 20., 20., 30., 30., 40., 40.]);
         assert_eq!(&up[10..20], &up[..10]);
+    }
+
+    #[test]
+    fn direct_crops_equal_the_tables_bit_for_bit() {
+        let mut state = 7u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state >> 8
+        };
+        for format in [PixelFormat::Rgb8, PixelFormat::Rgba8, PixelFormat::Gray8] {
+            let (w, h) = (173, 129);
+            let data = (0..w * h * format.channels())
+                .map(|_| next() as u8)
+                .collect();
+            let frame = Frame::new(w, h, format, data).unwrap();
+            let tables = Planes::from_frame(&frame);
+            for region in [
+                (0, 0, w, h),
+                (5, 7, 17, 30),
+                (100, 2, 173, 129),
+                (40, 40, 41, 41),
+            ] {
+                for side in [48, 24] {
+                    let (mut a, mut b) = (vec![0f32; 3 * side * side], vec![0f32; 3 * side * side]);
+                    area_crop(&frame, region, side, &mut a);
+                    tables.resize_into(region, side, side, true, &mut b);
+                    assert_eq!(a, b, "{format:?} {region:?} {side}");
+                }
+            }
+        }
     }
 
     fn golden() -> serde_json::Value {

@@ -107,9 +107,27 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
     });
     let (mut full_t, mut tracked_t, mut detector_t) = (Vec::new(), Vec::new(), Vec::new());
     let (mut latency_t, mut slice_t) = (Vec::new(), Vec::new());
+    // The tracked path's parts, timed again on their own.
+    let (mut refine_t, mut align_t, mut classify_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut previous: Vec<perception::Detection> = Vec::new();
     let (mut ious, mut landmark_px) = (Vec::new(), Vec::new());
     let mut faces = 0;
     for frame in &frames {
+        if !previous.is_empty() {
+            let r0 = Instant::now();
+            let refined = pipeline.detector().refine(frame, &previous)?;
+            let r1 = Instant::now();
+            let crops = refined
+                .iter()
+                .map(|d| face_crop(frame, &d.landmarks))
+                .collect::<Result<Vec<_>, _>>()?;
+            let r2 = Instant::now();
+            std::hint::black_box(pipeline.classifier().classify(&crops)?);
+            let r3 = Instant::now();
+            refine_t.push(r1 - r0);
+            align_t.push(r2 - r1);
+            classify_t.push(r3 - r2);
+        }
         let t0 = Instant::now();
         let full = pipeline.process_all(frame)?;
         let t1 = Instant::now();
@@ -130,6 +148,7 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         } else {
             tracked_t.push(t2 - t1);
         }
+        previous = followed.faces.iter().map(|f| f.detection.clone()).collect();
         faces = faces.max(full.faces.len());
         for f in &full.faces {
             let Some(g) = followed.faces.iter().max_by(|a, b| {
@@ -173,6 +192,12 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
     line(format!(
         "landmarks against per-frame detection: mean {:.2} px",
         mean(&landmark_px)
+    ));
+    line(format!(
+        "tracked path parts (timed apart) median_ms: refine {:.3}, align {:.3}, classify {:.3}",
+        median(&mut refine_t),
+        median(&mut align_t),
+        median(&mut classify_t)
     ));
     let busy = detector_t.len() + slice_t.len();
     let slice_ms = median(&mut slice_t.clone());
