@@ -194,6 +194,10 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         mean(&landmark_px)
     ));
     line(format!(
+        "per-frame detection's own landmark jitter: {:.2} px mean when the frame shifts by 1-3 px (the reference above is this noisy)",
+        detector_jitter(pipeline, &frames[0])?
+    ));
+    line(format!(
         "tracked path parts (timed apart) median_ms: refine {:.3}, align {:.3}, classify {:.3}",
         median(&mut refine_t),
         median(&mut align_t),
@@ -222,6 +226,39 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         mean(&ious)
     ));
     Ok(())
+}
+
+/// How far per-frame detection's landmarks of the largest face move (mean
+/// over the five points, after undoing the shift) when the frame is cropped
+/// by every offset of 0-3 pixels in x and y: the detector's own noise.
+fn detector_jitter(pipeline: &Pipeline, frame: &Frame) -> Result<f32> {
+    let detector = pipeline.detector();
+    let base = detector.detect(frame)?;
+    let first = base.first().context("no face in the first video frame")?;
+    let mut errs = Vec::new();
+    for dx in 0..4 {
+        for dy in 0..4 {
+            if dx + dy == 0 {
+                continue;
+            }
+            let shifted = frame.crop(dx, dy, frame.width() - 3, frame.height() - 3)?;
+            let Some(d) = detector
+                .detect(&shifted)?
+                .into_iter()
+                .max_by(|a, b| a.iou(&first.bbox).total_cmp(&b.iou(&first.bbox)))
+            else {
+                continue;
+            };
+            let e = d
+                .landmarks
+                .iter()
+                .zip(&first.landmarks)
+                .map(|(a, b)| (a[0] + dx as f32 - b[0]).hypot(a[1] + dy as f32 - b[1]))
+                .sum::<f32>();
+            errs.push(e / 5.0);
+        }
+    }
+    Ok(errs.iter().sum::<f32>() / errs.len().max(1) as f32)
 }
 
 /// The 640x480 letterboxed frame of `tools/mtcnn_bench_frame.json`.
