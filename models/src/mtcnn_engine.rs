@@ -4,16 +4,20 @@
 //! output heads stacked into one product, and every buffer in a
 //! [`MtcnnScratch`] reused across calls, pyramid levels and frames.
 //!
-//! The direct 3x3 kernels of [`kernels::direct`] were tried for the unpadded
-//! convolutions (an `h x w` input is the bordered plane of an
-//! `(h - 2) x (w - 2)` image) and lost to im2col + GEMM at every MTCNN layer:
-//! few input channels (3, 10, 16) and output counts that are not whole
-//! kernel blocks. `examples/mtcnn_ab.rs` times the engine against the graphs.
+//! The 3x3 layers whose channel counts are whole blocks of 16 (P-Net's
+//! third, O-Net's second and third: most of their multiplies) run as
+//! Winograd F(2x2, 3x3) ([`kernels::winograd`]) on the whole plane, keeping
+//! the interior: an unpadded convolution is the interior of the padded one.
+//! The direct 3x3 kernels of [`kernels::direct`] were tried for the other
+//! layers and lost to im2col + GEMM: few input channels (3, 10, 28) and
+//! output counts that are not whole kernel blocks. `examples/mtcnn_ab.rs`
+//! times the engine against the graphs.
 //!
 //! Outputs equal the candle graphs' to 1e-4 (tested below and in
 //! `perception`'s detector tests).
 
 use kernels::slice::{self, ConvGeom, Mat};
+use kernels::winograd::{self, Winograd};
 
 use crate::WeightsError;
 use crate::mtcnn::{Mtcnn, pool_planes, pooled_len, prelu_in_place};
@@ -29,6 +33,9 @@ fn values(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 struct Conv {
     /// `(o, c * k * k)` row-major, for im2col + GEMM.
     w: Vec<f32>,
+    /// 3x3 layers whose channel counts are whole Winograd blocks: the
+    /// weights in Winograd's domain (see [`Conv::run`]).
+    wino: Option<Winograd>,
     b: Vec<f32>,
     /// PReLU slopes, one per output channel.
     alpha: Option<Vec<f32>>,
@@ -41,7 +48,13 @@ impl Conv {
     fn new(conv: &crate::mtcnn::Conv, prelu: Option<&crate::mtcnn::PRelu>) -> Result<Self> {
         let (o, c, k, _) = conv.w.dims4()?;
         let w = values(&conv.w)?;
+        let wino = if k == 3 {
+            Winograd::new(&w, o, c)
+        } else {
+            None
+        };
         Ok(Self {
+            wino,
             w,
             b: values(&conv.b)?,
             alpha: prelu.map(|p| values(&p.a)).transpose()?,
@@ -70,6 +83,28 @@ impl Conv {
             pad: 0,
         };
         let hw = ho * wo;
+        if let Some(u) = &self.wino {
+            // The unpadded output is the interior of the zero-padded one:
+            // Winograd F(2x2, 3x3) on the whole plane, then its inner rows
+            // and columns (2.25x fewer multiplies than the direct form, for
+            // (h * w) / (ho * wo) more outputs).
+            grow(&mut s.col, self.o * h * w);
+            let same = &mut s.col[..self.o * h * w];
+            let tiles = winograd::Tiles { h, w };
+            winograd::conv_planes(x, u, Some(&self.b), false, tiles, &mut s.wino, same);
+            let y = &mut y[..self.o * hw];
+            for (plane, out) in same.chunks_exact(h * w).zip(y.chunks_exact_mut(hw)) {
+                for (row, dst) in plane.chunks_exact(w).skip(1).zip(out.chunks_exact_mut(wo)) {
+                    dst.copy_from_slice(&row[1..=wo]);
+                }
+            }
+            if let Some(alpha) = &self.alpha {
+                for (row, &a) in y.chunks_exact_mut(hw).zip(alpha) {
+                    prelu_in_place(row, a);
+                }
+            }
+            return (ho, wo);
+        }
         let src: &[f32] = if g.is_pointwise() {
             &x[..self.c * hw]
         } else {
@@ -176,6 +211,8 @@ fn flatten_whc(x: &[f32], (c, h, w): (usize, usize, usize), out: &mut [f32]) {
 struct Buffers {
     col: Vec<f32>,
     hmax: Vec<f32>,
+    /// Winograd's blocked planes and transformed input.
+    wino: Vec<f32>,
 }
 
 /// Every buffer the engine needs, grown on first use and reused: keep one per
@@ -263,6 +300,8 @@ fn stack_conv(parts: &[&crate::mtcnn::Conv]) -> Result<Conv> {
         out.b.extend_from_slice(&next.b);
         out.o += next.o;
     }
+    // The stacked weights are GEMM's only.
+    out.wino = None;
     Ok(out)
 }
 
