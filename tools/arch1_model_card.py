@@ -10,7 +10,13 @@ figures and confusion matrix from the output of
 
 Usage:
 
-    python3 tools/arch1_model_card.py --run runs/arch1_fer2013 --eval eval.txt [--interim]
+    python3 tools/arch1_model_card.py --run runs/arch1_fer2013 --eval eval.txt [--interim] \
+        [--tta flip=eval_flip.txt --tta flip-shift=eval_flip_shift.txt] \
+        [--teacher-run runs/arch1_fer2013 --teacher-commit REV]
+
+A run that was fine-tuned (`--init`) and distilled (`--teacher`) from an earlier model names
+that model's run with --teacher-run (its wall time is added, its recipe is the first step of
+the reproduction) and the commit whose `assets/models/arch1_fer2013.safetensors` it was.
 """
 import argparse
 import json
@@ -26,23 +32,91 @@ def main():
     ap.add_argument("--eval", required=True)
     ap.add_argument("--interim", action="store_true", help="the run is still going")
     ap.add_argument("--out", default=os.path.join(REPO, "assets", "models", "arch1_fer2013.md"))
+    ap.add_argument("--tta", action="append", default=[], help="NAME=evaluate output with --tta NAME")
+    ap.add_argument("--teacher-run", help="the run of the model this one started from and distilled")
+    ap.add_argument("--teacher-commit", help="the commit that shipped that model")
     args = ap.parse_args()
+
+    def accuracy_of(text):
+        m = re.search(r"^accuracy: (\d\.\d+) \((\d+)/(\d+)\)$", text, re.M)
+        assert m, "no accuracy line in an evaluate output"
+        return m
 
     cfg = json.load(open(os.path.join(args.run, "config.json")))
     state = json.load(open(os.path.join(args.run, "state.json")))
     metrics = [json.loads(l) for l in open(os.path.join(args.run, "metrics.jsonl")) if l.strip()]
     ev = open(args.eval).read()
-    acc = re.search(r"^accuracy: (\d\.\d+) \((\d+)/(\d+)\)$", ev, re.M)
-    assert acc, "no accuracy line in the evaluate output"
+    acc = accuracy_of(ev)
     table_start = ev.index("class ")
     per_class = ev[table_start:ev.index("\n\n", table_start)]
     conf_start = ev.index("truth\\pred")
     confusion = ev[conf_start:ev.index("accuracy:", conf_start)].rstrip()
     hours = sum(m["seconds"] for m in metrics) / 3600
-    best = max(metrics, key=lambda m: m["val_accuracy"])
     a = cfg["adam"]
     s = cfg["schedule"]
     aug = cfg["augment"]
+    run_name = os.path.relpath(os.path.abspath(args.run), REPO)
+    tta_rows = ""
+    for item in args.tta:
+        name, path = item.split("=", 1)
+        t = accuracy_of(open(path).read())
+        tta_rows += f"| PublicTest, `--tta {name}` | {float(t.group(1)):.4f} ({t.group(2)}/{t.group(3)}) |\n"
+    init, distill = cfg.get("init"), cfg.get("distill")
+    teacher_note, teacher_steps, wall = "", "", f"{hours:.1f} h for {len(metrics)} epochs (sum of the `seconds` column of `metrics.jsonl`)"
+    if args.teacher_run:
+        tcfg = json.load(open(os.path.join(args.teacher_run, "config.json")))
+        tmetrics = [json.loads(l) for l in open(os.path.join(args.teacher_run, "metrics.jsonl")) if l.strip()]
+        thours = sum(m["seconds"] for m in tmetrics) / 3600
+        tname = os.path.relpath(os.path.abspath(args.teacher_run), REPO)
+        tbest = max(tmetrics, key=lambda m: m["val_accuracy"])
+        wall = (f"{hours:.1f} h for this run's {len(metrics)} epochs, after {thours:.1f} h for the "
+                f"{len(tmetrics)} epochs of the model it started from (`{tname}`)")
+        teacher_note = (
+            f"\nThe run started from, and distilled, the model shipped before it (commit "
+            f"`{args.teacher_commit or '?'}`: the best epoch, {tbest['epoch']}, of `{tname}`, "
+            f"{tbest['val_accuracy']:.4f} on PublicTest, trained with `--preset {tcfg['preset']}` for "
+            f"{tcfg['epochs']} epochs): the same network, so this is self-distillation (\"born-again\" "
+            "networks, Furlanello et al. 2018) on a second cosine cycle.\n"
+        )
+        teacher_steps = f"""# 1. the model it starts from ({tcfg['epochs']} epochs of --preset {tcfg['preset']})
+cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} \\
+  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {tname}
+# 2. this run, from and distilled by step 1's best weights
+"""
+    extra = []
+    if init:
+        extra.append(f"- started from trained weights (`--init`, {os.path.basename(init)})")
+    if distill:
+        extra.append(
+            f"- knowledge distillation (`--teacher`): loss = {1 - distill['alpha']:g} x cross-entropy + "
+            f"{distill['alpha']:g} x T^2 KL(teacher || student) at temperature T = {distill['temperature']:g}, "
+            "the teacher seeing the same augmented batch"
+        )
+    if aug.get("random_erasing", 0) > 0:
+        extra.append(
+            f"- random erasing with probability {aug['random_erasing']} (a rectangle of 2-33% of the face "
+            "filled with one random grey level)"
+        )
+    extra_lines = "".join(l + "\n" for l in extra)
+    flags = []
+    if init:
+        flags.append("--init TEACHER")
+    if distill:
+        flags.append("--teacher TEACHER")
+        if distill["alpha"] != 0.5:
+            flags.append(f"--distill-alpha {distill['alpha']:g}")
+        if distill["temperature"] != 4.0:
+            flags.append(f"--distill-temperature {distill['temperature']:g}")
+    if aug.get("random_erasing", 0) > 0:
+        flags.append(f"--random-erasing {aug['random_erasing']:g}")
+    if cfg["lr"] != 2e-3:
+        flags.append(f"--lr {cfg['lr']:g}")
+    if cfg["epochs"] != 60:
+        flags.append(f"--epochs {cfg['epochs']}")
+    flag_text = (" \\\n  " + " ".join(flags)) if flags else ""
+    if args.teacher_run:
+        flag_text = flag_text.replace("TEACHER", f"{tname}/best.safetensors")
+    best = max(metrics, key=lambda m: m["val_accuracy"])
     status = (
         f"**Status: interim.** The run is still in progress ({state['epochs_done']} of "
         f"{cfg['epochs']} epochs); these are its best weights so far. The file and this card are "
@@ -57,21 +131,21 @@ def main():
 | network | ARCH-1 of Chowanda 2021 (Table 1: separable convolutions + residual, global average pooling), 293,951 parameters, exactly `models::Arch1` |
 | input | 48x48 gray face, pixel / 255, framed like FER2013's faces (`perception::align`) |
 | output | 7 classes, FER2013 order: angry, disgust, fear, happy, sad, surprise, neutral |
-| trained by | this project's `training train`, run directory `runs/arch1_fer2013/` (`config.json`, `metrics.jsonl` committed) |
+| trained by | this project's `training train`, run directory `{run_name}/` (`config.json`, `metrics.jsonl` committed) |
 | data | FER2013 `Training` (28,709 faces) from `../shared/data/fer2013/fer2013.csv.gz`; model selection on `PublicTest` (3,589) only; `PrivateTest` never used |
 | selected epoch | {state['best_epoch']} (best `PublicTest` accuracy; metrics.jsonl says {best['val_accuracy']:.4f} at epoch {best['epoch']}) |
 | PublicTest accuracy | **{float(acc.group(1)):.4f}** ({acc.group(2)}/{acc.group(3)}), single crop, no test-time augmentation |
-| machine | 2-core x86-64 CPU (AVX2), no GPU, shared with development work during the run |
-| wall time | {hours:.1f} h for {len(metrics)} epochs (sum of the `seconds` column of `metrics.jsonl`) |
+{tta_rows}| machine | 2-core x86-64 CPU (AVX2), no GPU, shared with development work during the run |
+| wall time | {wall} |
 
-## Recipe (`--preset {cfg['preset']}`, every value in `runs/arch1_fer2013/config.json`)
+## Recipe (`--preset {cfg['preset']}` and the options below, every value in `{run_name}/config.json`)
 
 - Adam with decoupled weight decay {a['weight_decay']} (L2 {a['l2']}), beta1 {a['beta1']}, beta2 {a['beta2']}, eps {a['eps']}; batch {cfg['batch_size']}
 - learning rate {cfg['lr']}, schedule `{s['kind']}` with {s.get('warmup_epochs', 0)} warm-up epochs down to {s.get('min_lr', 0)} over {cfg['epochs']} epochs
 - cross-entropy with label smoothing {cfg['label_smoothing']}
 - augmentation as in the paper: rotation up to {aug['rotation_deg']} degrees, width shift {aug['width_shift']}, height shift {aug['height_shift']}, zoom {aug['zoom']}, horizontal flip {str(aug['horizontal_flip']).lower()}; seed {cfg['seed']}
 - BatchNorm as Keras (eps {cfg['model']['bn']['eps']}, momentum {cfg['model']['bn']['momentum']})
-
+{extra_lines}{teacher_note}
 Why not the paper's literal recipe (`--preset paper`: Adam 0.01, L2 0.2, batch 256): on
 FER2013 its L2 of 0.2 collapses training (about 42%, see issue 5). Decoupled weight decay,
 a cosine schedule and label smoothing train the same network without that collapse on CPU.
@@ -91,12 +165,12 @@ a cosine schedule and label smoothing train the same network without that collap
 ## Reproduce
 
 ```
-cargo run --release -p training -- train --arch arch1 --preset {cfg['preset']} \\
-  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir runs/arch1_fer2013
+{teacher_steps}cargo run --release -p training -- train --arch arch1 --preset {cfg['preset']} \\
+  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {run_name}{flag_text}
 # continue after an interruption:
-cargo run --release -p training -- train --run-dir runs/arch1_fer2013 \\
+cargo run --release -p training -- train --run-dir {run_name} \\
   --data ../shared/data/fer2013/fer2013.csv.gz --resume
-cp runs/arch1_fer2013/best.safetensors assets/models/arch1_fer2013.safetensors
+cp {run_name}/best.safetensors assets/models/arch1_fer2013.safetensors
 # check the number above:
 cargo run --release -p training -- evaluate --model assets/models/arch1_fer2013.safetensors \\
   --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
