@@ -24,13 +24,21 @@ fn config(data: &Path, epochs: usize) -> TrainConfig {
     cfg
 }
 
-fn run(cfg: TrainConfig, dir: &Path, resume: bool) -> training::train::RunSummary {
+fn try_run(
+    cfg: TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> anyhow::Result<training::train::RunSummary> {
     let opts = RunOptions {
         run_dir: dir.to_owned(),
         resume,
         progress: false,
     };
-    train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap()
+    train(cfg, &opts, Arc::new(AtomicBool::new(false)))
+}
+
+fn run(cfg: TrainConfig, dir: &Path, resume: bool) -> training::train::RunSummary {
+    try_run(cfg, dir, resume).unwrap()
 }
 
 #[test]
@@ -46,12 +54,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let parts = tmp.path().join("parts");
     run(config(&csv, 1), &parts, false);
     // A second start without --resume must refuse to overwrite the run.
-    let opts = RunOptions {
-        run_dir: parts.clone(),
-        resume: false,
-        progress: false,
-    };
-    let err = train(config(&csv, 1), &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+    let err = try_run(config(&csv, 1), &parts, false).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     let r = run(config(&csv, 3), &parts, true);
     assert_eq!(r.state.epochs_done, 3);
@@ -161,12 +164,7 @@ fn resume_repairs_what_a_kill_left_and_one_process_holds_a_run() {
     // A second process on the same run is refused while the first holds it.
     let lock = std::fs::File::open(dir.join(".lock")).unwrap();
     lock.try_lock().unwrap();
-    let opts = RunOptions {
-        run_dir: dir.clone(),
-        resume: true,
-        progress: false,
-    };
-    let err = train(config(&csv, 3), &opts, Arc::new(AtomicBool::new(false)))
+    let err = try_run(config(&csv, 3), &dir, true)
         .unwrap_err()
         .to_string();
     assert!(err.contains("another `training train`"), "{err}");
@@ -258,12 +256,7 @@ fn init_starts_from_trained_weights() {
     );
     cfg.epochs = 1;
     cfg.init = Some(first.join("last.safetensors"));
-    let opts = RunOptions {
-        run_dir: tmp.path().join("wrong"),
-        resume: false,
-        progress: false,
-    };
-    let err = train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+    let err = try_run(cfg, &tmp.path().join("wrong"), false).unwrap_err();
     assert!(format!("{err:#}").contains("--init"), "{err:#}");
 }
 
@@ -322,12 +315,7 @@ fn distillation_learns_from_the_teacher_and_checks_it() {
             alpha: 0.5,
             temperature: 4.0,
         });
-        let opts = RunOptions {
-            run_dir: tmp.path().join(dir),
-            resume: false,
-            progress: false,
-        };
-        let err = train(cfg, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+        let err = try_run(cfg, &tmp.path().join(dir), false).unwrap_err();
         format!("{err:#}")
     };
     let err = refused(&tmp.path().join("absent.safetensors"), "absent");
