@@ -178,6 +178,8 @@ pub struct DetectionJob {
     scales: Vec<f64>,
     next_level: usize,
     found: Vec<Cand>,
+    /// R-Net's candidates, once it has run.
+    rnet_passed: Option<Vec<Cand>>,
     result: Option<Vec<Detection>>,
 }
 
@@ -533,6 +535,7 @@ impl Detector {
             scales,
             next_level: 0,
             found: Vec::new(),
+            rnet_passed: None,
             result: None,
         })
     }
@@ -540,8 +543,8 @@ impl Detector {
     /// Carries `job` one slice further and says whether it is finished (then
     /// [`DetectionJob::take_result`] has the faces). A slice is either
     /// P-Net on pyramid levels worth about as many pixels as the largest
-    /// level, or, once the pyramid is done, R-Net and O-Net on its
-    /// candidates: a 640x480 frame takes three slices.
+    /// level, or, once the pyramid is done, R-Net on its candidates, then
+    /// O-Net on R-Net's: a 640x480 frame with a face takes four slices.
     pub fn step_detection(&self, job: &mut DetectionJob) -> Result<bool, PerceptionError> {
         if job.result.is_some() {
             return Ok(true);
@@ -566,8 +569,27 @@ impl Detector {
             }
             return Ok(false);
         }
-        let cands = merge_levels(std::mem::take(&mut job.found));
-        let mut dets = self.finish(&job.img, cands)?;
+        // R-Net on the pyramid's candidates in one slice (they can be
+        // dozens), O-Net on R-Net's in the next.
+        let Some(cands) = job.rnet_passed.take() else {
+            let cands = merge_levels(std::mem::take(&mut job.found));
+            job.rnet_passed = Some(if cands.is_empty() {
+                cands
+            } else {
+                self.stage2(&job.img, cands, self.config.thresholds[1])?
+            });
+            if job.rnet_passed.as_ref().is_some_and(|c| !c.is_empty()) {
+                return Ok(false);
+            }
+            return self.step_detection(job);
+        };
+        let mut dets = if cands.is_empty() {
+            Vec::new()
+        } else {
+            self.stage3(&job.img, cands, self.config.thresholds[2])?
+        };
+        // facenet-pytorch's `select_largest`: largest box first.
+        dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
         if let Some((sx, sy)) = job.back {
             for d in &mut dets {
                 d.bbox = [
@@ -621,23 +643,6 @@ impl Detector {
             area_crop(frame, region, 48, out);
         }
         let mut dets = self.onet(cands, data, self.config.thresholds[2])?;
-        dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
-        Ok(dets)
-    }
-
-    /// R-Net and O-Net on the pyramid's candidates: the final faces, largest
-    /// first.
-    fn finish(&self, img: &Planes, cands: Vec<Cand>) -> Result<Vec<Detection>, PerceptionError> {
-        let [_, t2, t3] = self.config.thresholds;
-        if cands.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cands = self.stage2(img, cands, t2)?;
-        if cands.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut dets = self.stage3(img, cands, t3)?;
-        // facenet-pytorch's `select_largest`: largest box first.
         dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
         Ok(dets)
     }

@@ -35,8 +35,9 @@
 //!    ARCH-1 classification of that frame start on the
 //!    `AsyncComputeTaskPool`. Faces are followed from frame to frame
 //!    (O-Net refinement of the last boxes, [`EmotionSettings::follow`]); the
-//!    full MTCNN detector runs on the first frame, when a face is lost and
-//!    every 15 frames.
+//!    full MTCNN detector runs on the first frame and when a face is lost,
+//!    and every 15 frames a detection for new faces runs in slices between
+//!    frames (one slice per idle update), so no frame waits for it.
 //! 3. **Infer** ([`inference`]): a finished inference becomes an
 //!    [`InferenceFinished`] message (the main thread only polls).
 //! 4. **Smooth** ([`faces`]): faces are matched to tracked face entities
