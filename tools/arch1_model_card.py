@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--tta", action="append", default=[], help="NAME=evaluate output with --tta NAME")
     ap.add_argument("--teacher-run", help="the run of the model this one started from and distilled")
     ap.add_argument("--teacher-commit", help="the commit that shipped that model")
+    ap.add_argument("--note", default="", help="a sentence on how the run went (e.g. a budget changed on resume)")
     args = ap.parse_args()
 
     def accuracy_of(text):
@@ -98,6 +99,7 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
             "filled with one random grey level)"
         )
     extra_lines = "".join(l + "\n" for l in extra)
+    note = "\n" + args.note + "\n" if args.note else ""
     flags = []
     if init:
         flags.append("--init TEACHER")
@@ -145,7 +147,7 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
 - cross-entropy with label smoothing {cfg['label_smoothing']}
 - augmentation as in the paper: rotation up to {aug['rotation_deg']} degrees, width shift {aug['width_shift']}, height shift {aug['height_shift']}, zoom {aug['zoom']}, horizontal flip {str(aug['horizontal_flip']).lower()}; seed {cfg['seed']}
 - BatchNorm as Keras (eps {cfg['model']['bn']['eps']}, momentum {cfg['model']['bn']['momentum']})
-{extra_lines}{teacher_note}
+{extra_lines}{teacher_note}{note}
 Why not the paper's literal recipe (`--preset paper`: Adam 0.01, L2 0.2, batch 256): on
 FER2013 its L2 of 0.2 collapses training (about 42%, see issue 5). Decoupled weight decay,
 a cosine schedule and label smoothing train the same network without that collapse on CPU.
