@@ -73,8 +73,8 @@ def main():
         wall = (f"{hours:.1f} h for this run's {len(metrics)} epochs, after {thours:.1f} h for the "
                 f"{len(tmetrics)} epochs of the model it started from (`{tname}`)")
         teacher_note = (
-            f"\nThe run started from, and distilled, the model shipped before it (commit "
-            f"`{args.teacher_commit or '?'}`: the best epoch, {tbest['epoch']}, of `{tname}`, "
+            f"\nThe run started from, and distilled, `arch1_fer2013.safetensors` as shipped at commit "
+            f"`{args.teacher_commit or '?'}` (the best epoch, {tbest['epoch']}, of `{tname}`, "
             f"{tbest['val_accuracy']:.4f} on PublicTest, trained with `--preset {tcfg['preset']}` for "
             f"{tcfg['epochs']} epochs): the same network, so this is self-distillation (\"born-again\" "
             "networks, Furlanello et al. 2018) on a second cosine cycle.\n"
@@ -126,7 +126,8 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
         if args.interim
         else f"The run is complete ({state['epochs_done']} of {cfg['epochs']} epochs).\n\n"
     )
-    text = f"""# Model card: `arch1_fer2013.safetensors`
+    weights = os.path.basename(args.out)[: -len(".md")] + ".safetensors"
+    text = f"""# Model card: `{weights}`
 
 {status}| | |
 | --- | --- |
@@ -172,9 +173,9 @@ a cosine schedule and label smoothing train the same network without that collap
 # continue after an interruption:
 cargo run --release -p training -- train --run-dir {run_name} \\
   --data ../shared/data/fer2013/fer2013.csv.gz --resume
-cp {run_name}/best.safetensors assets/models/arch1_fer2013.safetensors
+cp {run_name}/best.safetensors assets/models/{weights}
 # check the number above:
-cargo run --release -p training -- evaluate --model assets/models/arch1_fer2013.safetensors \\
+cargo run --release -p training -- evaluate --model assets/models/{weights} \\
   --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
 ```
 
