@@ -24,6 +24,15 @@ fn config(data: &Path, epochs: usize) -> TrainConfig {
     cfg
 }
 
+/// A temporary folder holding `tiny.csv`, a fixture of `train` Training and
+/// `val` PublicTest rows.
+fn tiny(train: usize, val: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("tiny.csv");
+    write_fixture(&csv, train, val);
+    (tmp, csv)
+}
+
 fn try_run(
     cfg: TrainConfig,
     dir: &Path,
@@ -43,9 +52,7 @@ fn run(cfg: TrainConfig, dir: &Path, resume: bool) -> training::train::RunSummar
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let csv = tmp.path().join("tiny.csv");
-    write_fixture(&csv, 48, 16);
+    let (tmp, csv) = tiny(48, 16);
 
     let straight = tmp.path().join("straight");
     let s = run(config(&csv, 3), &straight, false);
@@ -102,9 +109,7 @@ fn one_epoch_smoke_run_on_fer2013() {
 /// before anything is written, not finished with exit code 0.
 #[test]
 fn empty_training_sets_and_zero_patience_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("tiny.csv");
-    write_fixture(&data, 14, 7);
+    let (tmp, data) = tiny(14, 7);
     let opts = |name: &str| RunOptions {
         run_dir: tmp.path().join(name),
         resume: false,
@@ -127,9 +132,7 @@ fn empty_training_sets_and_zero_patience_are_refused() {
 
 #[test]
 fn resume_repairs_what_a_kill_left_and_one_process_holds_a_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let csv = tmp.path().join("tiny.csv");
-    write_fixture(&csv, 32, 8);
+    let (tmp, csv) = tiny(32, 8);
     let dir = tmp.path().join("run");
     run(config(&csv, 2), &dir, false);
     let ckpt = dir.join("ckpt/weights-2.safetensors");
@@ -174,9 +177,7 @@ fn resume_repairs_what_a_kill_left_and_one_process_holds_a_run() {
 
 #[test]
 fn resume_refuses_options_that_would_change_the_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let csv = tmp.path().join("tiny.csv");
-    write_fixture(&csv, 16, 8);
+    let (tmp, csv) = tiny(16, 8);
     let dir = tmp.path().join("run");
     run(config(&csv, 1), &dir, false);
     let cli = |extra: &[&str]| {
@@ -207,9 +208,7 @@ fn resume_refuses_options_that_would_change_the_run() {
 
 #[test]
 fn init_starts_from_trained_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let csv = tmp.path().join("tiny.csv");
-    write_fixture(&csv, 48, 16);
+    let (tmp, csv) = tiny(48, 16);
     let first = tmp.path().join("first");
     let mut cfg = config(&csv, 2);
     cfg.seed = 1;
@@ -262,9 +261,7 @@ fn init_starts_from_trained_weights() {
 
 #[test]
 fn distillation_learns_from_the_teacher_and_checks_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let csv = tmp.path().join("tiny.csv");
-    write_fixture(&csv, 48, 16);
+    let (tmp, csv) = tiny(48, 16);
     // The same faces with every label moved to another class.
     let relabelled = tmp.path().join("relabelled.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
