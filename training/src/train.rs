@@ -670,6 +670,21 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
             dir.display()
         );
     }
+    if !opts.resume {
+        // A mistyped weights path must not leave a run folder behind that
+        // then needs --resume or removing.
+        let given = [
+            ("--init", cfg.init.as_ref()),
+            ("--teacher", cfg.distill.as_ref().map(|d| &d.teacher)),
+        ];
+        for (flag, path) in given {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                bail!("{flag} {}: no such weights file", p.display());
+            }
+        }
+    }
     fs::create_dir_all(dir.join("ckpt")).with_context(|| format!("creating {}", dir.display()))?;
     // One process per run: a second `train` on the same folder would interleave
     // checkpoints. The lock goes with the process, also on `kill -9`.

@@ -317,6 +317,8 @@ fn distillation_learns_from_the_teacher_and_checks_it() {
     };
     let err = refused(&tmp.path().join("absent.safetensors"), "absent");
     assert!(err.contains("--teacher"), "{err}");
+    // ... and leaves no run folder to clean up.
+    assert!(!tmp.path().join("absent").exists());
     let ferplus8 =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/arch1_ferplus.safetensors");
     let err = refused(&ferplus8, "eight");
