@@ -544,7 +544,7 @@ impl Detector {
     /// [`DetectionJob::take_result`] has the faces). A slice is either
     /// P-Net on pyramid levels worth about as many pixels as the largest
     /// level, or, once the pyramid is done, R-Net on its candidates, then
-    /// O-Net on R-Net's: a 640x480 frame with a face takes four slices.
+    /// O-Net on R-Net's: a 640x480 frame with a face takes about five.
     pub fn step_detection(&self, job: &mut DetectionJob) -> Result<bool, PerceptionError> {
         if job.result.is_some() {
             return Ok(true);
