@@ -103,9 +103,9 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// The three networks and the algorithm around them. `Send + Sync`; no global
-/// state. The networks run on [`MtcnnEngine`] (im2col + GEMM on reused
-/// buffers); [`Detector::set_reference_path`] switches to the candle graphs
-/// it is tested against.
+/// state. The networks run on [`MtcnnEngine`] (im2col + GEMM and Winograd
+/// on reused buffers); [`Detector::set_reference_path`] switches to the
+/// candle graphs it is tested against.
 #[derive(Debug, Clone)]
 pub struct Detector {
     nets: Mtcnn,
@@ -208,14 +208,8 @@ impl DetectionJob {
 
 impl Planes {
     fn from_frame(frame: &Frame) -> Self {
-        Self::from_region(frame, (0, 0, frame.width(), frame.height()))
-    }
-
-    /// The tables of the rectangle `(x0, y0, w, h)` of `frame` (inside it),
-    /// without copying the rectangle out first.
-    fn from_region(frame: &Frame, (x0, y0, w, h): (usize, usize, usize, usize)) -> Self {
         let ch = frame.format().channels();
-        let fw = frame.width();
+        let (w, h) = (frame.width(), frame.height());
         let bytes = frame.data();
         let stride = w + 1;
         let plane = (h + 1) * stride;
@@ -225,7 +219,7 @@ impl Planes {
             let table = &mut sums[c * plane..][..plane];
             for y in 0..h {
                 let mut row_sum = 0u32;
-                let src = &bytes[((y0 + y) * fw + x0) * ch..][..w * ch];
+                let src = &bytes[y * w * ch..][..w * ch];
                 let (above, below) = table.split_at_mut((y + 1) * stride);
                 let above = &above[y * stride..];
                 let dst = &mut below[..stride];
@@ -342,10 +336,8 @@ fn area_crop(
         for (j, &(a, b)) in cols.iter().enumerate() {
             let mut acc = [0u32; 3];
             for px in row[a * ch..b * ch].chunks_exact(ch) {
-                if ch == 1 {
-                    acc[0] += u32::from(px[0]);
-                } else {
-                    acc[0] += u32::from(px[0]);
+                acc[0] += u32::from(px[0]);
+                if ch > 1 {
                     acc[1] += u32::from(px[1]);
                     acc[2] += u32::from(px[2]);
                 }
@@ -570,24 +562,18 @@ impl Detector {
             return Ok(false);
         }
         // R-Net on the pyramid's candidates in one slice (they can be
-        // dozens), O-Net on R-Net's in the next.
-        let Some(cands) = job.rnet_passed.take() else {
+        // dozens), O-Net on R-Net's in the next (at once if none passed).
+        if job.rnet_passed.is_none() {
             let cands = merge_levels(std::mem::take(&mut job.found));
-            job.rnet_passed = Some(if cands.is_empty() {
-                cands
-            } else {
-                self.stage2(&job.img, cands, self.config.thresholds[1])?
-            });
-            if job.rnet_passed.as_ref().is_some_and(|c| !c.is_empty()) {
+            let passed = self.stage2(&job.img, cands, self.config.thresholds[1])?;
+            let more = !passed.is_empty();
+            job.rnet_passed = Some(passed);
+            if more {
                 return Ok(false);
             }
-            return self.step_detection(job);
-        };
-        let mut dets = if cands.is_empty() {
-            Vec::new()
-        } else {
-            self.stage3(&job.img, cands, self.config.thresholds[2])?
-        };
+        }
+        let cands = job.rnet_passed.take().unwrap_or_default();
+        let mut dets = self.stage3(&job.img, cands, self.config.thresholds[2])?;
         // facenet-pytorch's `select_largest`: largest box first.
         dets.sort_by(|a, b| b.area().total_cmp(&a.area()));
         if let Some((sx, sy)) = job.back {

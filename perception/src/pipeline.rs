@@ -259,8 +259,11 @@ impl FaceFollower {
         frame: &Frame,
     ) -> Result<(FrameFaces, bool), PerceptionError> {
         let every = self.config.detect_every.max(1);
-        let due = self.last.is_empty() || self.since_detect + 1 >= every;
-        if !self.last.is_empty() && (!due || (self.config.background_detection && every > 1)) {
+        // The whole detector runs on this frame when nothing is followed, or
+        // when the periodic detection is due and is not run in the background.
+        let in_background = self.config.background_detection && every > 1;
+        let detect_now = self.last.is_empty() || (!in_background && self.since_detect + 1 >= every);
+        if !detect_now {
             let refined = pipeline.detector().refine(frame, &self.last)?;
             // Every face still there: classify them. A face lost goes back
             // to the detector (which may find it elsewhere).

@@ -158,12 +158,17 @@ fn start_work(state: &mut InferenceState, pipeline: &EmotionPipeline) {
     if state.task.is_some() || !state.follower.as_ref().is_some_and(FaceFollower::has_work) {
         return;
     }
-    let (Some(mut follower), Some(pool)) = (state.follower.take(), state.pool.clone()) else {
+    // The pool the inference made: a budget that could not start its
+    // threads leaves the work to the follower's own fallback.
+    let Some(pool) = state.pool.as_ref().map(|(_, p)| p.clone()) else {
+        return;
+    };
+    let Some(mut follower) = state.follower.take() else {
         return;
     };
     let pipeline = pipeline.0.clone();
     state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
-        if let Err(e) = pool.1.install(|| follower.work(&pipeline)) {
+        if let Err(e) = pool.install(|| follower.work(&pipeline)) {
             warn!("background face detection failed: {e}");
         }
         (None, Some(follower))

@@ -204,13 +204,13 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         median(&mut classify_t)
     ));
     let busy = detector_t.len() + slice_t.len();
-    let slice_ms = median(&mut slice_t.clone());
+    let slice_ms = median(&mut slice_t);
     let slice_max = slice_t
         .iter()
         .max()
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
     let p95_ms = percentile_ms(&mut latency_t, 0.95);
-    let base_p95 = percentile_ms(&mut full_t.clone(), 0.95);
+    let base_p95 = percentile_ms(&mut full_t, 0.95);
     line(format!(
         "frame latency (faces out) p95_ms: {p95_ms:.2} (baseline {base_p95:.2}); detection {}: {} slices between frames, median_ms {slice_ms:.2} max_ms {slice_max:.2}",
         if args.sync_detection {

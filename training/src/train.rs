@@ -588,6 +588,30 @@ fn distill_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<
     Ok((kl * (temperature * temperature))?)
 }
 
+/// Loads the weights file an option (`--init`, `--teacher`) names.
+fn given_weights(flag: &str, path: &Path, device: &Device) -> Result<models::LoadedWeights> {
+    models::LoadedWeights::from_file(path, device)
+        .with_context(|| format!("{flag}: loading {}", path.display()))
+}
+
+/// Refuses weights given with `flag` whose classes are not the data's.
+fn same_classes(
+    flag: &str,
+    path: &Path,
+    weights: &models::LoadedWeights,
+    data: &[String],
+) -> Result<()> {
+    if weights.meta.classes != data {
+        bail!(
+            "{flag} {}: its classes {:?} are not the data's {:?}",
+            path.display(),
+            weights.meta.classes,
+            data
+        );
+    }
+    Ok(())
+}
+
 /// Options of `training train` besides the configuration.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -799,8 +823,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
     if state.epochs_done == 0
         && let Some(path) = &cfg.init
     {
-        let init = models::LoadedWeights::from_file(path, &device)
-            .with_context(|| format!("--init: loading {}", path.display()))?;
+        let init = given_weights("--init", path, &device)?;
         if init.meta.config != cfg.model {
             bail!(
                 "--init {}: its network ({} with {} classes) is not the one trained here ({} with {})",
@@ -811,29 +834,14 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
                 cfg.model.num_classes()
             );
         }
-        if init.meta.classes != loaded.dataset.classes() {
-            bail!(
-                "--init {}: its classes {:?} are not the data's {:?}",
-                path.display(),
-                init.meta.classes,
-                loaded.dataset.classes()
-            );
-        }
+        same_classes("--init", path, &init, loaded.dataset.classes())?;
         init.load_into(&varmap)?;
         tracing::info!(weights = %path.display(), "starting from trained weights");
     }
     let teacher = match &cfg.distill {
         Some(d) => {
-            let w = models::LoadedWeights::from_file(&d.teacher, &device)
-                .with_context(|| format!("--teacher: loading {}", d.teacher.display()))?;
-            if w.meta.classes != loaded.dataset.classes() {
-                bail!(
-                    "--teacher {}: its classes {:?} are not the data's {:?}",
-                    d.teacher.display(),
-                    w.meta.classes,
-                    loaded.dataset.classes()
-                );
-            }
+            let w = given_weights("--teacher", &d.teacher, &device)?;
+            same_classes("--teacher", &d.teacher, &w, loaded.dataset.classes())?;
             tracing::info!(
                 teacher = %d.teacher.display(),
                 arch = %w.meta.arch(),
