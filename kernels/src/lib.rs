@@ -2,6 +2,7 @@
 //! ops built on them, with forward and backward, so the networks, training
 //! and the plugin use them through the ordinary candle graph.
 //!
+//! - [`hwc`]: channel-last depth-wise convolution for the single-shot detector;
 //! - [`slice`]: GEMM (through `gemm`), im2col/col2im, depthwise 3x3, 2x2
 //!   max-pooling and BatchNorm statistics on NCHW `f32` slices;
 //! - [`direct`]: direct 3x3 convolutions (AVX2 + FMA, portable fallback);
@@ -31,6 +32,8 @@ pub mod direct;
     reason = "a job borrowing the caller's stack is sent to the helper thread"
 )]
 pub mod helper;
+#[expect(unsafe_code, reason = "run-time AVX2 dispatch")]
+pub mod hwc;
 #[expect(unsafe_code, reason = "AVX2 intrinsics")]
 pub mod slice;
 #[expect(unsafe_code, reason = "AVX2 intrinsics")]

@@ -34,6 +34,7 @@ pub mod mtcnn_engine;
 pub mod nets;
 pub mod summary;
 pub mod weights;
+pub mod yunet;
 
 use std::fmt;
 use std::str::FromStr;

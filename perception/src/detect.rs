@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor};
 use models::mtcnn::Mtcnn;
 use models::mtcnn_engine::{MtcnnEngine, MtcnnScratch};
+use models::yunet::{YuNet, YuNetScratch};
 
 use crate::PerceptionError;
 use crate::frame::{Frame, PixelFormat};
@@ -106,30 +107,56 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// state. The networks run on [`MtcnnEngine`] (im2col + GEMM and Winograd
 /// on reused buffers); [`Detector::set_reference_path`] switches to the
 /// candle graphs it is tested against.
+///
+/// With [`Detector::with_yunet`], whole frames are searched by YuNet instead
+/// of the P-Net pyramid and R-Net (see [`Finder`]); O-Net still gives the
+/// final boxes, scores and landmarks, and [`Detector::refine`] is unchanged.
 #[derive(Debug, Clone)]
 pub struct Detector {
     nets: Mtcnn,
     engine: Arc<MtcnnEngine>,
     /// Engine buffers, one per thread detecting at the same time.
-    scratch: ScratchPool,
+    scratch: ScratchPool<MtcnnScratch>,
+    yunet: Option<Arc<YuNet>>,
+    yunet_scratch: ScratchPool<YuNetScratch>,
     reference: bool,
     config: DetectorConfig,
     device: Device,
 }
 
-/// Idle [`MtcnnScratch`]es: a call takes one (or makes one) and puts it back.
+/// What searches a whole frame for faces ([`Detector::finder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finder {
+    /// MTCNN's cascade: P-Net over an image pyramid, R-Net, then O-Net.
+    Mtcnn,
+    /// YuNet, one pass over the frame shrunk so that the minimum face size
+    /// becomes [`YUNET_FACE_PX`] pixels (never enlarged), proposes faces;
+    /// O-Net then verifies each and gives its box and landmarks, as in
+    /// the MTCNN cascade.
+    YuNet,
+}
+
+/// The side, in YuNet's input pixels, that the minimum face size is shrunk
+/// to (YuNet's finest level has stride 8 and finds faces down to about 10
+/// pixels).
+pub const YUNET_FACE_PX: f32 = 16.0;
+
+/// YuNet's score threshold for a proposal (O-Net's threshold decides).
+pub const YUNET_THRESHOLD: f32 = 0.5;
+
+/// Idle scratch buffers: a call takes one (or makes one) and puts it back.
 /// A clone of a detector starts with an empty pool of its own.
 #[derive(Debug, Default)]
-struct ScratchPool(Mutex<Vec<MtcnnScratch>>);
+struct ScratchPool<S>(Mutex<Vec<S>>);
 
-impl Clone for ScratchPool {
+impl<S> Clone for ScratchPool<S> {
     fn clone(&self) -> Self {
-        Self::default()
+        Self(Mutex::new(Vec::new()))
     }
 }
 
-impl ScratchPool {
-    fn with<T>(&self, f: impl FnOnce(&mut MtcnnScratch) -> T) -> T {
+impl<S: Default> ScratchPool<S> {
+    fn with<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
         let taken = self.0.lock().ok().and_then(|mut v| v.pop());
         let mut s = taken.unwrap_or_default();
         let out = f(&mut s);
@@ -169,9 +196,27 @@ struct Planes {
     sums: Vec<u32>,
 }
 
-/// A full detection under way ([`Detector::start_detection`]): the frame's
-/// tables, the pyramid levels still to run and the candidates so far.
+/// A full detection under way ([`Detector::start_detection`]).
 pub struct DetectionJob {
+    work: JobWork,
+    result: Option<Vec<Detection>>,
+}
+
+enum JobWork {
+    Pyramid(Pyramid),
+    /// YuNet's input (the frame shrunk, BGR, channel-last), its size, the
+    /// frame pixels per input pixel, and the frame for O-Net's crops.
+    SingleShot {
+        input: Vec<f32>,
+        size: (usize, usize),
+        back: (f32, f32),
+        frame: Frame,
+    },
+}
+
+/// MTCNN's state: the frame's tables, the pyramid levels still to run and
+/// the candidates so far.
+struct Pyramid {
     img: Planes,
     /// Frame pixels per table pixel, for a frame shrunk to `max_side`.
     back: Option<(f32, f32)>,
@@ -180,17 +225,22 @@ pub struct DetectionJob {
     found: Vec<Cand>,
     /// R-Net's candidates, once it has run.
     rnet_passed: Option<Vec<Cand>>,
-    result: Option<Vec<Detection>>,
 }
 
 impl std::fmt::Debug for DetectionJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DetectionJob")
-            .field("size", &(self.img.w, self.img.h))
-            .field("levels_done", &self.next_level)
-            .field("levels", &self.scales.len())
-            .field("done", &self.result.is_some())
-            .finish()
+        let mut d = f.debug_struct("DetectionJob");
+        match &self.work {
+            JobWork::Pyramid(p) => d
+                .field("finder", &Finder::Mtcnn)
+                .field("size", &(p.img.w, p.img.h))
+                .field("levels_done", &p.next_level)
+                .field("levels", &p.scales.len()),
+            JobWork::SingleShot { size, .. } => {
+                d.field("finder", &Finder::YuNet).field("input", size)
+            }
+        };
+        d.field("done", &self.result.is_some()).finish()
     }
 }
 
@@ -314,24 +364,35 @@ impl Planes {
 /// `x0..x1, y0..y1` to `side x side`, normalised to `(v - 127.5) / 128`, into
 /// `out` (`3 x side x side`): what [`Planes::resize_into`] gives on the
 /// region's tables, bit for bit (the block sums are exact integers either
-/// way), without building the tables. Each pixel of the region is read once
-/// into per-column-block sums, which are then summed over row blocks: for a
-/// few crops of a large frame, far less work than the tables.
-fn area_crop(
+/// way), without building the tables.
+fn area_crop(frame: &Frame, region: (usize, usize, usize, usize), side: usize, out: &mut [f32]) {
+    area_resample(frame, region, (side, side), |i, j, c, v| {
+        out[(c * side + i) * side + j] = (v - 127.5) * 0.0078125;
+    });
+}
+
+/// Area resampling (PyTorch's `interpolate(mode="area")`) of the frame region
+/// `x0..x1, y0..y1` to `oh x ow`: `emit(row, column, channel, average)` for
+/// each output value, channels red, green, blue (gray frames give three
+/// equal ones). Each pixel of the region is read once into per-column-block
+/// sums, which are then summed over row blocks: for a few crops of a large
+/// frame, far less work than summed-area tables, and for a whole frame one
+/// pass over its bytes.
+pub(crate) fn area_resample(
     frame: &Frame,
     (x0, y0, x1, y1): (usize, usize, usize, usize),
-    side: usize,
-    out: &mut [f32],
+    (oh, ow): (usize, usize),
+    mut emit: impl FnMut(usize, usize, usize, f32),
 ) {
     let (rw, rh) = (x1 - x0, y1 - y0);
     let ch = frame.format().channels();
     let fw = frame.width();
     let bytes = frame.data();
-    let block = |k: usize, n: usize| ((k * n) / side, ((k + 1) * n).div_ceil(side));
-    let cols: Vec<(usize, usize)> = (0..side).map(|j| block(j, rw)).collect();
+    let block = |k: usize, n: usize, side: usize| ((k * n) / side, ((k + 1) * n).div_ceil(side));
+    let cols: Vec<(usize, usize)> = (0..ow).map(|j| block(j, rw, ow)).collect();
     // Row `y` of the region: for each column block and channel, its sum.
-    let mut colsum = vec![0u32; rh * side * 3];
-    for (y, sums) in colsum.chunks_exact_mut(side * 3).enumerate() {
+    let mut colsum = vec![0u32; rh * ow * 3];
+    for (y, sums) in colsum.chunks_exact_mut(ow * 3).enumerate() {
         let row = &bytes[((y0 + y) * fw + x0) * ch..][..rw * ch];
         for (j, &(a, b)) in cols.iter().enumerate() {
             let mut acc = [0u32; 3];
@@ -348,11 +409,11 @@ fn area_crop(
             sums[j * 3..j * 3 + 3].copy_from_slice(&acc);
         }
     }
-    let mut acc = vec![0u32; side * 3];
-    for i in 0..side {
-        let (s, e) = block(i, rh);
+    let mut acc = vec![0u32; ow * 3];
+    for i in 0..oh {
+        let (s, e) = block(i, rh, oh);
         acc.fill(0);
-        for sums in colsum[s * side * 3..e * side * 3].chunks_exact(side * 3) {
+        for sums in colsum[s * ow * 3..e * ow * 3].chunks_exact(ow * 3) {
             for (a, v) in acc.iter_mut().zip(sums) {
                 *a += v;
             }
@@ -362,8 +423,7 @@ fn area_crop(
             let kw = (b - a) as f32;
             for c in 0..3 {
                 // PyTorch: sum / kh / kw, in this order.
-                out[(c * side + i) * side + j] =
-                    (acc[j * 3 + c] as f32 / kh / kw - 127.5) * 0.0078125;
+                emit(i, j, c, acc[j * 3 + c] as f32 / kh / kw);
             }
         }
     }
@@ -377,10 +437,33 @@ impl Detector {
             engine: Arc::new(MtcnnEngine::new(&nets)?),
             nets,
             scratch: ScratchPool::default(),
+            yunet: None,
+            yunet_scratch: ScratchPool::default(),
             reference: false,
             config,
             device: Device::Cpu,
         })
+    }
+
+    /// Searches whole frames with YuNet ([`Finder::YuNet`]) from now on.
+    pub fn with_yunet(mut self, net: YuNet) -> Self {
+        self.yunet = Some(Arc::new(net));
+        self
+    }
+
+    /// Goes back to MTCNN's pyramid for whole frames ([`Finder::Mtcnn`]).
+    pub fn without_yunet(mut self) -> Self {
+        self.yunet = None;
+        self
+    }
+
+    /// What searches whole frames.
+    pub fn finder(&self) -> Finder {
+        if self.yunet.is_some() {
+            Finder::YuNet
+        } else {
+            Finder::Mtcnn
+        }
     }
 
     /// Runs the networks as candle graphs (`true`) instead of on
@@ -500,10 +583,23 @@ impl Detector {
     /// Starts a full detection of `frame` that [`Detector::step_detection`]
     /// carries out a slice at a time: a video pipeline can spread it over the
     /// idle time between frames instead of stalling one frame by the whole
-    /// pyramid. The job keeps its own summed-area tables of the frame (in
+    /// pyramid. The job keeps what it needs of the frame (summed-area
+    /// tables, or YuNet's shrunk input and a copy for O-Net's crops; in
     /// memory only), so the frame need not outlive this call. Stepped to the
     /// end, it gives exactly what [`Detector::detect`] gives.
     pub fn start_detection(&self, frame: &Frame) -> Result<DetectionJob, PerceptionError> {
+        if self.yunet.is_some() {
+            let (input, size, back) = self.yunet_input(frame);
+            return Ok(DetectionJob {
+                work: JobWork::SingleShot {
+                    input,
+                    size,
+                    back,
+                    frame: frame.clone(),
+                },
+                result: None,
+            });
+        }
         let side = frame.width().max(frame.height());
         let (img, back) = if side > self.config.max_side {
             // Shrink first, then map the results back.
@@ -522,25 +618,103 @@ impl Detector {
         };
         let scales = self.scales(img.w, img.h);
         Ok(DetectionJob {
-            img,
-            back,
-            scales,
-            next_level: 0,
-            found: Vec::new(),
-            rnet_passed: None,
+            work: JobWork::Pyramid(Pyramid {
+                img,
+                back,
+                scales,
+                next_level: 0,
+                found: Vec::new(),
+                rnet_passed: None,
+            }),
             result: None,
         })
+    }
+
+    /// The frame area-shrunk for YuNet (so the minimum face becomes
+    /// [`YUNET_FACE_PX`], and no side exceeds `max_side`), as BGR
+    /// channel-last values; its size `(h, w)` and the frame pixels per
+    /// input pixel.
+    fn yunet_input(&self, frame: &Frame) -> (Vec<f32>, (usize, usize), (f32, f32)) {
+        let (fw, fh) = (frame.width(), frame.height());
+        let side = fw.max(fh) as f32;
+        let k = (YUNET_FACE_PX / self.config.min_face_size)
+            .min(self.config.max_side as f32 / side)
+            .min(1.0);
+        let w = ((fw as f32 * k).round() as usize).max(1);
+        let h = ((fh as f32 * k).round() as usize).max(1);
+        let mut input = vec![0f32; h * w * 3];
+        area_resample(frame, (0, 0, fw, fh), (h, w), |i, j, c, v| {
+            input[(i * w + j) * 3 + 2 - c] = v;
+        });
+        (input, (h, w), (fw as f32 / w as f32, fh as f32 / h as f32))
+    }
+
+    /// YuNet's proposals, in frame pixels, verified by O-Net on the frame.
+    fn single_shot(
+        &self,
+        net: &YuNet,
+        input: &[f32],
+        size: (usize, usize),
+        (sx, sy): (f32, f32),
+        frame: &Frame,
+    ) -> Result<Vec<Detection>, PerceptionError> {
+        let faces = self
+            .yunet_scratch
+            .with(|s| net.detect(input, size, YUNET_THRESHOLD, 0.45, s));
+        // Proposals well below the minimum face size are not looked at, as
+        // the pyramid never looks at them.
+        let min_side = 0.7 * self.config.min_face_size;
+        let proposals: Vec<Detection> = faces
+            .into_iter()
+            .map(|f| Detection {
+                bbox: [
+                    f.bbox[0] * sx,
+                    f.bbox[1] * sy,
+                    f.bbox[2] * sx,
+                    f.bbox[3] * sy,
+                ],
+                score: f.score,
+                landmarks: f.landmarks.map(|[x, y]| [x * sx, y * sy]),
+            })
+            .filter(|d| {
+                let [_, _, w, h] = d.xywh();
+                w.max(h) >= min_side
+            })
+            .collect();
+        self.refine(frame, &proposals)
     }
 
     /// Carries `job` one slice further and says whether it is finished (then
     /// [`DetectionJob::take_result`] has the faces). A slice is either
     /// P-Net on pyramid levels worth about as many pixels as the largest
     /// level, or, once the pyramid is done, R-Net on its candidates, then
-    /// O-Net on R-Net's: a 640x480 frame with a face takes about five.
+    /// O-Net on R-Net's: a 640x480 frame with a face takes about five. With
+    /// [`Finder::YuNet`] it is one slice: YuNet, then O-Net on its proposals.
     pub fn step_detection(&self, job: &mut DetectionJob) -> Result<bool, PerceptionError> {
         if job.result.is_some() {
             return Ok(true);
         }
+        job.result = match &mut job.work {
+            JobWork::Pyramid(p) => self.step_pyramid(p)?,
+            JobWork::SingleShot {
+                input,
+                size,
+                back,
+                frame,
+            } => {
+                let net = self.yunet.clone().ok_or_else(|| {
+                    PerceptionError::Config(
+                        "a YuNet detection job needs a detector with YuNet".into(),
+                    )
+                })?;
+                Some(self.single_shot(&net, input, *size, *back, frame)?)
+            }
+        };
+        Ok(job.result.is_some())
+    }
+
+    /// One slice of MTCNN's cascade: the faces once it is finished.
+    fn step_pyramid(&self, job: &mut Pyramid) -> Result<Option<Vec<Detection>>, PerceptionError> {
         let level_pixels = |scale: f64| {
             let hs = (job.img.h as f64 * scale + 1.0) as usize;
             let ws = (job.img.w as f64 * scale + 1.0) as usize;
@@ -559,7 +733,7 @@ impl Detector {
                 job.next_level += 1;
                 spent += pixels;
             }
-            return Ok(false);
+            return Ok(None);
         }
         // R-Net on the pyramid's candidates in one slice (they can be
         // dozens), O-Net on R-Net's in the next (at once if none passed).
@@ -569,7 +743,7 @@ impl Detector {
             let more = !passed.is_empty();
             job.rnet_passed = Some(passed);
             if more {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let cands = job.rnet_passed.take().unwrap_or_default();
@@ -589,8 +763,7 @@ impl Detector {
                 }
             }
         }
-        job.result = Some(dets);
-        Ok(true)
+        Ok(Some(dets))
     }
 
     /// Re-locates faces near the boxes of `previous` detections (the last

@@ -64,7 +64,9 @@ use models::{EmotionNet, INPUT_SIZE, LoadedWeights, WeightsError, WeightsMeta};
 
 pub use calibrate::{CalibrationConfig, CalibrationError, NeutralBaseline};
 pub use crop::GrayCrop;
-pub use detect::{Detection, DetectionJob, Detector, DetectorConfig};
+pub use detect::{
+    Detection, DetectionJob, Detector, DetectorConfig, Finder, YUNET_FACE_PX, YUNET_THRESHOLD,
+};
 pub use emotion::Emotion;
 pub use episodes::{EpisodeConfig, EpisodeEvent, Episodes};
 pub use frame::{Frame, PixelFormat};
@@ -107,6 +109,11 @@ pub fn assets_dir() -> PathBuf {
 /// The default detector weights, `assets/models/mtcnn.safetensors`.
 pub fn default_detector_path() -> PathBuf {
     assets_dir().join("models/mtcnn.safetensors")
+}
+
+/// YuNet's weights, `assets/models/yunet.safetensors` (see [`Finder::YuNet`]).
+pub fn default_yunet_path() -> PathBuf {
+    assets_dir().join("models/yunet.safetensors")
 }
 
 /// The default classifier weights, `assets/models/arch1_fer2013.safetensors`.

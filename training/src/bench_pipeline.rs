@@ -12,7 +12,7 @@ use clap::Args;
 use perception::crop::face_crop;
 use perception::{
     Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, PixelFormat,
-    Tta, default_classifier_path, default_detector_path,
+    Tta, default_classifier_path, default_detector_path, default_yunet_path,
 };
 
 use crate::output::line;
@@ -55,6 +55,20 @@ pub struct BenchPipelineArgs {
     /// off), for comparison.
     #[arg(long)]
     sync_detection: bool,
+    /// Video mode: what searches whole frames for the follower: `yunet`
+    /// (YuNet proposals verified by O-Net) or `mtcnn` (the P-Net pyramid
+    /// and R-Net, then O-Net).
+    #[arg(long, value_enum, default_value_t = FinderArg::Yunet)]
+    finder: FinderArg,
+}
+
+/// `--finder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FinderArg {
+    /// YuNet, then O-Net.
+    Yunet,
+    /// MTCNN's cascade.
+    Mtcnn,
 }
 
 /// Frame `i` of the benchmark video: `base` moved by a smooth pan (up to
@@ -95,8 +109,14 @@ fn video_frame(base: &Frame, i: usize) -> Result<Frame> {
     Ok(Frame::new(w, h, PixelFormat::Rgb8, out)?)
 }
 
-/// `--video`: the follower against per-frame detection, frame by frame.
-fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Result<()> {
+/// `--video`: the follower (on `pipeline`) against per-frame MTCNN
+/// detection (on `baseline`), frame by frame.
+fn run_video(
+    args: &BenchPipelineArgs,
+    baseline: &Pipeline,
+    pipeline: &Pipeline,
+    base: &Frame,
+) -> Result<()> {
     ensure!(args.frames >= 10, "--frames must be at least 10");
     let frames = (0..args.frames)
         .map(|i| video_frame(base, i))
@@ -129,7 +149,7 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
             classify_t.push(r3 - r2);
         }
         let t0 = Instant::now();
-        let full = pipeline.process_all(frame)?;
+        let full = baseline.process_all(frame)?;
         let t1 = Instant::now();
         let (followed, ran_detector) = follower.process(pipeline, frame)?;
         let t2 = Instant::now();
@@ -177,8 +197,8 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
         median(&mut detector_t),
     );
     line(format!(
-        "video {} frames 640x480, threads: {}, min_face: {}, detector every {} frames at most",
-        args.frames, args.threads, args.min_face, args.detect_every
+        "video {} frames 640x480, threads: {}, min_face: {}, detector every {} frames at most, finder: {:?}",
+        args.frames, args.threads, args.min_face, args.detect_every, args.finder
     ));
     line(format!(
         "per-frame detection (baseline, same run) median_ms: {full_ms:.2}"
@@ -195,7 +215,7 @@ fn run_video(args: &BenchPipelineArgs, pipeline: &Pipeline, base: &Frame) -> Res
     ));
     line(format!(
         "per-frame detection's own landmark jitter: {:.2} px mean when the frame shifts by 1-3 px (the reference above is this noisy)",
-        detector_jitter(pipeline, &frames[0])?
+        detector_jitter(baseline, &frames[0])?
     ));
     line(format!(
         "tracked path parts (timed apart) median_ms: refine {:.3}, align {:.3}, classify {:.3}",
@@ -331,9 +351,16 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         );
         Classifier::untrained(models::Arch::Arch1)?
     };
+    let yunet = models::yunet::YuNet::from_file(default_yunet_path()).context("loading YuNet")?;
+    let fast = detector.clone().with_yunet(yunet);
     if args.video {
-        let pipeline = Pipeline::new(detector, classifier, 4);
-        return run_video(args, &pipeline, &frame);
+        let follow = match args.finder {
+            FinderArg::Yunet => fast,
+            FinderArg::Mtcnn => detector.clone(),
+        };
+        let baseline = Pipeline::new(detector, classifier.clone(), 4);
+        let pipeline = Pipeline::new(follow, classifier, 4);
+        return run_video(args, &baseline, &pipeline, &frame);
     }
     let (mut det_t, mut align_t, mut cls_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -341,12 +368,15 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
     // process as the baseline.
     let mut reference = detector.clone();
     reference.set_reference_path(true);
-    let mut ref_t = Vec::new();
-    let mut faces = 0;
+    let (mut ref_t, mut fast_t) = (Vec::new(), Vec::new());
+    let (mut faces, mut fast_iou) = (0, 0.0);
     for i in 0..args.runs + 3 {
         let r0 = Instant::now();
-        let ref_faces = reference.detect(&frame)?.len();
+        let ref_faces = reference.detect(&frame)?;
         let r1 = Instant::now();
+        let f0 = Instant::now();
+        let fast_faces = fast.detect(&frame)?;
+        let f1 = Instant::now();
         let t0 = Instant::now();
         let dets = detector.detect(&frame)?;
         let t1 = Instant::now();
@@ -360,11 +390,19 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         std::hint::black_box(probs);
         faces = dets.len();
         ensure!(
-            ref_faces == faces,
-            "the engine found {faces} faces, the candle graphs {ref_faces}"
+            ref_faces.len() == faces && fast_faces.len() == faces,
+            "the engine found {faces} faces, the candle graphs {}, YuNet {}",
+            ref_faces.len(),
+            fast_faces.len()
         );
+        fast_iou = dets
+            .iter()
+            .zip(&fast_faces)
+            .map(|(a, b)| a.iou(&b.bbox))
+            .fold(1.0f32, f32::min);
         if i >= 3 {
             ref_t.push(r1 - r0);
+            fast_t.push(f1 - f0);
             det_t.push(t1 - t0);
             align_t.push(t2 - t1);
             cls_t.push(t3 - t2);
@@ -379,6 +417,13 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
     line(format!(
         "detect median_ms: {det_ms:.2} (candle graphs {ref_ms:.2}: engine {:.2}x faster)",
         ref_ms / det_ms
+    ));
+    let fast_ms = median_ms(&mut fast_t);
+    line(format!(
+        "detect yunet median_ms: {fast_ms:.2} (candle graphs {ref_ms:.2}: {:.2}x faster; \
+         engine {det_ms:.2}: {:.2}x; box IoU with the engine's >= {fast_iou:.3})",
+        ref_ms / fast_ms,
+        det_ms / fast_ms
     ));
     line(format!("align median_ms: {:.3}", median_ms(&mut align_t)));
     line(format!("classify median_ms: {:.3}", median_ms(&mut cls_t)));
