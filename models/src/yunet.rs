@@ -80,6 +80,15 @@ struct Dp {
 const HEADS: [(&str, usize); 4] = [("cls", 1), ("bbox", 4), ("obj", 1), ("kps", 10)];
 const HEAD_CHANNELS: usize = 16;
 
+/// Channels into, between and out of the two pairs of `model1` .. `model5`.
+const BLOCK_WIDTHS: [(usize, usize, usize); 5] = [
+    (16, 16, 32),
+    (32, 32, 64),
+    (64, 64, 64),
+    (64, 64, 64),
+    (64, 64, 64),
+];
+
 /// Every tensor of the file with its shape.
 fn expected_shapes() -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
@@ -90,14 +99,7 @@ fn expected_shapes() -> Vec<(String, Vec<usize>)> {
         out.push((format!("{prefix}.dw.bias"), vec![cout]));
     };
     dp("backbone.model0.dp".into(), 16, 16);
-    let widths = [
-        (16, 16, 32),
-        (32, 32, 64),
-        (64, 64, 64),
-        (64, 64, 64),
-        (64, 64, 64),
-    ];
-    for (i, (a, b, c)) in widths.into_iter().enumerate() {
+    for (i, (a, b, c)) in BLOCK_WIDTHS.into_iter().enumerate() {
         dp(format!("backbone.model{}.dp1", i + 1), a, b);
         dp(format!("backbone.model{}.dp2", i + 1), b, c);
     }
@@ -326,15 +328,8 @@ impl YuNet {
             cout: 16,
         };
         let stem = t.dp("backbone.model0.dp", 16, 16)?;
-        let widths = [
-            (16, 16, 32),
-            (32, 32, 64),
-            (64, 64, 64),
-            (64, 64, 64),
-            (64, 64, 64),
-        ];
         let mut blocks = Vec::new();
-        for (i, (a, b, c)) in widths.into_iter().enumerate() {
+        for (i, (a, b, c)) in BLOCK_WIDTHS.into_iter().enumerate() {
             blocks.push((
                 t.dp(&format!("backbone.model{}.dp1", i + 1), a, b)?,
                 t.dp(&format!("backbone.model{}.dp2", i + 1), b, c)?,

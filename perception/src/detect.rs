@@ -575,6 +575,11 @@ impl Detector {
     /// All faces in `frame`, largest first. Frames too small to hold a face of
     /// the minimum size give an empty list.
     pub fn detect(&self, frame: &Frame) -> Result<Vec<Detection>, PerceptionError> {
+        if let Some(net) = &self.yunet {
+            // As a job would, without keeping a copy of the frame.
+            let (input, size, back) = self.yunet_input(frame);
+            return self.single_shot(net, &input, size, back, frame);
+        }
         let mut job = self.start_detection(frame)?;
         while !self.step_detection(&mut job)? {}
         Ok(job.take_result().unwrap_or_default())

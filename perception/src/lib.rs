@@ -3,7 +3,8 @@
 //! The face pipeline the plugin and the training CLI share:
 //!
 //! - [`Frame`]: a gray, RGB or RGBA image in memory (frames never touch disk);
-//! - [`Detector`]: MTCNN face detection with five landmarks, as facenet-pytorch;
+//! - [`Detector`]: MTCNN face detection with five landmarks, as facenet-pytorch,
+//!   optionally with [`YuNet`] searching whole frames ([`Finder`]);
 //! - [`align`](align::align): a similarity warp of the landmarks onto FER2013's
 //!   framing, giving the 48x48 gray crop the networks were trained on;
 //! - [`Classifier`]: crops to class probabilities with any `models` weights file;
@@ -78,6 +79,7 @@ pub use weights::Weights;
 /// The paper's four architectures (for [`Classifier::untrained`]).
 pub use models::Arch;
 pub use models::weights::MAX_WEIGHTS_BYTES;
+pub use models::yunet::YuNet;
 
 /// Index of the largest value (the most probable class); 0 for an empty slice.
 pub fn argmax(probs: &[f32]) -> usize {

@@ -1,8 +1,11 @@
-//! Weights files of either kind, told apart by their `format` metadata: the
-//! MTCNN detector (`mtcnn/1`) or an emotion classifier (`emotion-cnn/1`,
-//! ARCH-1..4). What the plugin's asset loader and the CLI read.
+//! Weights files of any kind, told apart by their `format` metadata: the
+//! MTCNN detector (`mtcnn/1`), the YuNet finder (`yunet-libfacedetection`)
+//! or an emotion classifier (`emotion-cnn/1`, ARCH-1..4). What the plugin's
+//! asset loader and the CLI read.
 
 use std::path::Path;
+
+use models::yunet::YuNet;
 
 use crate::{Classifier, Detector, DetectorConfig, PerceptionError};
 
@@ -11,20 +14,27 @@ use crate::{Classifier, Detector, DetectorConfig, PerceptionError};
 pub enum Weights {
     /// MTCNN (`format: mtcnn/1`), with [`DetectorConfig::default`] settings.
     Detector(Box<Detector>),
+    /// YuNet (`format: yunet-libfacedetection`): the whole-frame finder a
+    /// detector can use ([`Detector::with_yunet`]).
+    Finder(Box<YuNet>),
     /// An ARCH-1..4 classifier (`format: emotion-cnn/1`).
     Classifier(Box<Classifier>),
 }
 
 impl Weights {
-    /// Reads detector or classifier weights from bytes, by their `format`
-    /// metadata (anything but `mtcnn/1` is read, and checked, as a
-    /// classifier). Truncated, foreign or mismatched files are errors.
+    /// Reads detector, finder or classifier weights from bytes, by their
+    /// `format` metadata (anything but `mtcnn/1` and
+    /// `yunet-libfacedetection` is read, and checked, as a classifier).
+    /// Truncated, foreign or mismatched files are errors.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, PerceptionError> {
-        if models::weights::format_of(bytes)?.as_deref() == Some(models::mtcnn::FORMAT) {
-            let detector = Detector::from_bytes(bytes, DetectorConfig::default())?;
-            return Ok(Self::Detector(Box::new(detector)));
+        match models::weights::format_of(bytes)?.as_deref() {
+            Some(models::mtcnn::FORMAT) => {
+                let detector = Detector::from_bytes(bytes, DetectorConfig::default())?;
+                Ok(Self::Detector(Box::new(detector)))
+            }
+            Some(models::yunet::FORMAT) => Ok(Self::Finder(Box::new(YuNet::from_bytes(bytes)?))),
+            _ => Ok(Self::Classifier(Box::new(Classifier::from_bytes(bytes)?))),
         }
-        Ok(Self::Classifier(Box::new(Classifier::from_bytes(bytes)?)))
     }
 
     /// Reads a weights file of either kind.
@@ -32,10 +42,11 @@ impl Weights {
         Self::from_bytes(&models::weights::read_file(path.as_ref())?)
     }
 
-    /// `"detector"` or `"classifier"`, for messages.
+    /// `"detector"`, `"finder"` or `"classifier"`, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Detector(_) => "detector",
+            Self::Finder(_) => "finder",
             Self::Classifier(_) => "classifier",
         }
     }
@@ -53,6 +64,8 @@ mod tests {
             Weights::from_bytes(&mtcnn),
             Ok(Weights::Detector(_))
         ));
+        let yunet = Weights::from_file(dir.join("yunet.safetensors")).unwrap();
+        assert_eq!(yunet.kind(), "finder");
         let arch1 = Weights::from_file(dir.join("arch1_fer2013.safetensors")).unwrap();
         assert_eq!(arch1.kind(), "classifier");
         assert!(matches!(

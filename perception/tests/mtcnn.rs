@@ -2,16 +2,15 @@
 //! `tools/mtcnn_reference.py`), recall on dlib's labelled face boxes, and bad
 //! input. Needs `../shared/data/faces-fullframe` (fails loudly without it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use common::{faces_dir, repo};
 use models::mtcnn::Mtcnn;
 use perception::{Detection, Detector, DetectorConfig, Frame, PixelFormat};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn weights() -> PathBuf {
     repo().join("assets/models/mtcnn.safetensors")
@@ -20,16 +19,6 @@ fn weights() -> PathBuf {
 fn golden() -> Value {
     let text = std::fs::read_to_string(repo().join("perception/tests/golden/mtcnn.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn faces_dir() -> PathBuf {
-    let dir = repo().join("../shared/data/faces-fullframe");
-    assert!(
-        dir.join("testing.xml").is_file(),
-        "shared data missing: {} (see ../shared/data/README.md); this test needs it",
-        dir.display()
-    );
-    dir
 }
 
 fn detector(min_face_size: f32) -> Detector {

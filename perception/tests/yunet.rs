@@ -2,28 +2,17 @@
 //! `tools/yunet_reference.py`), and the YuNet finder against MTCNN's faces on
 //! `../shared/data/faces-fullframe` (fails loudly without it).
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::{faces_dir, repo};
 use models::yunet::{YuNet, YuNetScratch};
 use perception::{Detection, Detector, DetectorConfig, Finder, Frame, PixelFormat};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn yunet() -> YuNet {
     YuNet::from_file(repo().join("assets/models/yunet.safetensors")).unwrap()
-}
-
-fn faces_dir() -> PathBuf {
-    let dir = repo().join("../shared/data/faces-fullframe");
-    assert!(
-        dir.join("testing.xml").is_file(),
-        "shared data missing: {} (see ../shared/data/README.md); this test needs it",
-        dir.display()
-    );
-    dir
 }
 
 fn detector(min_face_size: f32, with_yunet: bool) -> Detector {

@@ -8,6 +8,8 @@
 //! `INFERENCE_HZ` is `EmotionSettings::inference_hz` (default: the camera's rate).
 //! `--sync-detection` runs the follower's periodic detection on the due
 //! frame instead of in slices between frames (`FollowConfig::background_detection`).
+//! `--mtcnn-finder` searches whole frames with MTCNN's pyramid instead of
+//! YuNet (the plugin's default, `ModelSource::Assets::finder`).
 //!
 //! A headless app is paced at `UPDATE_HZ` updates per second (default 30) and
 //! a photo (default: the shipped astronaut portrait) is pushed as a new frame
@@ -88,11 +90,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let background_detection = !std::env::args().any(|a| a == "--sync-detection");
     let frame = Frame::open(&photo)?;
     let models = perception::assets_dir().join("models");
-    let pipeline = Pipeline::from_files(
+    let mut pipeline = Pipeline::from_files(
         models.join("mtcnn.safetensors"),
         models.join("arch1_fer2013.safetensors"),
         PipelineConfig::default(),
     )?;
+    let yunet = !std::env::args().any(|a| a == "--mtcnn-finder");
+    if yunet {
+        let net = perception::YuNet::from_file(models.join("yunet.safetensors"))?;
+        pipeline = Pipeline::new(
+            pipeline.detector().clone().with_yunet(net),
+            pipeline.classifier().clone(),
+            PipelineConfig::default().max_faces,
+        );
+    }
     let faces_per_frame = pipeline.process(&frame)?.len();
 
     let mut baseline = App::new();
@@ -118,13 +129,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let processed = app.world().resource::<EmotionStats>().frames_processed;
     let (b, w) = (median(&mut base), median(&mut with));
     println!(
-        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps, inference_hz {inference_hz}, periodic detection {}",
+        "photo {} ({}x{}), {faces_per_frame} face(s) per frame, {seconds} s per run, {} threads, {} updates/s, camera {} fps, inference_hz {inference_hz}, finder {}, periodic detection {}",
         photo.display(),
         frame.width(),
         frame.height(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         pace.update_hz,
         pace.camera_fps,
+        if yunet { "YuNet" } else { "MTCNN" },
         if background_detection {
             "in the background"
         } else {

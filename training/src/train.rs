@@ -123,7 +123,10 @@ pub struct TrainConfig {
 /// Knowledge distillation (Hinton et al. 2015): the loss is
 /// `(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)`, where
 /// `_T` are the softmaxes of the logits divided by the temperature `T`. The
-/// teacher sees the same augmented batch, in inference mode.
+/// teacher sees the same augmented batch, in inference mode. Several
+/// teachers (`also`) are an ensemble: `teacher_T` is the mean of their
+/// softmaxes; with `mirror`, each teacher also sees the batch mirrored and
+/// its two softmaxes are averaged (test-time augmentation of the teacher).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Distill {
@@ -131,6 +134,12 @@ pub struct Distill {
     /// same classes (e.g. a wider one, or the shipped model itself:
     /// self-distillation).
     pub teacher: PathBuf,
+    /// More teachers, averaged with the first (same classes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<PathBuf>,
+    /// Each teacher also sees the mirrored batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror: bool,
     /// Weight of the teacher's term, 0..=1.
     pub alpha: f64,
     /// Softmax temperature, above 0.
@@ -138,6 +147,11 @@ pub struct Distill {
 }
 
 impl Distill {
+    /// Every teacher's weights file, the first first.
+    pub fn teachers(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.teacher).chain(&self.also)
+    }
+
     /// The weight of the teacher's term unless `--distill-alpha` says otherwise.
     pub const DEFAULT_ALPHA: f64 = 0.5;
     /// The temperature unless `--distill-temperature` says otherwise.
@@ -308,9 +322,14 @@ pub struct Overrides {
     pub random_erasing: Option<f32>,
     /// Knowledge distillation: a trained teacher's weights (`.safetensors` of
     /// any of the networks, same classes); the student also learns the
-    /// teacher's softened outputs on the same augmented images.
+    /// teacher's softened outputs on the same augmented images. Repeat it for
+    /// an ensemble of teachers (their softened outputs are averaged).
     #[arg(long)]
-    pub teacher: Option<PathBuf>,
+    pub teacher: Vec<PathBuf>,
+    /// With --teacher: each teacher also sees the batch mirrored, and its two
+    /// outputs are averaged (a stronger teacher for twice its cost).
+    #[arg(long, requires = "teacher")]
+    pub teacher_mirror: bool,
     /// With --teacher: weight of the teacher's term, 0..=1 [default: 0.5].
     #[arg(long, requires = "teacher")]
     pub distill_alpha: Option<f64>,
@@ -336,7 +355,8 @@ impl Overrides {
             (self.seed.is_some(), "--seed"),
             (self.init.is_some(), "--init"),
             (self.random_erasing.is_some(), "--random-erasing"),
-            (self.teacher.is_some(), "--teacher"),
+            (!self.teacher.is_empty(), "--teacher"),
+            (self.teacher_mirror, "--teacher-mirror"),
             (self.distill_alpha.is_some(), "--distill-alpha"),
             (self.distill_temperature.is_some(), "--distill-temperature"),
         ]
@@ -388,9 +408,11 @@ impl Overrides {
         {
             a.random_erasing = p;
         }
-        if let Some(teacher) = &self.teacher {
+        if let Some((teacher, also)) = self.teacher.split_first() {
             cfg.distill = Some(Distill {
                 teacher: teacher.clone(),
+                also: also.to_vec(),
+                mirror: self.teacher_mirror,
                 alpha: Distill::DEFAULT_ALPHA,
                 temperature: Distill::DEFAULT_TEMPERATURE,
             });
@@ -579,12 +601,23 @@ fn loss_fn(logits: &Tensor, labels: &Tensor, soft: Option<&Tensor>, eps: f64) ->
     Ok((target * logp)?.sum(1)?.mean(0)?.neg()?)
 }
 
-/// The distillation term `T^2 * KL(softmax(teacher / T) || softmax(student / T))`,
+/// The distillation term `T^2 * KL(p || softmax(student / T))` for the
+/// teachers' mean softmax `p` (of `teachers`' logits divided by `T`),
 /// averaged over the batch (0 when the student matches the teacher).
-fn distill_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+fn distill_loss(student: &Tensor, teachers: &[Tensor], temperature: f64) -> Result<Tensor> {
     let logq = candle_nn::ops::log_softmax(&(student / temperature)?, D::Minus1)?;
-    let logp = candle_nn::ops::log_softmax(&(teacher.detach() / temperature)?, D::Minus1)?;
-    let kl = (logp.exp()? * (logp - logq)?)?.sum(1)?.mean(0)?;
+    let mut p: Option<Tensor> = None;
+    for t in teachers {
+        let pt = candle_nn::ops::softmax(&(t.detach() / temperature)?, D::Minus1)?;
+        p = Some(match p {
+            Some(sum) => (sum + pt)?,
+            None => pt,
+        });
+    }
+    let p = (p.context("distillation without a teacher")? / teachers.len() as f64)?;
+    // p > 0 wherever a softmax is; the clamp only guards log(0) in f32.
+    let logp = p.clamp(1e-30, 1.0)?.log()?;
+    let kl = (p * (logp - logq)?)?.sum(1)?.mean(0)?;
     Ok((kl * (temperature * temperature))?)
 }
 
@@ -697,10 +730,9 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
     if !opts.resume {
         // A mistyped weights path must not leave a run folder behind that
         // then needs --resume or removing.
-        let given = [
-            ("--init", cfg.init.as_ref()),
-            ("--teacher", cfg.distill.as_ref().map(|d| &d.teacher)),
-        ];
+        let teachers = cfg.distill.iter().flat_map(Distill::teachers);
+        let given = std::iter::once(("--init", cfg.init.as_ref()))
+            .chain(teachers.map(|t| ("--teacher", Some(t))));
         for (flag, path) in given {
             if let Some(p) = path
                 && !p.is_file()
@@ -840,16 +872,21 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
     }
     let teacher = match &cfg.distill {
         Some(d) => {
-            let w = given_weights("--teacher", &d.teacher, &device)?;
-            same_classes("--teacher", &d.teacher, &w, loaded.dataset.classes())?;
-            tracing::info!(
-                teacher = %d.teacher.display(),
-                arch = %w.meta.arch(),
-                alpha = d.alpha,
-                temperature = d.temperature,
-                "distilling"
-            );
-            Some((w.build(&device)?, d.alpha, d.temperature))
+            let mut nets = Vec::new();
+            for path in d.teachers() {
+                let w = given_weights("--teacher", path, &device)?;
+                same_classes("--teacher", path, &w, loaded.dataset.classes())?;
+                tracing::info!(
+                    teacher = %path.display(),
+                    arch = %w.meta.arch(),
+                    alpha = d.alpha,
+                    temperature = d.temperature,
+                    mirror = d.mirror,
+                    "distilling"
+                );
+                nets.push(w.build(&device)?);
+            }
+            Some((nets, d.mirror, d.alpha, d.temperature))
         }
         None => None,
     };
@@ -916,8 +953,19 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
                 None
             };
             let mut loss = loss_fn(&logits, &batch.labels, soft, cfg.label_smoothing)?;
-            if let Some((teacher, alpha, temperature)) = &teacher {
-                let taught = teacher.forward_t(&batch.images, false)?;
+            if let Some((teachers, mirror, alpha, temperature)) = &teacher {
+                let mirrored = if *mirror {
+                    Some(batch.images.flip(&[3])?)
+                } else {
+                    None
+                };
+                let mut taught = Vec::new();
+                for t in teachers {
+                    taught.push(t.forward_t(&batch.images, false)?);
+                    if let Some(m) = &mirrored {
+                        taught.push(t.forward_t(m, false)?);
+                    }
+                }
                 let kd = distill_loss(&logits, &taught, *temperature)?;
                 loss = ((loss * (1.0 - alpha))? + (kd * *alpha)?)?;
             }
@@ -1055,4 +1103,41 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         }
     }
     Ok(RunSummary { state, interrupted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits(v: &[f32]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (2, 3), &Device::Cpu).unwrap()
+    }
+
+    fn scalar(t: Tensor) -> f32 {
+        t.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn distillation_of_ensembles() {
+        let student = logits(&[0.1, 0.2, 0.3, 1.0, -1.0, 0.5]);
+        let a = logits(&[2.0, 0.0, -1.0, 0.0, 1.0, 0.0]);
+        let b = logits(&[-1.0, 0.5, 2.0, 1.0, 1.0, -2.0]);
+        // A student equal to its teacher has nothing to learn.
+        assert!(scalar(distill_loss(&a, std::slice::from_ref(&a), 4.0).unwrap()).abs() < 1e-6);
+        // Two copies of one teacher are that teacher.
+        let one = scalar(distill_loss(&student, std::slice::from_ref(&a), 2.0).unwrap());
+        let two = scalar(distill_loss(&student, &[a.clone(), a.clone()], 2.0).unwrap());
+        assert!((one - two).abs() < 1e-6, "{one} vs {two}");
+        // An ensemble's target is the mean of the softmaxes: the student
+        // that outputs it exactly (log of that mean, times T) has zero loss.
+        let t = 2.0;
+        let pa = candle_nn::ops::softmax(&(&a / t).unwrap(), D::Minus1).unwrap();
+        let pb = candle_nn::ops::softmax(&(&b / t).unwrap(), D::Minus1).unwrap();
+        let mean = ((pa + pb).unwrap() / 2.0).unwrap();
+        let matched = (mean.log().unwrap() * t).unwrap();
+        let zero = scalar(distill_loss(&matched, &[a.clone(), b.clone()], t).unwrap());
+        assert!(zero.abs() < 1e-5, "{zero}");
+        assert!(scalar(distill_loss(&student, &[a, b], t).unwrap()) > 0.01);
+        assert!(distill_loss(&student, &[], t).is_err());
+    }
 }

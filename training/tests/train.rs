@@ -286,6 +286,8 @@ fn distillation_learns_from_the_teacher_and_checks_it() {
         });
         cfg.distill = Some(Distill {
             teacher: teacher.clone(),
+            also: Vec::new(),
+            mirror: false,
             alpha,
             temperature: 4.0,
         });
@@ -309,6 +311,8 @@ fn distillation_learns_from_the_teacher_and_checks_it() {
         let mut cfg = config(&csv, 1);
         cfg.distill = Some(Distill {
             teacher: teacher.to_owned(),
+            also: Vec::new(),
+            mirror: false,
             alpha: 0.5,
             temperature: 4.0,
         });
@@ -327,6 +331,8 @@ fn distillation_learns_from_the_teacher_and_checks_it() {
     let mut cfg = config(&csv, 1);
     cfg.distill = Some(Distill {
         teacher,
+        also: Vec::new(),
+        mirror: false,
         alpha: 1.5,
         temperature: 4.0,
     });

@@ -1433,10 +1433,12 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
         let _ = write!(out, ", fine-tuned from `{}`", name(p));
     }
     if let Some(d) = &cfg.distill {
+        let names: Vec<String> = d.teachers().map(|t| format!("`{}`", name(t))).collect();
         let _ = write!(
             out,
-            ", distilled from `{}` (alpha {}, T {})",
-            name(&d.teacher),
+            ", distilled from {}{} (alpha {}, T {})",
+            names.join(" + "),
+            if d.mirror { ", mirrored too" } else { "" },
             d.alpha,
             d.temperature
         );
