@@ -727,6 +727,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     }
     md.push_str(TABLE_NOTES);
     md.push_str(&findings(&groups));
+    md.push_str(&ablations(&groups));
 
     // Figure 5.
     let bars_path = opts.out.join("accuracy.png");
@@ -1421,6 +1422,90 @@ training time per dataset: ARCH-1 0.841 h, ARCH-3 1.013 h, ARCH-4 2.633 h \
 
 /// What a run's recipe adds to its preset, for the table's recipe column:
 /// fine-tuning, distillation and random erasing.
+/// `distilled from `a` + `b`, mirrored too (alpha A, T T)`.
+fn distill_text(d: &crate::train::Distill) -> String {
+    let names: Vec<String> = d
+        .teachers()
+        .map(|t| format!("`{}`", t.file_name().unwrap_or_default().to_string_lossy()))
+        .collect();
+    format!(
+        "distilled from {}{} (alpha {}, T {})",
+        names.join(" + "),
+        if d.mirror { ", mirrored too" } else { "" },
+        d.alpha,
+        d.temperature
+    )
+}
+
+/// Finished fixed-split runs whose configurations differ only in their
+/// teachers (same network, data, start, seed, schedule, augmentation and
+/// epochs): what distillation adds at an equal budget.
+fn ablations(groups: &[Group<'_>]) -> String {
+    let single: Vec<&Run> = groups
+        .iter()
+        .filter(|g| !g.cross_validated() && g.finished())
+        .filter_map(|g| g.runs.first().copied())
+        .collect();
+    let key = |r: &Run| {
+        let mut c = r.config.clone();
+        c.distill = None;
+        serde_json::to_string(&c).unwrap_or_default()
+    };
+    let mut lines = String::new();
+    let mut seen = Vec::new();
+    for r in &single {
+        let k = key(r);
+        if seen.contains(&k) {
+            continue;
+        }
+        let mut same: Vec<&Run> = single.iter().copied().filter(|o| key(o) == k).collect();
+        seen.push(k);
+        if same.len() < 2 {
+            continue;
+        }
+        same.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut common = r.config.clone();
+        common.distill = None;
+        let variants: Vec<String> = same
+            .iter()
+            .filter_map(|o| {
+                let best = o.best()?;
+                let last = o.metrics.last()?;
+                let how = o
+                    .config
+                    .distill
+                    .as_ref()
+                    .map_or("no teacher".into(), distill_text);
+                Some(format!(
+                    "`{}` ({how}): best {} (epoch {}), last {}",
+                    o.name,
+                    pct(best.val_accuracy),
+                    best.epoch,
+                    pct(last.val_accuracy)
+                ))
+            })
+            .collect();
+        let _ = writeln!(
+            lines,
+            "- {} {}, {} epochs, seed {}{}: {}.",
+            arch_label(r.config.model.arch()),
+            r.dataset(),
+            r.config.epochs,
+            r.config.seed,
+            recipe_extras(&common),
+            variants.join("; ")
+        );
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!(
+        "\n### Ablations at an equal budget\n\nFinished runs whose configurations differ only in \
+         the teacher (same network, data, starting weights, seed, schedule, augmentation and \
+         epochs), so the difference is distillation's:\n\n{lines}"
+    )
+}
+
 fn recipe_extras(cfg: &TrainConfig) -> String {
     let name = |p: &Path| {
         p.file_name()
@@ -1433,15 +1518,7 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
         let _ = write!(out, ", fine-tuned from `{}`", name(p));
     }
     if let Some(d) = &cfg.distill {
-        let names: Vec<String> = d.teachers().map(|t| format!("`{}`", name(t))).collect();
-        let _ = write!(
-            out,
-            ", distilled from {}{} (alpha {}, T {})",
-            names.join(" + "),
-            if d.mirror { ", mirrored too" } else { "" },
-            d.alpha,
-            d.temperature
-        );
+        let _ = write!(out, ", {}", distill_text(d));
     }
     if let Some(p) = cfg.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
         let _ = write!(out, ", random erasing {p}");
