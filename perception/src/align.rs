@@ -198,7 +198,9 @@ pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, Perce
             let [x, y] = inv.apply([u as f32, v as f32]);
             let (gx, gy) = table.grid(x, y);
             let mean = table.box_mean(gx - half, gy - half, gx + half, gy + half);
-            pixels.push(mean.round().clamp(0.0, 255.0) as u8);
+            // Round half up (`f32::round` is a libm call on baseline x86-64:
+            // 9% of this function in a profile).
+            pixels.push((mean.clamp(0.0, 255.0) + 0.5) as u8);
         }
     }
     GrayCrop::new(pixels)

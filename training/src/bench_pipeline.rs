@@ -12,9 +12,10 @@ use clap::Args;
 use perception::crop::face_crop;
 use perception::{
     Classifier, Detector, DetectorConfig, FaceFollower, FollowConfig, Frame, Pipeline, PixelFormat,
-    Tta, default_classifier_path, default_detector_path, default_yunet_path,
+    Tta, default_classifier_path, default_detector_path,
 };
 
+use crate::faces::FinderArg;
 use crate::output::line;
 
 /// Options of `training bench-pipeline`.
@@ -60,15 +61,6 @@ pub struct BenchPipelineArgs {
     /// and R-Net, then O-Net).
     #[arg(long, value_enum, default_value_t = FinderArg::Yunet)]
     finder: FinderArg,
-}
-
-/// `--finder`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum FinderArg {
-    /// YuNet, then O-Net.
-    Yunet,
-    /// MTCNN's cascade.
-    Mtcnn,
 }
 
 /// Frame `i` of the benchmark video: `base` moved by a smooth pan (up to
@@ -351,13 +343,9 @@ pub fn run(args: &BenchPipelineArgs) -> Result<()> {
         );
         Classifier::untrained(models::Arch::Arch1)?
     };
-    let yunet = models::yunet::YuNet::from_file(default_yunet_path()).context("loading YuNet")?;
-    let fast = detector.clone().with_yunet(yunet);
+    let fast = FinderArg::Yunet.apply(detector.clone())?;
     if args.video {
-        let follow = match args.finder {
-            FinderArg::Yunet => fast,
-            FinderArg::Mtcnn => detector.clone(),
-        };
+        let follow = args.finder.apply(detector.clone())?;
         let baseline = Pipeline::new(detector, classifier.clone(), 4);
         let pipeline = Pipeline::new(follow, classifier, 4);
         return run_video(args, &baseline, &pipeline, &frame);

@@ -8,7 +8,7 @@ use clap::Args;
 use perception::crop::{face_crop, whole_image_crop};
 use perception::{
     CalibrationConfig, Classifier, Detector, DetectorConfig, Frame, GrayCrop, NeutralBaseline,
-    Pipeline, default_classifier_path, default_detector_path,
+    Pipeline, YuNet, default_classifier_path, default_detector_path, default_yunet_path,
 };
 use serde_json::{Map, Value, json};
 
@@ -25,19 +25,50 @@ pub struct DetectArgs {
     /// Smallest face side to look for, in pixels.
     #[arg(long, default_value_t = 40.0)]
     min_face: f32,
+    /// What searches each image for faces: `mtcnn` (P-Net pyramid and
+    /// R-Net, as facenet-pytorch) or `yunet` (YuNet proposals,
+    /// `assets/models/yunet.safetensors`, about 4x faster); O-Net gives the
+    /// final boxes and landmarks either way.
+    #[arg(long, value_enum, default_value_t = FinderArg::Mtcnn)]
+    finder: FinderArg,
+}
+
+/// `--finder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinderArg {
+    /// YuNet, then O-Net.
+    Yunet,
+    /// MTCNN's cascade.
+    Mtcnn,
+}
+
+impl FinderArg {
+    /// `detector` with YuNet searching whole frames, or as it is.
+    pub fn apply(self, detector: Detector) -> Result<Detector> {
+        Ok(match self {
+            Self::Mtcnn => detector,
+            Self::Yunet => {
+                let path = default_yunet_path();
+                let net = YuNet::from_file(&path)
+                    .with_context(|| format!("loading YuNet {}", path.display()))?;
+                detector.with_yunet(net)
+            }
+        })
+    }
 }
 
 impl DetectArgs {
     fn load(&self) -> Result<Detector> {
         let path = self.detector.clone().unwrap_or_else(default_detector_path);
-        Detector::from_file(
+        let detector = Detector::from_file(
             &path,
             DetectorConfig {
                 min_face_size: self.min_face,
                 ..Default::default()
             },
         )
-        .with_context(|| format!("loading the face detector {}", path.display()))
+        .with_context(|| format!("loading the face detector {}", path.display()))?;
+        self.finder.apply(detector)
     }
 }
 

@@ -85,6 +85,21 @@ fn predict_prints_one_json_object_per_face_and_annotates() {
     );
     let img = image::open(&png).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (500, 375));
+    // YuNet searching the images finds the same three faces, and none on the dogs.
+    let out = training()
+        .args(["predict", "--json", "--finder", "yunet", "--model"])
+        .arg(&weights)
+        .arg(&photo)
+        .arg(&dogs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yunet = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(yunet.lines().count(), 3, "{yunet}");
     // An unreadable image is reported and the exit status says so.
     let bad = tmp.path().join("bad.jpg");
     std::fs::write(&bad, b"not a jpeg").unwrap();
