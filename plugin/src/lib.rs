@@ -56,7 +56,8 @@
 //! [`EmotionSettings::enabled`] is false (a run condition of every stage)
 //! the camera thread is stopped, the device released and every face lost.
 //!
-//! Weights are Bevy assets (`models/mtcnn.safetensors` and
+//! Weights are Bevy assets (`models/mtcnn.safetensors`,
+//! `models/yunet.safetensors`, which searches whole frames for new faces, and
 //! `models/arch1_fer2013.safetensors` under the asset folder; see
 //! [`ModelSource`]); a missing or invalid file shows in [`ModelStatus`].
 //!
