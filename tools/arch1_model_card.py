@@ -87,11 +87,18 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
     extra = []
     if init:
         extra.append(f"- started from trained weights (`--init`, {os.path.basename(init)})")
+    teachers = [distill["teacher"]] + distill.get("also", []) if distill else []
     if distill:
+        who = " + ".join(f"`{os.path.basename(t)}`" for t in teachers)
+        ensemble = (
+            f", the teachers ({who}) averaged as an ensemble (mean of their softened softmaxes)"
+            if len(teachers) > 1 else f", teacher {who}"
+        )
+        mirror = ", each teacher also seeing the mirrored batch (`--teacher-mirror`)" if distill.get("mirror") else ""
         extra.append(
             f"- knowledge distillation (`--teacher`): loss = {1 - distill['alpha']:g} x cross-entropy + "
             f"{distill['alpha']:g} x T^2 KL(teacher || student) at temperature T = {distill['temperature']:g}, "
-            "the teacher seeing the same augmented batch"
+            f"the teacher seeing the same augmented batch{ensemble}{mirror}"
         )
     if aug.get("random_erasing", 0) > 0:
         extra.append(
@@ -101,10 +108,17 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
     extra_lines = "".join(l + "\n" for l in extra)
     note = "\n" + args.note + "\n" if args.note else ""
     flags = []
-    if init:
+    if init and distill and len(teachers) > 1:
+        flags.append(f"--init {init}")
+    elif init:
         flags.append("--init TEACHER")
-    if distill:
+    if distill and len(teachers) > 1:
+        flags.extend(f"--teacher {t}" for t in teachers)
+    elif distill:
         flags.append("--teacher TEACHER")
+    if distill and distill.get("mirror"):
+        flags.append("--teacher-mirror")
+    if distill:
         if distill["alpha"] != 0.5:
             flags.append(f"--distill-alpha {distill['alpha']:g}")
         if distill["temperature"] != 4.0:
