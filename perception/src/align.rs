@@ -170,9 +170,9 @@ impl GrayRegion {
 /// at least 1) centred where the pixel maps, read from a summed-area table
 /// of the frame area under the crop, so any footprint costs four bilinear
 /// table reads. A side of 1 is exactly bilinear interpolation, so faces
-/// smaller than the crop are upsampled bilinearly. Faces of 6 frame pixels
-/// per crop pixel and more are read on a grid of every `floor(f / 3)`-th
-/// pixel (still 3 or more samples across each footprint), so the cost stays
+/// smaller than the crop are upsampled bilinearly. Faces of 5 frame pixels
+/// per crop pixel and more are read on a grid of every `floor(f / 2.5)`-th
+/// pixel (still 2.5 or more samples across each footprint), so the cost stays
 /// bounded for faces that fill the frame. `training bench-pipeline` prints
 /// the time per face.
 pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, PerceptionError> {
@@ -182,8 +182,8 @@ pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, Perce
     if !footprint.is_finite() || footprint > 1e4 {
         return Err(PerceptionError::Align);
     }
-    let f = f64::from(footprint.max(1.0));
-    let stride = ((f / 3.0).floor() as usize).max(1);
+    let f = footprint.max(1.0);
+    let stride = ((f / GRID_SAMPLES).floor() as usize).max(1);
     let side = INPUT_SIZE as f32;
     let corners = [[-0.5, -0.5], [side, -0.5], [-0.5, side], [side, side]].map(|p| inv.apply(p));
     let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
@@ -191,7 +191,7 @@ pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, Perce
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
     }
     let table = Integral::new(frame, [x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0], stride);
-    let half = f / 2.0 / stride as f64;
+    let half = f / 2.0 / stride as f32;
     let mut pixels = Vec::with_capacity(INPUT_SIZE * INPUT_SIZE);
     for v in 0..INPUT_SIZE {
         for u in 0..INPUT_SIZE {
@@ -206,10 +206,20 @@ pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, Perce
     GrayCrop::new(pixels)
 }
 
+/// Grid samples across a footprint at least (below 1 frame pixel per
+/// sample the grid is every pixel): the table of a large face is read on
+/// every `floor(f / GRID_SAMPLES)`-th pixel.
+const GRID_SAMPLES: f32 = 2.5;
+
 /// A summed-area table of the luma of a frame rectangle, sampled every
 /// `stride` pixels: grid sample `(i, j)` is frame pixel
 /// `(x0 + i stride, y0 + j stride)` and stands for the cell
 /// `[i - 1/2, i + 1/2] x [j - 1/2, j + 1/2]` of grid coordinates.
+///
+/// Entries are luma in 1/256 grey levels summed with wrapping `u32`
+/// arithmetic: a difference of entries is exact whenever the sum it stands
+/// for fits in 32 bits (any box or strip of the table does: 65,280 per
+/// sample), however large the table.
 struct Integral {
     x0: usize,
     y0: usize,
@@ -219,7 +229,7 @@ struct Integral {
     h: usize,
     /// `(h + 1) x (w + 1)`: entry `(j, i)` sums the samples left of `i` and
     /// above `j`; row and column 0 are zero.
-    sums: Vec<f64>,
+    sums: Vec<u32>,
 }
 
 impl Integral {
@@ -234,17 +244,17 @@ impl Integral {
         let ch = frame.format().channels();
         let data = frame.data();
         let row_len = w + 1;
-        let mut sums = vec![0f64; (h + 1) * row_len];
+        let mut sums = vec![0u32; (h + 1) * row_len];
         for j in 0..h {
             let y = y0 + j * stride;
             let row = &data[(y * fw + x0) * ch..];
             let (above, below) = sums.split_at_mut((j + 1) * row_len);
             let above = &above[j * row_len..];
             let out = &mut below[..row_len];
-            let mut acc = 0u64;
+            let mut acc = 0u32;
             for i in 0..w {
-                acc += u64::from(luma_at(row, i * stride * ch, ch));
-                out[i + 1] = above[i + 1] + acc as f64;
+                acc = acc.wrapping_add(luma_at(row, i * stride * ch, ch));
+                out[i + 1] = above[i + 1].wrapping_add(acc);
             }
         }
         Self {
@@ -258,35 +268,17 @@ impl Integral {
     }
 
     /// Frame position -> grid coordinates.
-    fn grid(&self, x: f32, y: f32) -> (f64, f64) {
-        let s = self.stride as f64;
-        (
-            (f64::from(x) - self.x0 as f64) / s,
-            (f64::from(y) - self.y0 as f64) / s,
-        )
-    }
-
-    /// The table at continuous position `(a, b)` (`0..=w`, `0..=h`), bilinear.
-    fn at(&self, a: f64, b: f64) -> f64 {
-        let (ai, bi) = (
-            (a as usize).min(self.w.saturating_sub(1)),
-            (b as usize).min(self.h.saturating_sub(1)),
-        );
-        let (fa, fb) = (a - ai as f64, b - bi as f64);
-        let row_len = self.w + 1;
-        let top = &self.sums[bi * row_len + ai..];
-        let bottom = &self.sums[(bi + 1) * row_len + ai..];
-        let t = top[0] + (top[1] - top[0]) * fa;
-        let d = bottom[0] + (bottom[1] - bottom[0]) * fa;
-        t + (d - t) * fb
+    fn grid(&self, x: f32, y: f32) -> (f32, f32) {
+        let s = self.stride as f32;
+        ((x - self.x0 as f32) / s, (y - self.y0 as f32) / s)
     }
 
     /// Mean luma (0-255) over the grid box `[gx0, gx1] x [gy0, gy1]`, clipped
     /// to the table (a box wholly outside gives the nearest border cells).
-    fn box_mean(&self, gx0: f64, gy0: f64, gx1: f64, gy1: f64) -> f32 {
-        let (w, h) = (self.w as f64, self.h as f64);
+    fn box_mean(&self, gx0: f32, gy0: f32, gx1: f32, gy1: f32) -> f32 {
+        let (w, h) = (self.w as f32, self.h as f32);
         // Cell i spans [i - 1/2, i + 1/2]: shift to table coordinates.
-        let clip = |v: f64, max: f64| (v + 0.5).clamp(0.0, max);
+        let clip = |v: f32, max: f32| (v + 0.5).clamp(0.0, max);
         let (mut a0, mut a1) = (clip(gx0, w), clip(gx1, w));
         let (mut b0, mut b1) = (clip(gy0, h), clip(gy1, h));
         // A box clipped to nothing keeps a sliver at the border.
@@ -296,19 +288,63 @@ impl Integral {
         if b1 - b0 < 1e-6 {
             (b0, b1) = ((b0 - 0.5).max(0.0), (b1 + 0.5).min(h));
         }
-        let sum = self.at(a1, b1) - self.at(a0, b1) - self.at(a1, b0) + self.at(a0, b0);
-        (sum / ((a1 - a0) * (b1 - b0)) / 65_536.0) as f32
+        // Table index and weight of each coordinate (`w` itself reads the
+        // last interval at weight 1).
+        let split = |a: f32, n: usize| {
+            let i = (a as usize).min(n - 1);
+            (i, a - i as f32)
+        };
+        let sum = self.sum(
+            [split(a0, self.w), split(a1, self.w)],
+            [split(b0, self.h), split(b1, self.h)],
+        );
+        sum / ((a1 - a0) * (b1 - b0)) / 256.0
+    }
+
+    /// The sum of the table box between columns `i0 + fa0` and `i1 + fa1`
+    /// and rows `j0 + fb0` and `j1 + fb1` (table coordinates, split into
+    /// index and weight; `i1 < w`, `j1 < h`), bilinear at the corners;
+    /// every term is formed as an exact integer box or strip sum before it
+    /// is scaled.
+    #[inline]
+    fn sum(
+        &self,
+        [(i0, fa0), (i1, fa1)]: [(usize, f32); 2],
+        [(j0, fb0), (j1, fb1)]: [(usize, f32); 2],
+    ) -> f32 {
+        let row_len = self.w + 1;
+        // The columns `i0..i1` of row `j`, and the partial columns at both
+        // ends, as sums over rows above `j`.
+        let row = |j: usize| {
+            let r = &self.sums[j * row_len..];
+            [
+                r[i1].wrapping_sub(r[i0]),
+                r[i1 + 1].wrapping_sub(r[i1]),
+                r[i0 + 1].wrapping_sub(r[i0]),
+            ]
+        };
+        let (r0, r0n, r1, r1n) = (row(j0), row(j0 + 1), row(j1), row(j1 + 1));
+        // Rows `j0..j1` and the partial rows at both ends, exact integers.
+        let strip = |top: [u32; 3], bottom: [u32; 3]| {
+            let d = |k: usize| bottom[k].wrapping_sub(top[k]) as f32;
+            d(0) + fa1 * d(1) - fa0 * d(2)
+        };
+        strip(r0, r1) + fb1 * strip(r1, r1n) - fb0 * strip(r0, r0n)
     }
 }
 
-/// Fixed-point BT.601 luma (weights summing to 2^16) of the pixel at byte
-/// `i` of `row`.
+/// BT.601 luma of the pixel at byte `i` of `row`, in 1/256 grey levels
+/// (fixed-point weights summing to 2^16).
 #[inline]
 fn luma_at(row: &[u8], i: usize, channels: usize) -> u32 {
     if channels == 1 {
-        u32::from(row[i]) << 16
+        u32::from(row[i]) << 8
     } else {
-        19_595 * u32::from(row[i]) + 38_470 * u32::from(row[i + 1]) + 7_471 * u32::from(row[i + 2])
+        (19_595 * u32::from(row[i])
+            + 38_470 * u32::from(row[i + 1])
+            + 7_471 * u32::from(row[i + 2])
+            + 128)
+            >> 8
     }
 }
 
