@@ -7,9 +7,21 @@ use std::process::Command;
 use models::Arch;
 use training::metrics::Confusion;
 use training::spec::DataSpec;
-use training::train::{EpochMetrics, MachineRecord, Preset, TrainConfig};
+use training::train::{EpochMetrics, MachineRecord, Preset, Schedule, TrainConfig};
 
 fn write_run(dir: &Path, arch: Arch, data: &str, fold: usize, val_acc: &[f64]) {
+    write_run_with(dir, arch, data, fold, val_acc, |_| {});
+}
+
+/// As [`write_run`], with `edit` applied to the configuration last.
+fn write_run_with(
+    dir: &Path,
+    arch: Arch,
+    data: &str,
+    fold: usize,
+    val_acc: &[f64],
+    edit: impl FnOnce(&mut TrainConfig),
+) {
     std::fs::create_dir_all(dir).unwrap();
     let spec = DataSpec {
         data: data.into(),
@@ -19,6 +31,7 @@ fn write_run(dir: &Path, arch: Arch, data: &str, fold: usize, val_acc: &[f64]) {
     };
     let mut cfg = TrainConfig::preset(Preset::Default, arch, spec);
     cfg.epochs = val_acc.len();
+    edit(&mut cfg);
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&cfg).unwrap(),
@@ -255,6 +268,67 @@ fn findings_say_when_training_budgets_differ() {
     ] {
         assert!(md.contains(name), "{name} missing from\n{md}");
     }
+}
+
+#[test]
+fn the_paper_budget_section_follows_the_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let budget = |c: &mut TrainConfig| {
+        c.epochs = 200;
+        c.early_stopping = Some(1);
+        c.schedule = Schedule::Plateau {
+            factor: 0.1,
+            patience: 10,
+            min_lr: 1e-5,
+        };
+    };
+    // ARCH-1 stopped early (no better epoch after epoch 2), ARCH-3 is still
+    // running, and a run without early stopping is not part of the grid.
+    write_run_with(
+        &runs.join("arch1_fer2013_p200"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.5, 0.7, 0.6],
+        budget,
+    );
+    write_run_with(
+        &runs.join("arch3_fer2013_p200"),
+        Arch::Arch3,
+        "fer2013.csv",
+        0,
+        &[0.6],
+        budget,
+    );
+    write_run(
+        &runs.join("arch2_fer2013"),
+        Arch::Arch2,
+        "fer2013.csv",
+        0,
+        &[0.9, 0.9],
+    );
+    let recipe = "- FER2013, up to 200 epochs, default, batch 64, learning rate x0.1 after 10 epochs without a better validation accuracy, early stopping after 1";
+    let md = report_md(&runs, &tmp.path().join("out"));
+    let want = format!(
+        "{recipe}: finished: ARCH-1 70.0%; in progress: ARCH-3 (epoch 1); not run yet: ARCH-2, ARCH-4.\n"
+    );
+    assert!(md.contains("### At the paper's budget"), "{md}");
+    assert!(md.contains(&want), "{want} missing from\n{md}");
+    // Once ARCH-3 stops too, the two are ranked against the paper's claim.
+    write_run_with(
+        &runs.join("arch3_fer2013_p200"),
+        Arch::Arch3,
+        "fer2013.csv",
+        0,
+        &[0.6, 0.8, 0.7],
+        budget,
+    );
+    let md = report_md(&runs, &tmp.path().join("out2"));
+    let want = format!(
+        "{recipe}: finished: ARCH-3 80.0% > ARCH-1 70.0%; not run yet: ARCH-2, ARCH-4. ARCH-1 is not the most accurate here, unlike the paper's report.\n"
+    );
+    assert!(md.contains(&want), "{want} missing from\n{md}");
 }
 
 #[test]
