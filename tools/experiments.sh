@@ -5,6 +5,8 @@
 #   tools/experiments.sh                 # every experiment, largest first
 #   tools/experiments.sh arch1_ckplus    # only the named ones
 #   tools/experiments.sh arch1_fer2013_e30   # _e<N>: N epochs (own run folder)
+#   tools/experiments.sh arch1_fer2013_p200  # _p<N>: the paper's protocol, up to
+#                                        # N epochs (see PAPER_BUDGET below)
 #   THREADS=1 tools/experiments.sh & THREADS=1 tools/experiments.sh &
 #                                        # two at once, sharing the plan
 #
@@ -42,8 +44,13 @@ PLAN=(arch1_fer2013 arch2_fer2013 arch3_fer2013 arch4_fer2013
 if (( $# > 0 )); then PLAN=("$@"); fi
 
 # A name may end in _e<N> to train for N epochs instead of the default
-# (arch1_fer2013_e30: ARCH-1 on FER2013 for 30 epochs, in runs/arch1_fer2013_e30).
-base_of() { [[ $1 =~ ^(.*)_e([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}" || echo "$1"; }
+# (arch1_fer2013_e30: ARCH-1 on FER2013 for 30 epochs, in runs/arch1_fer2013_e30),
+# or in _p<N> for the paper's protocol with the project's recipe: up to N
+# epochs, the learning rate divided by 10 after 10 epochs without a better
+# validation accuracy, early stopping after 20, random erasing 0.25
+# (arch1_fer2013_p200, arch3_ckplus_p200, ...).
+base_of() { [[ $1 =~ ^(.*)_[ep]([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}" || echo "$1"; }
+PAPER_BUDGET=(--plateau 10 --patience 20 --random-erasing 0.25)
 
 # Only the data the planned experiments read has to be there.
 for name in "${PLAN[@]}"; do
@@ -119,7 +126,7 @@ EOF
         local kept=()
         while (( $# > 0 )); do
             case $1 in
-                --arch|--batch-size) shift 2 ;;
+                --arch|--batch-size|--plateau|--patience|--random-erasing) shift 2 ;;
                 *) kept+=("$1"); shift ;;
             esac
         done
@@ -135,17 +142,18 @@ EOF
 
 for name in "${PLAN[@]}"; do
     arch=${name%%_*}
-    epochs=$EPOCHS ck_epochs=$CK_EPOCHS
-    if [[ $name =~ _e([0-9]+)$ ]]; then
-        epochs=${BASH_REMATCH[1]} ck_epochs=${BASH_REMATCH[1]}
+    epochs=$EPOCHS ck_epochs=$CK_EPOCHS recipe=()
+    if [[ $name =~ _([ep])([0-9]+)$ ]]; then
+        epochs=${BASH_REMATCH[2]} ck_epochs=${BASH_REMATCH[2]}
+        [[ ${BASH_REMATCH[1]} == p ]] && recipe=("${PAPER_BUDGET[@]}")
     fi
     case $(base_of "$name") in
-        *_fer2013) train "runs/$name" --arch "$arch" --data "$FER" --epochs "$epochs" ;;
-        *_ferplus) train "runs/$name" --arch "$arch" --data "$FER" --ferplus "$PLUS" --epochs "$epochs" ;;
+        *_fer2013) train "runs/$name" --arch "$arch" --data "$FER" --epochs "$epochs" "${recipe[@]}" ;;
+        *_ferplus) train "runs/$name" --arch "$arch" --data "$FER" --ferplus "$PLUS" --epochs "$epochs" "${recipe[@]}" ;;
         *_ckplus)
             for fold in 0 1 2 3 4 5 6 7 8 9; do
                 train "runs/$name/fold$fold" --arch "$arch" --data "$CK" --fold "$fold" \
-                    --epochs "$ck_epochs" --batch-size "$CK_BATCH"
+                    --epochs "$ck_epochs" --batch-size "$CK_BATCH" "${recipe[@]}"
             done ;;
         *) echo "unknown experiment $name" >&2; exit 1 ;;
     esac

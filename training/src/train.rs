@@ -302,6 +302,11 @@ pub struct Overrides {
     /// Early-stopping patience in epochs.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Learning rate on a plateau instead of the preset's schedule: divide
+    /// it by 10 after this many epochs without a better validation accuracy
+    /// (Keras `ReduceLROnPlateau`, down to 1e-5), as the paper did.
+    #[arg(long, value_name = "EPOCHS")]
+    pub plateau: Option<usize>,
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
@@ -350,6 +355,7 @@ impl Overrides {
             (self.label_smoothing.is_some(), "--label-smoothing"),
             (self.dropout.is_some(), "--dropout"),
             (self.patience.is_some(), "--patience"),
+            (self.plateau.is_some(), "--plateau"),
             (self.no_augment, "--no-augment"),
             (self.soft_targets, "--soft-targets"),
             (self.seed.is_some(), "--seed"),
@@ -390,6 +396,13 @@ impl Overrides {
         }
         if let Some(v) = self.patience {
             cfg.early_stopping = Some(v);
+        }
+        if let Some(patience) = self.plateau {
+            cfg.schedule = Schedule::Plateau {
+                factor: 0.1,
+                patience,
+                min_lr: 1e-5,
+            };
         }
         if self.no_augment {
             cfg.augment = None;

@@ -11,7 +11,7 @@ use candle_core::Device;
 use common::{metrics, weights, write_fixture};
 use models::{Arch, LoadedWeights};
 use training::spec::DataSpec;
-use training::train::{Distill, Preset, RunOptions, TrainConfig, train};
+use training::train::{Distill, Preset, RunOptions, Schedule, TrainConfig, train};
 
 fn config(data: &Path, epochs: usize) -> TrainConfig {
     let spec = DataSpec {
@@ -197,6 +197,9 @@ fn resume_refuses_options_that_would_change_the_run() {
     let (ok, err) = cli(&["--lr", "0.1", "--arch", "arch3"]);
     assert!(!ok);
     assert!(err.contains("--lr, --arch would change it"), "{err}");
+    let (ok, err) = cli(&["--plateau", "3"]);
+    assert!(!ok);
+    assert!(err.contains("--plateau would change it"), "{err}");
     let (ok, err) = cli(&["--limit", "4"]);
     assert!(!ok);
     assert!(err.contains("data options differ"), "{err}");
@@ -204,6 +207,36 @@ fn resume_refuses_options_that_would_change_the_run() {
     let (ok, err) = cli(&["--epochs", "2"]);
     assert!(ok, "{err}");
     assert_eq!(metrics(&dir).len(), 2);
+}
+
+#[test]
+fn the_paper_protocol_options_reach_the_config() {
+    let (tmp, csv) = tiny(16, 8);
+    let dir = tmp.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_training"))
+        .args(["train", "--no-progress", "--epochs", "1", "--run-dir"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&csv)
+        .args(["--plateau", "4", "--patience", "6"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg.schedule,
+        Schedule::Plateau {
+            factor: 0.1,
+            patience: 4,
+            min_lr: 1e-5
+        }
+    );
+    assert_eq!(cfg.early_stopping, Some(6));
 }
 
 #[test]
