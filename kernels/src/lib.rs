@@ -34,6 +34,8 @@ pub mod direct;
 pub mod helper;
 #[expect(unsafe_code, reason = "run-time AVX2 dispatch")]
 pub mod hwc;
+#[expect(unsafe_code, reason = "AVX2 gathers")]
+pub mod image;
 #[expect(unsafe_code, reason = "AVX2 intrinsics")]
 pub mod slice;
 #[expect(unsafe_code, reason = "AVX2 intrinsics")]
