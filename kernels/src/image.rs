@@ -203,8 +203,28 @@ fn box_sum(sums: &[u32], row_len: usize, a0: f32, b0: f32, span: f32) -> f32 {
         let i = a as i32;
         (i as usize, a - i as f32)
     };
-    let ((i0, fa0), (i1, fa1)) = (split(a0), split(a0 + span));
-    let ((j0, fb0), (j1, fb1)) = (split(b0), split(b0 + span));
+    box_sum_at(
+        sums,
+        row_len,
+        [split(a0), split(a0 + span)],
+        [split(b0), split(b0 + span)],
+    )
+}
+
+/// The sum of the table box between columns `i0 + fa0` and `i1 + fa1` and
+/// rows `j0 + fb0` and `j1 + fb1` (table coordinates split into index and
+/// weight, `i0 <= i1`, `j0 <= j1`), bilinear at the corners, as
+/// [`box_sums`] forms it.
+///
+/// # Panics
+/// If `i1 + 1` or `j1 + 1` is outside the table.
+#[inline]
+pub fn box_sum_at(
+    sums: &[u32],
+    row_len: usize,
+    [(i0, fa0), (i1, fa1)]: [(usize, f32); 2],
+    [(j0, fb0), (j1, fb1)]: [(usize, f32); 2],
+) -> f32 {
     // Columns `i0..i1` of row `j` and the partial columns at both ends, as
     // sums over the rows above `j`.
     let row = |j: usize| {

@@ -12,7 +12,7 @@ use crate::PerceptionError;
 use crate::crop::luma;
 use crate::detect::{Detection, Detector};
 use crate::frame::{Frame, PixelFormat};
-use kernels::image::{box_sums, sat_row};
+use kernels::image::{box_sum_at, box_sums, sat_row};
 use models::INPUT_SIZE;
 
 /// Mean landmark positions of FER2013's 48x48 faces (left eye, right eye, nose,
@@ -330,42 +330,13 @@ impl Integral {
             let i = (a as usize).min(n - 1);
             (i, a - i as f32)
         };
-        let sum = self.sum(
+        let sum = box_sum_at(
+            &self.sums,
+            self.w + 1,
             [split(a0, self.w), split(a1, self.w)],
             [split(b0, self.h), split(b1, self.h)],
         );
         sum / ((a1 - a0) * (b1 - b0)) / 256.0
-    }
-
-    /// The sum of the table box between columns `i0 + fa0` and `i1 + fa1`
-    /// and rows `j0 + fb0` and `j1 + fb1` (table coordinates, split into
-    /// index and weight; `i1 < w`, `j1 < h`), bilinear at the corners;
-    /// every term is formed as an exact integer box or strip sum before it
-    /// is scaled.
-    #[inline]
-    fn sum(
-        &self,
-        [(i0, fa0), (i1, fa1)]: [(usize, f32); 2],
-        [(j0, fb0), (j1, fb1)]: [(usize, f32); 2],
-    ) -> f32 {
-        let row_len = self.w + 1;
-        // The columns `i0..i1` of row `j`, and the partial columns at both
-        // ends, as sums over rows above `j`.
-        let row = |j: usize| {
-            let r = &self.sums[j * row_len..];
-            [
-                r[i1].wrapping_sub(r[i0]),
-                r[i1 + 1].wrapping_sub(r[i1]),
-                r[i0 + 1].wrapping_sub(r[i0]),
-            ]
-        };
-        let (r0, r0n, r1, r1n) = (row(j0), row(j0 + 1), row(j1), row(j1 + 1));
-        // Rows `j0..j1` and the partial rows at both ends, exact integers.
-        let strip = |top: [u32; 3], bottom: [u32; 3]| {
-            let d = |k: usize| bottom[k].wrapping_sub(top[k]) as f32;
-            d(0) + fa1 * d(1) - fa0 * d(2)
-        };
-        strip(r0, r1) + fb1 * strip(r1, r1n) - fb0 * strip(r0, r0n)
     }
 }
 
