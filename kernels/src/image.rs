@@ -27,7 +27,7 @@ pub fn luma256(px: &[u8], channels: usize) -> u32 {
 
 /// One row of a summed-area table kept in wrapping `u32` arithmetic (a
 /// difference of entries is exact whenever the sum it stands for fits in 32
-/// bits): `out[0] = above[0]` and, for `i < n`,
+/// bits; [`box_sums`] needs 31): `out[0] = above[0]` and, for `i < n`,
 /// `out[i + 1] = above[i + 1] + luma256(row[i * step..]) + ... + luma256(row[0..])`.
 /// `channels` is 1 (gray) or 3 and more (R, G, B first); `step` is in bytes.
 ///
@@ -122,12 +122,12 @@ unsafe fn gather_lumas(row: &[u8], gray: bool, step: usize, first: usize, out: &
         let luma = if gray {
             _mm256_slli_epi32::<8>(_mm256_and_si256(v, byte))
         } else {
-            let r = _mm256_and_si256(v, byte);
-            let g = _mm256_and_si256(_mm256_srli_epi32::<8>(v), byte);
-            let b = _mm256_and_si256(_mm256_srli_epi32::<16>(v), byte);
+            let red = _mm256_and_si256(v, byte);
+            let green = _mm256_and_si256(_mm256_srli_epi32::<8>(v), byte);
+            let blue = _mm256_and_si256(_mm256_srli_epi32::<16>(v), byte);
             let sum = _mm256_add_epi32(
-                _mm256_add_epi32(_mm256_mullo_epi32(r, wr), _mm256_mullo_epi32(g, wg)),
-                _mm256_add_epi32(_mm256_mullo_epi32(b, wb), half),
+                _mm256_add_epi32(_mm256_mullo_epi32(red, wr), _mm256_mullo_epi32(green, wg)),
+                _mm256_add_epi32(_mm256_mullo_epi32(blue, wb), half),
             );
             _mm256_srli_epi32::<8>(sum)
         };
@@ -147,8 +147,9 @@ unsafe fn gather_lumas(row: &[u8], gray: bool, step: usize, first: usize, out: &
 /// results).
 ///
 /// # Panics
-/// If the slices' lengths differ, or a box does not lie inside the table:
-/// every `a0[k] >= 0`, `a0[k] + span < row_len - 1`, `b0[k] >= 0` and
+/// If the slices' lengths differ, if `span` is negative or NaN, or if a box
+/// does not lie inside the table: every `a0[k] >= 0`,
+/// `a0[k] + span < row_len - 1`, `b0[k] >= 0` and
 /// `b0[k] + span < sums.len() / row_len - 1`.
 pub fn box_sums(
     sums: &[u32],
@@ -217,7 +218,8 @@ fn box_sum(sums: &[u32], row_len: usize, a0: f32, b0: f32, span: f32) -> f32 {
 /// [`box_sums`] forms it.
 ///
 /// # Panics
-/// If `i1 + 1` or `j1 + 1` is outside the table.
+/// If `i1 + 1 >= row_len` or row `j1 + 1` is outside the table. With
+/// `i0 > i1` or `j0 > j1` the result is meaningless (not a box).
 #[inline]
 pub fn box_sum_at(
     sums: &[u32],
@@ -228,7 +230,7 @@ pub fn box_sum_at(
     // Columns `i0..i1` of row `j` and the partial columns at both ends, as
     // sums over the rows above `j`.
     let row = |j: usize| {
-        let r = &sums[j * row_len..];
+        let r = &sums[j * row_len..][..row_len];
         [
             r[i1].wrapping_sub(r[i0]),
             r[i1 + 1].wrapping_sub(r[i1]),

@@ -180,9 +180,10 @@ pub fn align(frame: &Frame, landmarks: &[[f32; 2]; 5]) -> Result<GrayCrop, Perce
     Ok(align_with(frame, landmarks, true)?.0)
 }
 
-/// [`align`], and whether the boxes were read eight at a time; `gather` off
-/// reads every box through the clipping path (the reference the
-/// eight-at-a-time path is tested against).
+/// [`align`], and whether every box lay inside the table and was read by
+/// `kernels::image::box_sums` (eight at a time where the CPU has AVX2);
+/// `gather` off reads every box through the clipping path (the reference
+/// that path is tested against).
 fn align_with(
     frame: &Frame,
     landmarks: &[[f32; 2]; 5],
@@ -201,6 +202,9 @@ fn align_with(
     let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
     for [x, y] in corners {
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+        return Err(PerceptionError::Align);
     }
     let table = Integral::new(frame, [x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0], stride);
     let half = f / 2.0 / stride as f32;
@@ -259,10 +263,11 @@ const GRID_SAMPLES: f32 = 2.5;
 /// `(x0 + i stride, y0 + j stride)` and stands for the cell
 /// `[i - 1/2, i + 1/2] x [j - 1/2, j + 1/2]` of grid coordinates.
 ///
-/// Entries are luma in 1/256 grey levels summed with wrapping `u32`
-/// arithmetic: a difference of entries is exact whenever the sum it stands
-/// for fits in 32 bits (any box or strip of the table does: 65,280 per
-/// sample), however large the table.
+/// Entries are luma in 1/256 grey levels (at most 65,280 per sample) summed
+/// with wrapping `u32` arithmetic, so the table may overflow: only
+/// differences are read, and each one `kernels::image::box_sum_at` converts
+/// covers at most `(span + 2)^2` cells (span: a footprint's side in cells,
+/// under 6), far below the 2^31 that keeps it exact.
 struct Integral {
     x0: usize,
     y0: usize,
