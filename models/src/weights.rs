@@ -106,6 +106,10 @@ pub enum WeightsError {
     /// The file holds a tensor the network does not have.
     #[error("tensor `{0}` in the weights is not a parameter of this network")]
     UnexpectedTensor(String),
+    /// Weights that cannot be averaged: no files, or files of different
+    /// networks or classes.
+    #[error("cannot average these weights: {0}")]
+    Incompatible(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -442,6 +446,51 @@ impl LoadedWeights {
     }
 }
 
+impl LoadedWeights {
+    /// The element-wise mean of several weights files of one network (same
+    /// configuration and classes, every file valid): a "model soup" of runs
+    /// fine-tuned from a common start, BatchNorm's moving statistics averaged
+    /// like the rest. The metadata is the first file's, its provenance noting
+    /// the average.
+    pub fn average(all: &[LoadedWeights]) -> Result<Self> {
+        let Some((first, rest)) = all.split_first() else {
+            return Err(WeightsError::Incompatible("no weights given".into()));
+        };
+        first.validate()?;
+        for (i, w) in rest.iter().enumerate() {
+            if w.meta.config != first.meta.config || w.meta.classes != first.meta.classes {
+                return Err(WeightsError::Incompatible(format!(
+                    "file {} is another network or has other classes than file 1",
+                    i + 2
+                )));
+            }
+            w.validate()?;
+        }
+        let n = all.len() as f64;
+        let mut tensors = HashMap::new();
+        for (name, t) in &first.tensors {
+            let mut sum = t.clone();
+            for w in rest {
+                sum = (sum + &w.tensors[name])?;
+            }
+            tensors.insert(name.clone(), (sum / n)?);
+        }
+        let mut meta = first.meta.clone();
+        meta.provenance.metrics.clear();
+        meta.provenance.notes = format!(
+            "element-wise mean of {} weights files{}{}",
+            all.len(),
+            if meta.provenance.notes.is_empty() {
+                ""
+            } else {
+                "; the first: "
+            },
+            meta.provenance.notes
+        );
+        Ok(Self { meta, tensors })
+    }
+}
+
 /// Loads a weights file and builds its network in one step.
 pub fn load_network(path: impl AsRef<Path>, device: &Device) -> Result<(EmotionNet, WeightsMeta)> {
     let w = LoadedWeights::from_file(path, device)?;
@@ -728,6 +777,42 @@ mod tests {
         let back = LoadedWeights::from_bytes(&w.to_bytes().unwrap(), &Device::Cpu).unwrap();
         assert_eq!(back.meta.arch(), Arch::Arch2);
         assert_eq!(back.tensors.len(), w.tensors.len());
+    }
+
+    #[test]
+    fn averages_are_element_wise_and_refuse_other_networks() {
+        let a = LoadedWeights::untrained(Arch::Arch1, &Device::Cpu).unwrap();
+        let b = LoadedWeights::untrained(Arch::Arch1, &Device::Cpu).unwrap();
+        let mean = LoadedWeights::average(&[a.clone(), b.clone()]).unwrap();
+        mean.validate().unwrap();
+        assert!(
+            mean.meta
+                .provenance
+                .notes
+                .starts_with("element-wise mean of 2")
+        );
+        let flat = |w: &LoadedWeights, n: &str| {
+            w.tensors[n]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let name = a
+            .tensors
+            .keys()
+            .find(|n| n.ends_with(".weight") && !n.contains("batch_norm"))
+            .unwrap()
+            .clone();
+        let (x, y, m) = (flat(&a, &name), flat(&b, &name), flat(&mean, &name));
+        assert_ne!(x, y, "two random initialisations");
+        for ((x, y), m) in x.iter().zip(&y).zip(&m) {
+            assert!((m - (x + y) / 2.0).abs() < 1e-6);
+        }
+        let other = LoadedWeights::untrained(Arch::Arch3, &Device::Cpu).unwrap();
+        let err = LoadedWeights::average(&[a, other]).unwrap_err().to_string();
+        assert!(err.contains("another network"), "{err}");
+        assert!(LoadedWeights::average(&[]).is_err());
     }
 
     #[test]

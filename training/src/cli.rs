@@ -188,6 +188,50 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Options of `training soup`.
+#[derive(Debug, Args)]
+pub struct SoupArgs {
+    /// Where the averaged weights go (written atomically; an existing file is
+    /// replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Two or more weights files of one network and class list, best trained
+    /// from a common start (fine-tuned runs of one model).
+    #[arg(required = true, num_args = 2..)]
+    models: Vec<PathBuf>,
+}
+
+/// Runs `training soup`.
+pub fn soup(args: &SoupArgs) -> Result<()> {
+    let all = args
+        .models
+        .iter()
+        .map(|p| {
+            LoadedWeights::from_file(p, &Device::Cpu)
+                .with_context(|| format!("reading {}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut mean = LoadedWeights::average(&all)?;
+    let names: Vec<String> = args
+        .models
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    mean.meta.provenance.notes = format!(
+        "{} (training soup: {})",
+        mean.meta.provenance.notes,
+        names.join(", ")
+    );
+    models::weights::write_atomic(&args.out, &mean.to_bytes()?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    line(format!(
+        "soup of {} files written to {}",
+        all.len(),
+        args.out.display()
+    ));
+    Ok(())
+}
+
 /// Options of `training evaluate`.
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {

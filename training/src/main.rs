@@ -119,6 +119,10 @@ enum Command {
     /// Evaluate a weights file: accuracy, per-class precision / recall / F1 and
     /// the confusion matrix. The last line is `accuracy: 0.XXXX (CORRECT/TOTAL)`.
     Evaluate(cli::EvaluateArgs),
+    /// Average several weights files of one network element-wise (a "model
+    /// soup" of runs fine-tuned from a common start; BatchNorm statistics
+    /// too) into one; check the result with `evaluate` on PublicTest.
+    Soup(cli::SoupArgs),
     /// Find the faces in photos (MTCNN), align them and classify each: one line
     /// per face with its box and emotion (`--json`: one JSON object per face),
     /// optionally an annotated copy (`--annotate out.png`). `--crop` takes each
@@ -219,6 +223,7 @@ fn main() -> Result<()> {
         Command::BenchPipeline(args) => bench_pipeline::run(&args)?,
         Command::Train(args) => cli::train(*args)?,
         Command::Evaluate(args) => cli::evaluate(&args)?,
+        Command::Soup(args) => cli::soup(&args)?,
         Command::Predict(args) => faces::predict(&args)?,
         Command::Preprocess(args) => faces::preprocess(&args)?,
         Command::Report(args) => {
