@@ -240,6 +240,45 @@ fn the_paper_protocol_options_reach_the_config() {
 }
 
 #[test]
+fn soup_writes_the_mean_and_refuses_other_networks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |arch: Arch, name: &str| {
+        let p = tmp.path().join(name);
+        let w = LoadedWeights::untrained(arch, &Device::Cpu).unwrap();
+        std::fs::write(&p, w.to_bytes().unwrap()).unwrap();
+        p
+    };
+    let (a, b, c) = (
+        file(Arch::Arch1, "a.safetensors"),
+        file(Arch::Arch1, "b.safetensors"),
+        file(Arch::Arch3, "c.safetensors"),
+    );
+    let out = tmp.path().join("soup.safetensors");
+    let soup = |inputs: &[&Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_training"))
+            .arg("soup")
+            .arg("--out")
+            .arg(&out)
+            .args(inputs)
+            .output()
+            .unwrap()
+    };
+    let run = soup(&[&a, &b]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mean = LoadedWeights::from_file(&out, &Device::Cpu).unwrap();
+    mean.validate().unwrap();
+    assert!(mean.meta.provenance.notes.contains("training soup"));
+    let run = soup(&[&a, &c]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("another network"), "{err}");
+}
+
+#[test]
 fn init_starts_from_trained_weights() {
     let (tmp, csv) = tiny(48, 16);
     let first = tmp.path().join("first");
