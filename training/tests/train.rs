@@ -1,6 +1,7 @@
 //! The training loop end to end: resume equivalence on a tiny synthetic run, and
 //! a one-epoch smoke run on a small subset of the shared FER2013 data.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 mod common;
 
 use candle_core::Device;
-use common::{metrics, weights, write_fixture};
+use common::{metrics, training_ok, weights, write_fixture};
 use models::{Arch, LoadedWeights};
 use training::spec::DataSpec;
 use training::train::{Distill, Preset, RunOptions, Schedule, TrainConfig, train};
@@ -213,19 +214,22 @@ fn resume_refuses_options_that_would_change_the_run() {
 fn the_paper_protocol_options_reach_the_config() {
     let (tmp, csv) = tiny(16, 8);
     let dir = tmp.path().join("run");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_training"))
-        .args(["train", "--no-progress", "--epochs", "1", "--run-dir"])
-        .arg(&dir)
-        .arg("--data")
-        .arg(&csv)
-        .args(["--plateau", "4", "--patience", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args: Vec<&OsStr> = [
+        "train",
+        "--no-progress",
+        "--epochs",
+        "1",
+        "--plateau",
+        "4",
+        "--patience",
+        "6",
+        "--run-dir",
+    ]
+    .into_iter()
+    .map(OsStr::new)
+    .collect();
+    args.extend([dir.as_os_str(), OsStr::new("--data"), csv.as_os_str()]);
+    training_ok(&args);
     let cfg: TrainConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(
@@ -263,12 +267,13 @@ fn soup_writes_the_mean_and_refuses_other_networks() {
             .output()
             .unwrap()
     };
-    let run = soup(&[&a, &b]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    training_ok(&[
+        OsStr::new("soup"),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        a.as_os_str(),
+        b.as_os_str(),
+    ]);
     let mean = LoadedWeights::from_file(&out, &Device::Cpu).unwrap();
     mean.validate().unwrap();
     assert!(mean.meta.provenance.notes.contains("training soup"));

@@ -56,3 +56,19 @@ pub fn write_fixture(path: &Path, n_train: usize, n_val: usize) {
         writeln!(f, "{label},{},{usage}", pixels.join(" ")).unwrap();
     }
 }
+
+/// Runs the `training` binary with `args`; panics with its stderr unless it
+/// succeeds.
+#[allow(dead_code)]
+pub fn training_ok(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_training"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "training {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
