@@ -118,6 +118,16 @@ pub struct TrainConfig {
     /// Knowledge distillation from a trained teacher (none: plain training).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distill>,
+    /// Mixup (Zhang et al. 2018) with this Beta parameter, 0 < alpha <= 4:
+    /// each batch is blended with a shuffled copy of itself, images and
+    /// targets alike, by a weight drawn from `Beta(alpha, alpha)` per batch
+    /// (seeded by the run's seed, epoch and step). 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mixup: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Knowledge distillation (Hinton et al. 2015): the loss is
@@ -192,6 +202,7 @@ impl TrainConfig {
                 eval_batch_size: 256,
                 init: None,
                 distill: None,
+                mixup: 0.0,
             },
             Preset::Default => Self {
                 preset,
@@ -216,6 +227,7 @@ impl TrainConfig {
                 eval_batch_size: 256,
                 init: None,
                 distill: None,
+                mixup: 0.0,
             },
         }
     }
@@ -233,6 +245,9 @@ impl TrainConfig {
                 "label_smoothing must be in [0, 1), got {}",
                 self.label_smoothing
             );
+        }
+        if !(self.mixup == 0.0 || (self.mixup > 0.0 && self.mixup <= 4.0)) {
+            bail!("mixup must be 0 (off) or in (0, 4], got {}", self.mixup);
         }
         if self.early_stopping == Some(0) {
             bail!("early_stopping must be at least 1 epoch (or absent for none)");
@@ -302,6 +317,11 @@ pub struct Overrides {
     /// Early-stopping patience in epochs.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Mixup: blend each batch with a shuffled copy of itself (images and
+    /// targets) by a weight drawn from Beta(ALPHA, ALPHA); 0 < ALPHA <= 4
+    /// (0.2-0.4 is usual).
+    #[arg(long, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
     /// Learning rate on a plateau instead of the preset's schedule: divide
     /// it by 10 after this many epochs without a better validation accuracy
     /// (Keras `ReduceLROnPlateau`, down to 1e-5), as the paper did.
@@ -356,6 +376,7 @@ impl Overrides {
             (self.dropout.is_some(), "--dropout"),
             (self.patience.is_some(), "--patience"),
             (self.plateau.is_some(), "--plateau"),
+            (self.mixup.is_some(), "--mixup"),
             (self.no_augment, "--no-augment"),
             (self.soft_targets, "--soft-targets"),
             (self.seed.is_some(), "--seed"),
@@ -396,6 +417,9 @@ impl Overrides {
         }
         if let Some(v) = self.patience {
             cfg.early_stopping = Some(v);
+        }
+        if let Some(alpha) = self.mixup {
+            cfg.mixup = alpha;
         }
         if let Some(patience) = self.plateau {
             cfg.schedule = Schedule::Plateau {
@@ -551,6 +575,48 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// commit at run time, which may be another.
 pub fn build_commit() -> &'static str {
     env!("TRAINING_BUILD_COMMIT")
+}
+
+/// Mixup of one batch: `lambda * x + (1 - lambda) * x[perm]` for the images
+/// and the targets (`(N, classes)` distributions), with `lambda` from
+/// `Beta(alpha, alpha)` and `perm` a shuffle, both drawn from a generator
+/// seeded by `seed`, `epoch` and `step` (a resumed run draws the same).
+pub fn mixup(
+    images: &Tensor,
+    targets: &Tensor,
+    alpha: f64,
+    seed: u64,
+    epoch: usize,
+    step: usize,
+) -> Result<(Tensor, Tensor)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0a1f_3e55_b0c4_d7e9);
+    rng.set_stream(((epoch as u64) << 32) | step as u64);
+    let lambda = beta_sample(&mut rng, alpha);
+    let n = images.dim(0)?;
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        perm.swap(i, j);
+    }
+    let perm = Tensor::from_vec(perm, n, images.device())?;
+    let mix = |t: &Tensor| -> Result<Tensor> {
+        let other = t.index_select(&perm, 0)?;
+        Ok(((t * lambda)? + (other * (1.0 - lambda))?)?)
+    };
+    Ok((mix(images)?, mix(targets)?))
+}
+
+/// A draw from `Beta(a, a)` (Jöhnk's method: exact for any `a`, quick for
+/// the `a <= 4` mixup uses).
+fn beta_sample(rng: &mut ChaCha8Rng, a: f64) -> f64 {
+    let uniform = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    loop {
+        let x = uniform(rng).powf(1.0 / a);
+        let y = uniform(rng).powf(1.0 / a);
+        if x + y <= 1.0 && x + y > 0.0 {
+            return x / (x + y);
+        }
+    }
 }
 
 /// The training data order of `epoch`: a seeded shuffle.
@@ -946,7 +1012,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
         };
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0u64, 0usize);
-        for chunk in order.chunks(cfg.batch_size) {
+        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
             if stop.load(Ordering::Relaxed) {
                 interrupted = true;
                 break;
@@ -958,14 +1024,29 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
                 },
                 None => BatchMode::Plain,
             };
-            let batch = make_batch(&loaded.dataset, chunk, mode, &device)?;
-            let logits = net.forward_t(&batch.images, true)?;
-            let soft = if cfg.soft_targets {
-                batch.soft_targets.as_ref()
+            let mut batch = make_batch(&loaded.dataset, chunk, mode, &device)?;
+            let mut soft = if cfg.soft_targets {
+                batch.soft_targets.clone()
             } else {
                 None
             };
-            let mut loss = loss_fn(&logits, &batch.labels, soft, cfg.label_smoothing)?;
+            if cfg.mixup > 0.0 {
+                let target = match soft {
+                    Some(t) => t,
+                    None => candle_nn::encoding::one_hot(
+                        batch.labels.clone(),
+                        cfg.model.num_classes(),
+                        1f32,
+                        0f32,
+                    )?,
+                };
+                let (images, target) =
+                    mixup(&batch.images, &target, cfg.mixup, cfg.seed, epoch, step)?;
+                batch.images = images;
+                soft = Some(target);
+            }
+            let logits = net.forward_t(&batch.images, true)?;
+            let mut loss = loss_fn(&logits, &batch.labels, soft.as_ref(), cfg.label_smoothing)?;
             if let Some((teachers, mirror, alpha, temperature)) = &teacher {
                 let mirrored = if *mirror {
                     Some(batch.images.flip(&[3])?)
@@ -1121,6 +1202,58 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions, stop: Arc<AtomicBool>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beta_draws_have_the_beta_moments() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for a in [0.2, 0.4, 1.0, 4.0] {
+            let n = 20_000;
+            let xs: Vec<f64> = (0..n).map(|_| beta_sample(&mut rng, a)).collect();
+            assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            // Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)).
+            let want = 1.0 / (4.0 * (2.0 * a + 1.0));
+            assert!((mean - 0.5).abs() < 0.01, "a {a}: mean {mean}");
+            assert!(
+                (var - want).abs() < 0.05 * want,
+                "a {a}: var {var}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixup_blends_pairs_and_is_seeded() {
+        let dev = Device::Cpu;
+        let n = 6;
+        let images = Tensor::arange(0f32, (n * 4) as f32, &dev)
+            .unwrap()
+            .reshape((n, 1, 2, 2))
+            .unwrap();
+        let labels = Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2], n, &dev).unwrap();
+        let targets = candle_nn::encoding::one_hot(labels, 3, 1f32, 0f32).unwrap();
+        let (x, t) = mixup(&images, &targets, 0.4, 1, 2, 3).unwrap();
+        let (x2, t2) = mixup(&images, &targets, 0.4, 1, 2, 3).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&x), flat(&x2), "same seed, epoch and step");
+        assert_eq!(flat(&t), flat(&t2));
+        let (other, _) = mixup(&images, &targets, 0.4, 1, 2, 4).unwrap();
+        assert_ne!(flat(&x), flat(&other), "another step draws again");
+        // Each target still sums to 1; each image is a blend of two rows
+        // (all pixels of an input row here are 4i..4i+3, so a blend keeps
+        // consecutive pixels 1 apart).
+        let rows = t.to_vec2::<f32>().unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| (r.iter().sum::<f32>() - 1.0).abs() < 1e-5)
+        );
+        let px = x.reshape((n, 4)).unwrap().to_vec2::<f32>().unwrap();
+        for r in &px {
+            for w in r.windows(2) {
+                assert!((w[1] - w[0] - 1.0).abs() < 1e-4, "{r:?}");
+            }
+        }
+    }
 
     fn logits(v: &[f32]) -> Tensor {
         Tensor::from_vec(v.to_vec(), (2, 3), &Device::Cpu).unwrap()

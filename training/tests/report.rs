@@ -332,6 +332,30 @@ fn the_paper_budget_section_follows_the_grid() {
 }
 
 #[test]
+fn runs_that_differ_only_in_mixup_are_an_ablation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    write_run(
+        &runs.join("arch1_fer2013_plain"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.5, 0.6],
+    );
+    write_run_with(
+        &runs.join("arch1_fer2013_mixup"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.5, 0.7],
+        |c| c.mixup = 0.4,
+    );
+    let md = report_md(&runs, &tmp.path().join("out"));
+    let want = "- ARCH-1 FER2013, 2 epochs, seed 0: `arch1_fer2013_mixup` (no teacher, mixup 0.4): best 70.0% (epoch 2), last 70.0%; `arch1_fer2013_plain` (no teacher): best 60.0% (epoch 2), last 60.0%.\n";
+    assert!(md.contains(want), "{want} missing from\n{md}");
+}
+
+#[test]
 fn a_corrupt_metrics_line_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");

@@ -244,6 +244,25 @@ fn the_paper_protocol_options_reach_the_config() {
 }
 
 #[test]
+fn mixup_runs_are_reproducible_and_differ_from_plain_ones() {
+    let (tmp, csv) = tiny(32, 8);
+    let with = |alpha: f64, name: &str| {
+        let mut cfg = config(&csv, 1);
+        cfg.mixup = alpha;
+        let dir = tmp.path().join(name);
+        run(cfg, &dir, false);
+        weights(&dir.join("last.safetensors"))
+    };
+    let (a, b, plain) = (with(0.4, "a"), with(0.4, "b"), with(0.0, "plain"));
+    assert_eq!(a, b, "one seed, one result");
+    assert_ne!(a, plain, "mixup changed nothing");
+    let mut bad = config(&csv, 1);
+    bad.mixup = -1.0;
+    let err = try_run(bad, &tmp.path().join("bad"), false).unwrap_err();
+    assert!(err.to_string().contains("mixup"), "{err}");
+}
+
+#[test]
 fn soup_writes_the_mean_and_refuses_other_networks() {
     let tmp = tempfile::tempdir().unwrap();
     let file = |arch: Arch, name: &str| {

@@ -1447,9 +1447,11 @@ fn ablations(groups: &[Group<'_>]) -> String {
         .filter(|g| !g.cross_validated() && g.finished())
         .filter_map(|g| g.runs.first().copied())
         .collect();
+    // The knobs an ablation varies: the teacher and mixup.
     let key = |r: &Run| {
         let mut c = r.config.clone();
         c.distill = None;
+        c.mixup = 0.0;
         serde_json::to_string(&c).unwrap_or_default()
     };
     let mut lines = String::new();
@@ -1467,16 +1469,20 @@ fn ablations(groups: &[Group<'_>]) -> String {
         same.sort_by(|a, b| a.name.cmp(&b.name));
         let mut common = r.config.clone();
         common.distill = None;
+        common.mixup = 0.0;
         let variants: Vec<String> = same
             .iter()
             .filter_map(|o| {
                 let best = o.best()?;
                 let last = o.metrics.last()?;
-                let how = o
+                let mut how = o
                     .config
                     .distill
                     .as_ref()
                     .map_or("no teacher".into(), distill_text);
+                if o.config.mixup > 0.0 {
+                    let _ = write!(how, ", mixup {}", o.config.mixup);
+                }
                 Some(format!(
                     "`{}` ({how}): best {} (epoch {}), last {}",
                     o.name,
@@ -1502,8 +1508,8 @@ fn ablations(groups: &[Group<'_>]) -> String {
     }
     format!(
         "\n### Ablations at an equal budget\n\nFinished runs whose configurations differ only in \
-         the teacher (same network, data, starting weights, seed, schedule, augmentation and \
-         epochs), so the difference is distillation's:\n\n{lines}"
+         the teacher or mixup (same network, data, starting weights, seed, schedule, other \
+         augmentation and epochs), so the difference is theirs:\n\n{lines}"
     )
 }
 
@@ -1523,6 +1529,9 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
     }
     if let Some(p) = cfg.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
         let _ = write!(out, ", random erasing {p}");
+    }
+    if cfg.mixup > 0.0 {
+        let _ = write!(out, ", mixup {}", cfg.mixup);
     }
     // The paper's preset has both; the project's default has neither.
     if cfg.preset == crate::train::Preset::Default {
