@@ -1,5 +1,6 @@
-//! Adam with the two kinds of weight penalty the recipes need, and a state that
-//! can be saved and restored exactly (for `--resume`).
+//! Adam (or SGD with Nesterov momentum, `sgd_momentum`) with the two kinds of
+//! weight penalty the recipes need, and a state that can be saved and
+//! restored exactly (for `--resume`).
 //!
 //! - `l2`: Keras' `kernel_regularizer=l2(l2)`, i.e. `l2 * sum(w^2)` added to the
 //!   loss for every kernel (`*.weight`), so `2 * l2 * w` is added to its gradient
@@ -33,6 +34,12 @@ pub struct AdamConfig {
     pub l2: f64,
     /// Decoupled weight decay on kernels (AdamW).
     pub weight_decay: f64,
+    /// SGD with Nesterov momentum (this momentum, 0..1) instead of Adam:
+    /// `b = mu * b + g`, `w -= lr * (g + mu * b)` as PyTorch's
+    /// `SGD(nesterov=True)`, with the same penalties; `beta1`, `beta2` and
+    /// `eps` are then unused. Absent: Adam.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sgd_momentum: Option<f64>,
 }
 
 impl AdamConfig {
@@ -52,6 +59,11 @@ impl AdamConfig {
                 bail!("Adam's {name} must be a number >= 0, got {v}");
             }
         }
+        if let Some(mu) = self.sgd_momentum
+            && !(0.0..1.0).contains(&mu)
+        {
+            bail!("SGD's momentum must be in [0, 1), got {mu}");
+        }
         Ok(())
     }
 }
@@ -64,6 +76,7 @@ impl Default for AdamConfig {
             eps: 1e-7,
             l2: 0.0,
             weight_decay: 0.0,
+            sgd_momentum: None,
         }
     }
 }
@@ -76,6 +89,7 @@ struct Slot {
     kernel: bool,
 }
 
+/// Adam's moments; for SGD, `m` is the momentum buffer and `v` stays zero.
 struct Moments {
     m: Vec<f32>,
     v: Vec<f32>,
@@ -95,11 +109,21 @@ struct StepConsts {
     l2x2: f32,
     /// `lr * weight_decay` on kernels, else 0.
     decay: f32,
+    /// SGD's Nesterov momentum instead of Adam.
+    sgd: Option<f32>,
 }
 
 impl StepConsts {
     fn apply(&self, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let k = *self;
+        if let Some(mu) = k.sgd {
+            for ((w, &g), b) in w.iter_mut().zip(g).zip(m) {
+                let g = g + k.l2x2 * *w;
+                *b = mu * *b + g;
+                *w = *w - k.lr * (g + mu * *b) - k.decay * *w;
+            }
+            return;
+        }
         for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
             let g = g + k.l2x2 * *w;
             *m = k.beta1 * *m + (1.0 - k.beta1) * g;
@@ -229,6 +253,7 @@ impl Adam {
             eps: c.eps as f32,
             l2x2: 0.0,
             decay: 0.0,
+            sgd: c.sgd_momentum.map(|mu| mu as f32),
         };
         self.slots.par_iter().try_for_each(|s| {
             let Some(g) = grads.get(s.var.as_tensor()) else {
@@ -404,6 +429,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn sgd_steps_are_nesterov_momentum_with_the_penalties() {
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let kernel = vb
+            .get_with_hints(3, "lin.weight", Init::Const(0.0))
+            .unwrap();
+        varmap
+            .set_one(
+                "lin.weight",
+                Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+        let cfg = AdamConfig {
+            l2: 0.1,
+            weight_decay: 0.01,
+            sgd_momentum: Some(0.9),
+            ..AdamConfig::default()
+        };
+        let mut opt = Adam::new(&varmap, cfg).unwrap();
+        let (mut w, mut b) = ([0.5f64, -1.0, 2.0], [0.0f64; 3]);
+        let lr = 0.05;
+        for step in 0..3 {
+            let g: Vec<f64> = (0..3).map(|i| (i + step) as f64 * 0.3 - 0.4).collect();
+            let c = Tensor::new(
+                &g.iter().map(|&x| x as f32).collect::<Vec<_>>()[..],
+                &Device::Cpu,
+            )
+            .unwrap();
+            let loss = (&kernel * &c).unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap(), lr).unwrap();
+            for i in 0..3 {
+                let gi = g[i] + 2.0 * 0.1 * w[i];
+                b[i] = 0.9 * b[i] + gi;
+                w[i] -= lr * (gi + 0.9 * b[i]) + lr * 0.01 * w[i];
+            }
+        }
+        let got = kernel.to_vec1::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&w) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{got:?} vs {w:?}");
+        }
+        let bad = AdamConfig {
+            sgd_momentum: Some(1.0),
+            ..AdamConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Learning-rate schedule.
     pub schedule: Schedule,
-    /// Adam's settings (L2 and weight decay included).
+    /// The optimizer's settings: Adam unless `sgd_momentum` (L2 and weight
+    /// decay included).
     pub adam: AdamConfig,
     /// Label smoothing epsilon (0 = plain cross-entropy).
     pub label_smoothing: f64,
@@ -317,6 +318,10 @@ pub struct Overrides {
     /// Early-stopping patience in epochs.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// SGD with Nesterov momentum (this momentum, e.g. 0.9) instead of Adam;
+    /// set --lr for it (SGD usually wants about 10x Adam's).
+    #[arg(long, value_name = "MOMENTUM")]
+    pub sgd: Option<f64>,
     /// Mixup: blend each batch with a shuffled copy of itself (images and
     /// targets) by a weight drawn from Beta(ALPHA, ALPHA); 0 < ALPHA <= 4
     /// (0.2-0.4 is usual).
@@ -377,6 +382,7 @@ impl Overrides {
             (self.patience.is_some(), "--patience"),
             (self.plateau.is_some(), "--plateau"),
             (self.mixup.is_some(), "--mixup"),
+            (self.sgd.is_some(), "--sgd"),
             (self.no_augment, "--no-augment"),
             (self.soft_targets, "--soft-targets"),
             (self.seed.is_some(), "--seed"),
@@ -420,6 +426,9 @@ impl Overrides {
         }
         if let Some(alpha) = self.mixup {
             cfg.mixup = alpha;
+        }
+        if let Some(mu) = self.sgd {
+            cfg.adam.sgd_momentum = Some(mu);
         }
         if let Some(patience) = self.plateau {
             cfg.schedule = Schedule::Plateau {

@@ -332,7 +332,7 @@ fn the_paper_budget_section_follows_the_grid() {
 }
 
 #[test]
-fn runs_that_differ_only_in_mixup_are_an_ablation() {
+fn runs_that_differ_only_in_mixup_or_optimizer_are_an_ablation() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     write_run(
@@ -352,6 +352,21 @@ fn runs_that_differ_only_in_mixup_are_an_ablation() {
     );
     let md = report_md(&runs, &tmp.path().join("out"));
     let want = "- ARCH-1 FER2013, 2 epochs, seed 0: `arch1_fer2013_mixup` (no teacher, mixup 0.4): best 70.0% (epoch 2), last 70.0%; `arch1_fer2013_plain` (no teacher): best 60.0% (epoch 2), last 60.0%.\n";
+    assert!(md.contains(want), "{want} missing from\n{md}");
+    // An optimizer ablation joins them, and every variant names its optimizer.
+    write_run_with(
+        &runs.join("arch1_fer2013_sgd"),
+        Arch::Arch1,
+        "fer2013.csv",
+        0,
+        &[0.4, 0.8],
+        |c| {
+            c.adam.sgd_momentum = Some(0.9);
+            c.lr = 0.02;
+        },
+    );
+    let md = report_md(&runs, &tmp.path().join("out2"));
+    let want = "`arch1_fer2013_plain` (no teacher, Adam at lr 0.002): best 60.0% (epoch 2), last 60.0%; `arch1_fer2013_sgd` (no teacher, SGD with Nesterov momentum 0.9 at lr 0.02): best 80.0% (epoch 2), last 80.0%.\n";
     assert!(md.contains(want), "{want} missing from\n{md}");
 }
 

@@ -1447,11 +1447,14 @@ fn ablations(groups: &[Group<'_>]) -> String {
         .filter(|g| !g.cross_validated() && g.finished())
         .filter_map(|g| g.runs.first().copied())
         .collect();
-    // The knobs an ablation varies: the teacher and mixup.
+    // The knobs an ablation varies: the teacher, mixup, and the optimizer
+    // with its learning rate.
     let key = |r: &Run| {
         let mut c = r.config.clone();
         c.distill = None;
         c.mixup = 0.0;
+        c.adam.sgd_momentum = None;
+        c.lr = 0.0;
         serde_json::to_string(&c).unwrap_or_default()
     };
     let mut lines = String::new();
@@ -1470,6 +1473,10 @@ fn ablations(groups: &[Group<'_>]) -> String {
         let mut common = r.config.clone();
         common.distill = None;
         common.mixup = 0.0;
+        common.adam.sgd_momentum = None;
+        let optimizers_differ = same.iter().any(|o| {
+            o.config.adam.sgd_momentum != r.config.adam.sgd_momentum || o.config.lr != r.config.lr
+        });
         let variants: Vec<String> = same
             .iter()
             .filter_map(|o| {
@@ -1482,6 +1489,16 @@ fn ablations(groups: &[Group<'_>]) -> String {
                     .map_or("no teacher".into(), distill_text);
                 if o.config.mixup > 0.0 {
                     let _ = write!(how, ", mixup {}", o.config.mixup);
+                }
+                if optimizers_differ {
+                    let _ = match o.config.adam.sgd_momentum {
+                        Some(mu) => write!(
+                            how,
+                            ", SGD with Nesterov momentum {mu} at lr {}",
+                            o.config.lr
+                        ),
+                        None => write!(how, ", Adam at lr {}", o.config.lr),
+                    };
                 }
                 Some(format!(
                     "`{}` ({how}): best {} (epoch {}), last {}",
@@ -1508,8 +1525,8 @@ fn ablations(groups: &[Group<'_>]) -> String {
     }
     format!(
         "\n### Ablations at an equal budget\n\nFinished runs whose configurations differ only in \
-         the teacher or mixup (same network, data, starting weights, seed, schedule, other \
-         augmentation and epochs), so the difference is theirs:\n\n{lines}"
+         the teacher, mixup, or the optimizer and its learning rate (same network, data, starting \
+         weights, seed, schedule, other augmentation and epochs), so the difference is theirs:\n\n{lines}"
     )
 }
 
@@ -1532,6 +1549,9 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
     }
     if cfg.mixup > 0.0 {
         let _ = write!(out, ", mixup {}", cfg.mixup);
+    }
+    if let Some(mu) = cfg.adam.sgd_momentum {
+        let _ = write!(out, ", SGD with Nesterov momentum {mu} at lr {}", cfg.lr);
     }
     // The paper's preset has both; the project's default has neither.
     if cfg.preset == crate::train::Preset::Default {
