@@ -311,7 +311,7 @@ fn the_paper_budget_section_follows_the_grid() {
     let recipe = "- FER2013, up to 200 epochs, default, batch 64, learning rate x0.1 after 10 epochs without a better validation accuracy, early stopping after 1";
     let md = report_md(&runs, &tmp.path().join("out"));
     let want = format!(
-        "{recipe}: finished: ARCH-1 70.0%; in progress: ARCH-3 (epoch 1); not run yet: ARCH-2, ARCH-4.\n"
+        "{recipe}: finished: ARCH-1 70.0% (paper 70.3%, -0.3 pp); in progress: ARCH-3 (epoch 1); not run yet: ARCH-2, ARCH-4.\n"
     );
     assert!(md.contains("### At the paper's budget"), "{md}");
     assert!(md.contains(&want), "{want} missing from\n{md}");
@@ -326,7 +326,7 @@ fn the_paper_budget_section_follows_the_grid() {
     );
     let md = report_md(&runs, &tmp.path().join("out2"));
     let want = format!(
-        "{recipe}: finished: ARCH-3 80.0% > ARCH-1 70.0%; not run yet: ARCH-2, ARCH-4. ARCH-1 is not the most accurate here, unlike the paper's report.\n"
+        "{recipe}: finished: ARCH-3 80.0% > ARCH-1 70.0% (paper 70.3%, -0.3 pp); not run yet: ARCH-2, ARCH-4. ARCH-1 is not the most accurate here, unlike the paper's report.\n"
     );
     assert!(md.contains(&want), "{want} missing from\n{md}");
 }

@@ -1624,9 +1624,19 @@ fn paper_budget(groups: &[Group<'_>]) -> String {
             }
         }
         done.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Each finished network beside the accuracy the paper states for it,
+        // where it states one.
         let order: Vec<String> = done
             .iter()
-            .map(|(a, m, s, n)| format!("{} {}", arch_label(*a), pct_std((*m, *s), *n)))
+            .map(|(a, m, s, n)| {
+                let paper = PAPER_ACCURACY
+                    .iter()
+                    .find(|(pa, d, _, _)| pa == a && *d == g.dataset)
+                    .map_or(String::new(), |(_, _, v, _)| {
+                        format!(" (paper {v:.1}%, {:+.1} pp)", 100.0 * m - v)
+                    });
+                format!("{} {}{paper}", arch_label(*a), pct_std((*m, *s), *n))
+            })
             .collect();
         let missing: Vec<String> = [Arch::Arch1, Arch::Arch2, Arch::Arch3, Arch::Arch4]
             .into_iter()
