@@ -1617,6 +1617,12 @@ fn paper_budget(groups: &[Group<'_>]) -> String {
                 Some((m, s)) if o.finished() => {
                     done.push((o.arch, m, s, o.complete_runs().len()));
                 }
+                _ if o.cross_validated() => running.push(format!(
+                    "{} ({} of {} folds finished)",
+                    arch_label(o.arch),
+                    o.complete_runs().len(),
+                    o.folds_planned()
+                )),
                 _ => {
                     let at = o.runs.iter().map(|r| r.epochs_done()).max().unwrap_or(0);
                     running.push(format!("{} (epoch {at})", arch_label(o.arch)));
