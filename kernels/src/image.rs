@@ -165,12 +165,10 @@ pub fn box_sums(
         "box_sums: lengths differ"
     );
     let rows = sums.len().checked_div(row_len).unwrap_or(0);
-    let fits = |v: &[f32], n: usize| {
-        v.iter()
-            .all(|&x| x >= 0.0 && x + span < n.saturating_sub(1) as f32)
-    };
     assert!(
-        span >= 0.0 && fits(a0, row_len) && fits(b0, rows),
+        a0.iter()
+            .zip(b0)
+            .all(|(&a, &b)| box_fits(a, b, span, row_len, rows)),
         "box_sums: a box leaves the table"
     );
     let mut done = 0;
@@ -195,6 +193,14 @@ pub fn box_sums(
     for k in done..out.len() {
         out[k] = box_sum(sums, row_len, a0[k], b0[k], span) * scale;
     }
+}
+
+/// Whether the box `[a, a + span] x [b, b + span]` (table coordinates) lies
+/// inside a table of `rows` rows of `row_len` entries as [`box_sums`] needs
+/// it: false for a negative or NaN span or corner.
+pub fn box_fits(a: f32, b: f32, span: f32, row_len: usize, rows: usize) -> bool {
+    let inside = |x: f32, n: usize| x >= 0.0 && x + span < n.saturating_sub(1) as f32;
+    span >= 0.0 && inside(a, row_len) && inside(b, rows)
 }
 
 /// One box of [`box_sums`], unscaled.

@@ -12,7 +12,7 @@ use crate::PerceptionError;
 use crate::crop::luma;
 use crate::detect::{Detection, Detector};
 use crate::frame::{Frame, PixelFormat};
-use kernels::image::{box_sum_at, box_sums, sat_row};
+use kernels::image::{box_fits, box_sum_at, box_sums, sat_row};
 use models::INPUT_SIZE;
 
 /// Mean landmark positions of FER2013's 48x48 faces (left eye, right eye, nose,
@@ -226,10 +226,8 @@ fn align_with(
         && [(0, 0), (last, 0), (0, last), (last, last)]
             .into_iter()
             .map(|(u, v)| corner(u, v))
-            .all(|(a, b)| {
-                let margin = span + 1e-3;
-                a >= 1e-3 && b >= 1e-3 && a + margin < table.w as f32 && b + margin < table.h as f32
-            });
+            // With a margin of 1e-3 on every side.
+            .all(|(a, b)| box_fits(a - 1e-3, b - 1e-3, span + 2e-3, table.w + 1, table.h + 1));
     let mut pixels = Vec::with_capacity(INPUT_SIZE * INPUT_SIZE);
     if inside {
         let scale = 1.0 / (span * span * 256.0);

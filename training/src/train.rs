@@ -603,10 +603,7 @@ pub fn mixup(
     let lambda = beta_sample(&mut rng, alpha);
     let n = images.dim(0)?;
     let mut perm: Vec<u32> = (0..n as u32).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        perm.swap(i, j);
-    }
+    shuffle(&mut perm, &mut rng);
     let perm = Tensor::from_vec(perm, n, images.device())?;
     let mix = |t: &Tensor| -> Result<Tensor> {
         let other = t.index_select(&perm, 0)?;
@@ -633,11 +630,16 @@ pub fn epoch_order(indices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f0d_e12a_11ed);
     rng.set_stream(epoch as u64);
     let mut order = indices.to_vec();
-    for i in (1..order.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
+    shuffle(&mut order, &mut rng);
     order
+}
+
+/// Fisher-Yates shuffle of `items` with `rng`.
+fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
 /// Re-draws every kernel from Keras' `glorot_uniform` with a seeded generator

@@ -557,11 +557,17 @@ pub const PAPER_ACCURACY: [(Arch, &str, f64, &str); 3] = [
     (Arch::Arch4, "FER2013", 62.3, "test"),
 ];
 
-fn paper_cell(arch: Arch, dataset: &str) -> String {
-    if let Some((_, _, v, what)) = PAPER_ACCURACY
+/// The accuracy (percent) the paper's text states for `arch` on `dataset`,
+/// and what it was measured on.
+fn paper_accuracy(arch: Arch, dataset: &str) -> Option<(f64, &'static str)> {
+    PAPER_ACCURACY
         .iter()
         .find(|(a, d, _, _)| *a == arch && *d == dataset)
-    {
+        .map(|&(_, _, v, what)| (v, what))
+}
+
+fn paper_cell(arch: Arch, dataset: &str) -> String {
+    if let Some((v, what)) = paper_accuracy(arch, dataset) {
         return format!("{v:.1}% ({what})");
     }
     if dataset.starts_with("FER+") {
@@ -1066,6 +1072,16 @@ fn compared<'g, 'a>(groups: &'g [Group<'a>], d: &str, finished_only: bool) -> Ve
     chosen
 }
 
+/// The paper's main claim (ARCH-1 is the most accurate) against a ranking,
+/// given ARCH-1's place in it.
+fn arch1_claim(place: Option<usize>) -> &'static str {
+    match place {
+        Some(0) => "ARCH-1 is the most accurate here, as the paper reports",
+        Some(_) => "ARCH-1 is not the most accurate here, unlike the paper's report",
+        None => "ARCH-1 has not finished here yet",
+    }
+}
+
 /// What the finished runs say about the paper's main claim (ARCH-1 is the
 /// most accurate on every dataset), per dataset with two or more finished
 /// architectures.
@@ -1105,11 +1121,7 @@ fn findings(groups: &[Group<'_>]) -> String {
                 each.join(", ")
             )
         };
-        let claim = match ranked.iter().position(|r| r.0 == Arch::Arch1) {
-            Some(0) => "ARCH-1 is the most accurate here, as the paper reports",
-            Some(_) => "ARCH-1 is not the most accurate here, unlike the paper's report",
-            None => "ARCH-1 has not finished here yet",
-        };
+        let claim = arch1_claim(ranked.iter().position(|r| r.0 == Arch::Arch1));
         let _ = writeln!(
             out,
             "- {d}: {} ({} of 4 architectures finished). {claim}.{budget_note}",
@@ -1447,16 +1459,17 @@ fn ablations(groups: &[Group<'_>]) -> String {
         .filter(|g| !g.cross_validated() && g.finished())
         .filter_map(|g| g.runs.first().copied())
         .collect();
-    // The knobs an ablation varies: the teacher, mixup, and the optimizer
-    // with its learning rate.
-    let key = |r: &Run| {
-        let mut c = r.config.clone();
+    // The configuration without the knobs an ablation varies: the teacher,
+    // mixup, and the optimizer with its learning rate.
+    let common_of = |c: &TrainConfig| {
+        let mut c = c.clone();
         c.distill = None;
         c.mixup = 0.0;
         c.adam.sgd_momentum = None;
         c.lr = 0.0;
-        serde_json::to_string(&c).unwrap_or_default()
+        c
     };
+    let key = |r: &Run| serde_json::to_string(&common_of(&r.config)).unwrap_or_default();
     let mut lines = String::new();
     let mut seen = Vec::new();
     for r in &single {
@@ -1470,10 +1483,7 @@ fn ablations(groups: &[Group<'_>]) -> String {
             continue;
         }
         same.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut common = r.config.clone();
-        common.distill = None;
-        common.mixup = 0.0;
-        common.adam.sgd_momentum = None;
+        let common = common_of(&r.config);
         let optimizers_differ = same.iter().any(|o| {
             o.config.adam.sgd_momentum != r.config.adam.sgd_momentum || o.config.lr != r.config.lr
         });
@@ -1635,12 +1645,9 @@ fn paper_budget(groups: &[Group<'_>]) -> String {
         let order: Vec<String> = done
             .iter()
             .map(|(a, m, s, n)| {
-                let paper = PAPER_ACCURACY
-                    .iter()
-                    .find(|(pa, d, _, _)| pa == a && *d == g.dataset)
-                    .map_or(String::new(), |(_, _, v, _)| {
-                        format!(" (paper {v:.1}%, {:+.1} pp)", 100.0 * m - v)
-                    });
+                let paper = paper_accuracy(*a, &g.dataset).map_or(String::new(), |(v, _)| {
+                    format!(" (paper {v:.1}%, {:+.1} pp)", 100.0 * m - v)
+                });
                 format!("{} {}{paper}", arch_label(*a), pct_std((*m, *s), *n))
             })
             .collect();
@@ -1659,11 +1666,13 @@ fn paper_budget(groups: &[Group<'_>]) -> String {
         if !missing.is_empty() {
             parts.push(format!("not run yet: {}", missing.join(", ")));
         }
-        let claim = match done.iter().position(|r| r.0 == Arch::Arch1) {
-            _ if done.len() < 2 => String::new(),
-            Some(0) => " ARCH-1 is the most accurate here, as the paper reports.".into(),
-            Some(_) => " ARCH-1 is not the most accurate here, unlike the paper's report.".into(),
-            None => " ARCH-1 has not finished here yet.".into(),
+        let claim = if done.len() < 2 {
+            String::new()
+        } else {
+            format!(
+                " {}.",
+                arch1_claim(done.iter().position(|r| r.0 == Arch::Arch1))
+            )
         };
         let _ = writeln!(
             lines,
