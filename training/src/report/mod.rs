@@ -1450,26 +1450,96 @@ fn distill_text(d: &crate::train::Distill) -> String {
     )
 }
 
-/// Finished fixed-split runs whose configurations differ only in their
-/// teachers (same network, data, start, seed, schedule, augmentation and
-/// epochs): what distillation adds at an equal budget.
+/// A recipe setting the ablations compare: its name in the section's
+/// preamble, how to remove it from a configuration, and how to describe a
+/// run's value of it.
+struct Knob {
+    name: &'static str,
+    clear: fn(&mut TrainConfig),
+    describe: fn(&TrainConfig) -> String,
+}
+
+/// The settings an ablation may vary: runs whose configurations are equal
+/// once these are cleared are compared, and each run is described by the
+/// knobs that differ among them.
+const KNOBS: &[Knob] = &[
+    Knob {
+        name: "the teacher",
+        clear: |c| c.distill = None,
+        describe: |c| c.distill.as_ref().map_or("no teacher".into(), distill_text),
+    },
+    Knob {
+        name: "mixup",
+        clear: |c| c.mixup = 0.0,
+        describe: |c| {
+            if c.mixup > 0.0 {
+                format!("mixup {}", c.mixup)
+            } else {
+                "no mixup".into()
+            }
+        },
+    },
+    Knob {
+        name: "the optimizer with its learning rate and weight decay",
+        clear: |c| {
+            c.adam.sgd_momentum = None;
+            c.lr = 0.0;
+            c.adam.weight_decay = 0.0;
+        },
+        describe: |c| {
+            let optimizer = match c.adam.sgd_momentum {
+                Some(mu) => format!("SGD with Nesterov momentum {mu}"),
+                None => "Adam".into(),
+            };
+            format!(
+                "{optimizer} at lr {}, weight decay {}",
+                c.lr, c.adam.weight_decay
+            )
+        },
+    },
+    Knob {
+        name: "label smoothing",
+        clear: |c| c.label_smoothing = 0.0,
+        describe: |c| {
+            if c.label_smoothing > 0.0 {
+                format!("label smoothing {}", c.label_smoothing)
+            } else {
+                "no label smoothing".into()
+            }
+        },
+    },
+    Knob {
+        name: "random erasing",
+        clear: |c| {
+            if let Some(a) = c.augment.as_mut() {
+                a.random_erasing = 0.0;
+            }
+        },
+        describe: |c| match c.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
+            Some(p) => format!("random erasing {p}"),
+            None => "no random erasing".into(),
+        },
+    },
+];
+
+/// Finished fixed-split runs whose configurations differ only in the
+/// [`KNOBS`] (same network, data, start, seed, schedule, other augmentation
+/// and epochs): what each of those settings adds at an equal budget.
 fn ablations(groups: &[Group<'_>]) -> String {
     let single: Vec<&Run> = groups
         .iter()
         .filter(|g| !g.cross_validated() && g.finished())
         .filter_map(|g| g.runs.first().copied())
         .collect();
-    // The configuration without the knobs an ablation varies: the teacher,
-    // mixup, and the optimizer with its learning rate.
-    let common_of = |c: &TrainConfig| {
+    let cleared = |c: &TrainConfig, knobs: &[&Knob]| {
         let mut c = c.clone();
-        c.distill = None;
-        c.mixup = 0.0;
-        c.adam.sgd_momentum = None;
-        c.lr = 0.0;
+        for k in knobs {
+            (k.clear)(&mut c);
+        }
         c
     };
-    let key = |r: &Run| serde_json::to_string(&common_of(&r.config)).unwrap_or_default();
+    let all: Vec<&Knob> = KNOBS.iter().collect();
+    let key = |r: &Run| serde_json::to_string(&cleared(&r.config, &all)).unwrap_or_default();
     let mut lines = String::new();
     let mut seen = Vec::new();
     for r in &single {
@@ -1483,36 +1553,23 @@ fn ablations(groups: &[Group<'_>]) -> String {
             continue;
         }
         same.sort_by(|a, b| a.name.cmp(&b.name));
-        let common = common_of(&r.config);
-        let optimizers_differ = same.iter().any(|o| {
-            o.config.adam.sgd_momentum != r.config.adam.sgd_momentum || o.config.lr != r.config.lr
-        });
+        let varied: Vec<&Knob> = KNOBS
+            .iter()
+            .filter(|k| {
+                same.iter()
+                    .any(|o| (k.describe)(&o.config) != (k.describe)(&r.config))
+            })
+            .collect();
         let variants: Vec<String> = same
             .iter()
             .filter_map(|o| {
                 let best = o.best()?;
                 let last = o.metrics.last()?;
-                let mut how = o
-                    .config
-                    .distill
-                    .as_ref()
-                    .map_or("no teacher".into(), distill_text);
-                if o.config.mixup > 0.0 {
-                    let _ = write!(how, ", mixup {}", o.config.mixup);
-                }
-                if optimizers_differ {
-                    let _ = match o.config.adam.sgd_momentum {
-                        Some(mu) => write!(
-                            how,
-                            ", SGD with Nesterov momentum {mu} at lr {}",
-                            o.config.lr
-                        ),
-                        None => write!(how, ", Adam at lr {}", o.config.lr),
-                    };
-                }
+                let how: Vec<String> = varied.iter().map(|k| (k.describe)(&o.config)).collect();
                 Some(format!(
-                    "`{}` ({how}): best {} (epoch {}), last {}",
+                    "`{}` ({}): best {} (epoch {}), last {}",
                     o.name,
+                    how.join(", "),
                     pct(best.val_accuracy),
                     best.epoch,
                     pct(last.val_accuracy)
@@ -1526,17 +1583,20 @@ fn ablations(groups: &[Group<'_>]) -> String {
             r.dataset(),
             r.config.epochs,
             r.config.seed,
-            recipe_extras(&common),
+            recipe_extras(&cleared(&r.config, &varied)),
             variants.join("; ")
         );
     }
     if lines.is_empty() {
         return lines;
     }
+    let names: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
     format!(
         "\n### Ablations at an equal budget\n\nFinished runs whose configurations differ only in \
-         the teacher, mixup, or the optimizer and its learning rate (same network, data, starting \
-         weights, seed, schedule, other augmentation and epochs), so the difference is theirs:\n\n{lines}"
+         {} or {} (same network, data, starting weights, seed, schedule, other augmentation and \
+         epochs), so the difference is theirs:\n\n{lines}",
+        names[..names.len() - 1].join(", "),
+        names[names.len() - 1]
     )
 }
 
@@ -1708,6 +1768,88 @@ mod tests {
         let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
         assert!((m - 0.7).abs() < 1e-12);
         assert!((s - 0.141_421_356).abs() < 1e-6);
+    }
+
+    fn finished_run(name: &str, config: TrainConfig, accuracies: &[f64]) -> Run {
+        let metrics = accuracies
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| EpochMetrics {
+                epoch: i + 1,
+                train_loss: 1.0,
+                train_accuracy: 0.5,
+                val_loss: 1.0,
+                val_accuracy: a,
+                lr: config.lr,
+                seconds: 1.0,
+                img_per_s: 1.0,
+                val_confusion: None,
+            })
+            .collect();
+        Run {
+            name: name.into(),
+            config,
+            metrics,
+            machines: Vec::new(),
+            evaluated: None,
+            abstain: None,
+            calibrated: None,
+        }
+    }
+
+    #[test]
+    fn ablations_compare_runs_differing_only_in_the_knobs() {
+        let data = crate::spec::DataSpec {
+            data: "fer2013.csv.gz".into(),
+            ..Default::default()
+        };
+        let mut base = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        base.epochs = 2;
+        let mut sgd = base.clone();
+        sgd.adam.sgd_momentum = Some(0.9);
+        sgd.lr = 0.01;
+        sgd.adam.weight_decay = 0.005;
+        let mut plain = base.clone();
+        plain.label_smoothing = 0.0;
+        // Another seed is another experiment: never compared with these.
+        let mut seeded = base.clone();
+        seeded.seed = 7;
+        let runs = [
+            finished_run("a_base", base.clone(), &[0.5, 0.6]),
+            finished_run("a_sgd", sgd, &[0.55, 0.62]),
+            finished_run("a_plain", plain, &[0.6, 0.58]),
+            finished_run("a_seed", seeded, &[0.7, 0.7]),
+        ];
+        let groups: Vec<Group<'_>> = runs
+            .iter()
+            .map(|r| Group {
+                arch: Arch::Arch1,
+                dataset: r.dataset(),
+                name: r.name.clone(),
+                runs: vec![r],
+            })
+            .collect();
+        let md = ablations(&groups);
+        assert!(md.contains("### Ablations at an equal budget"), "{md}");
+        assert!(md.contains("label smoothing or random erasing"), "{md}");
+        let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("- ")).collect();
+        assert_eq!(lines.len(), 1, "{md}");
+        let line = lines[0];
+        assert!(
+            line.contains("ARCH-1") && line.contains("2 epochs, seed 0"),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "`a_sgd` (SGD with Nesterov momentum 0.9 at lr 0.01, weight decay 0.005, \
+                 label smoothing 0.1): best 62.0% (epoch 2), last 62.0%"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("`a_plain` (Adam at lr 0.002, weight decay 0.05, no label smoothing): best 60.0% (epoch 1), last 58.0%"), "{line}");
+        assert!(!line.contains("a_seed") && !line.contains("teacher") && !line.contains("mixup"));
+        // A lone run has nothing to be compared with.
+        assert_eq!(ablations(&groups[3..]), "");
     }
 
     #[test]
