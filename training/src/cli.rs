@@ -12,7 +12,7 @@ use training::data::{
     Dataset, ErrorPolicy, Fer2013Options, FerPlusOptions, FolderOptions, Usage, load_fer2013,
     load_ferplus, load_image_folder,
 };
-use training::metrics::evaluate as eval_net;
+use training::metrics::evaluate_ensemble as eval_ensemble;
 use training::spec::DataSpec;
 use training::train::{Overrides, Preset, RunOptions, TrainConfig, train as run_training};
 
@@ -235,9 +235,11 @@ pub fn soup(args: &SoupArgs) -> Result<()> {
 /// Options of `training evaluate`.
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
-    /// The weights file.
-    #[arg(long)]
-    model: PathBuf,
+    /// The weights file. Give it more than once to score an ensemble: each
+    /// face's probabilities averaged over the models (which must share
+    /// their classes), with equal weights.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
     /// A FER2013 CSV (`.csv` or `.csv.gz`) or a folder of class sub-folders.
     #[arg(long)]
     data: PathBuf,
@@ -402,9 +404,34 @@ fn first_reasons(reasons: &[String]) -> String {
 /// Runs `training evaluate`.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let device = Device::Cpu;
-    let weights = LoadedWeights::from_file(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let net = weights.build(&device)?;
+    let mut members = Vec::new();
+    for path in &args.models {
+        let w = LoadedWeights::from_file(path, &device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let net = w.build(&device)?;
+        members.push((w, net));
+    }
+    let (weights, _) = &members[0];
+    if let Some((other, path)) = members
+        .iter()
+        .zip(&args.models)
+        .find(|((w, _), _)| w.meta.classes != weights.meta.classes)
+    {
+        bail!(
+            "{} has the classes {:?}, {} has {:?}: an ensemble's models must share them",
+            path.display(),
+            other.0.meta.classes,
+            args.models[0].display(),
+            weights.meta.classes
+        );
+    }
+    let nets: Vec<&models::EmotionNet> = members.iter().map(|(_, n)| n).collect();
+    let model_text = args
+        .models
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
     let (ds, unscored, reasons) = load_eval_data(
         &args.data,
         args.usage,
@@ -425,11 +452,11 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         );
     }
     let all: Vec<usize> = (0..ds.len()).collect();
-    let eval = eval_net(&net, &ds, &all, args.batch_size, args.tta.into(), &device)?;
+    let eval = eval_ensemble(&nets, &ds, &all, args.batch_size, args.tta.into(), &device)?;
     let c = &eval.confusion;
     let abstain = args.abstain.then(|| abstention(&ds, &eval));
     let calibrated = if args.calibrate {
-        Some(calibrated(args, &net, &eval, &device)?)
+        Some(calibrated(args, &nets, &eval, &device)?)
     } else {
         None
     };
@@ -441,7 +468,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             .map(|(n, s)| (n.clone(), serde_json::to_value(s).unwrap_or_default()))
             .collect();
         line(serde_json::json!({
-            "model": args.model,
+            "model": model_text,
             "data": args.data,
             "usage": args.usage.map(|u| u.to_string()),
             "ferplus": args.ferplus,
@@ -464,8 +491,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     } else {
         line(format!(
             "model {} ({}) on {}{}: {} faces scored, {unscored} rows could not be scored",
-            args.model.display(),
-            weights.meta.arch(),
+            model_text,
+            members
+                .iter()
+                .map(|(w, _)| w.meta.arch().to_string())
+                .collect::<Vec<_>>()
+                .join(" + "),
             args.data.display(),
             args.usage.map(|u| format!(" [{u}]")).unwrap_or_default(),
             c.total()
@@ -537,7 +568,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
 /// neutral, and the evaluated faces' confusion after calibration.
 fn calibrated(
     args: &EvaluateArgs,
-    net: &models::EmotionNet,
+    nets: &[&models::EmotionNet],
     eval: &training::metrics::Evaluation,
     device: &Device,
 ) -> Result<(perception::NeutralBaseline, training::metrics::Confusion)> {
@@ -556,7 +587,14 @@ fn calibrated(
     let rows: Vec<usize> = (0..train.len())
         .filter(|&i| train.label(i) == Some(neutral as u8))
         .collect();
-    let rest = eval_net(net, &train, &rows, args.batch_size, args.tta.into(), device)?;
+    let rest = eval_ensemble(
+        nets,
+        &train,
+        &rows,
+        args.batch_size,
+        args.tta.into(),
+        device,
+    )?;
     let cfg = perception::CalibrationConfig {
         min_frames: 1,
         ..Default::default()

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{D, Device, Tensor};
 use candle_nn::ModuleT;
 use models::EmotionNet;
@@ -215,6 +215,20 @@ pub fn evaluate(
     tta: perception::Tta,
     device: &Device,
 ) -> Result<Evaluation> {
+    evaluate_ensemble(&[net], ds, indices, batch_size, tta, device)
+}
+
+/// [`evaluate`] for an ensemble: each face's probabilities are averaged
+/// over every network of `nets` and every view of `tta`, with equal weights.
+pub fn evaluate_ensemble(
+    nets: &[&EmotionNet],
+    ds: &Dataset,
+    indices: &[usize],
+    batch_size: usize,
+    tta: perception::Tta,
+    device: &Device,
+) -> Result<Evaluation> {
+    anyhow::ensure!(!nets.is_empty(), "an ensemble needs at least one network");
     let mut confusion = Confusion::new(ds.classes().to_vec());
     let mut loss_sum = 0.0;
     let (mut top1, mut correct) = (Vec::new(), Vec::new());
@@ -222,12 +236,20 @@ pub fn evaluate(
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = make_batch(ds, chunk, BatchMode::Plain, device)?;
         let views = tta_views(&batch.images, tta)?;
-        let mut probs = candle_nn::ops::softmax(&net.forward_t(&views[0], false)?, D::Minus1)?;
-        for v in &views[1..] {
-            probs = (probs + candle_nn::ops::softmax(&net.forward_t(v, false)?, D::Minus1)?)?;
+        let mut probs: Option<Tensor> = None;
+        for net in nets {
+            for v in &views {
+                let p = candle_nn::ops::softmax(&net.forward_t(v, false)?, D::Minus1)?;
+                probs = Some(match probs {
+                    Some(sum) => (sum + p)?,
+                    None => p,
+                });
+            }
         }
-        if views.len() > 1 {
-            probs = (probs / views.len() as f64)?;
+        let members = nets.len() * views.len();
+        let mut probs = probs.context("no views")?;
+        if members > 1 {
+            probs = (probs / members as f64)?;
         }
         let logp = probs.clamp(1e-12, 1.0)?.log()?;
         let nll = logp

@@ -210,6 +210,62 @@ fn evaluate_scores_against_ferplus_majority_labels() {
     assert!(!out.status.success());
 }
 
+/// `evaluate` with several `--model`s scores their ensemble: a model
+/// averaged with itself scores as itself, two different networks are named
+/// together, and models whose classes differ are refused.
+#[test]
+fn evaluate_scores_an_ensemble_of_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = untrained_weights(tmp.path());
+    let arch3 = tmp.path().join("arch3.safetensors");
+    let w3 = LoadedWeights::untrained(Arch::Arch3, &Device::Cpu).unwrap();
+    std::fs::write(&arch3, w3.to_bytes().unwrap()).unwrap();
+    let renamed = tmp.path().join("renamed.safetensors");
+    let mut w = LoadedWeights::untrained(Arch::Arch1, &Device::Cpu).unwrap();
+    w.meta.classes[0] = "rage".into();
+    std::fs::write(&renamed, w.to_bytes().unwrap()).unwrap();
+    let rows: String = (0..6)
+        .map(|i| {
+            let px = vec![(40 * i).to_string(); 2304].join(" ");
+            format!("{},{px},PublicTest\n", i % 7)
+        })
+        .collect();
+    let fer = tmp.path().join("fer.csv");
+    std::fs::write(&fer, format!("emotion,pixels,Usage\n{rows}")).unwrap();
+    let run = |models: &[&Path]| {
+        let mut c = training();
+        c.args(["evaluate", "--json"]);
+        for m in models {
+            c.arg("--model").arg(m);
+        }
+        c.arg("--data").arg(&fer).output().unwrap()
+    };
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap()
+    };
+    let one = json(&run(&[&weights]));
+    let twice = json(&run(&[&weights, &weights]));
+    let a = one["loss"].as_f64().unwrap();
+    let b = twice["loss"].as_f64().unwrap();
+    assert!((a - b).abs() < 1e-5, "{a} {b}");
+    assert_eq!(one["confusion"], twice["confusion"]);
+    let mixed = json(&run(&[&weights, &arch3]));
+    assert_eq!(mixed["total"], 6);
+    let name = mixed["model"].as_str().unwrap();
+    assert!(
+        name.contains("arch1.safetensors + ") && name.ends_with("arch3.safetensors"),
+        "{name}"
+    );
+    let out = run(&[&weights, &renamed]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("must share"), "{err}");
+}
+
 /// Inputs that give nothing to score or write are refused with the reason, never
 /// "accuracy 0/0" with exit code 0; a FER2013 file with Training rows needs
 /// --usage.
