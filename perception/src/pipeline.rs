@@ -1,6 +1,7 @@
 //! The whole path from a frame to per-face emotions: detect, align, classify.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::crop::face_crop;
 use crate::detect::{Detection, DetectionJob, Detector, DetectorConfig};
@@ -173,6 +174,12 @@ pub struct FollowConfig {
     /// Run the full detector at least every this many frames, to find faces
     /// that entered (1: every frame, i.e. no following).
     pub detect_every: u32,
+    /// And at least this often in time, whichever comes first (a slow
+    /// source, e.g. 5 frames/s, then still looks for new faces every
+    /// second); `None`: by frames only. Time is the `now` given to
+    /// [`FaceFollower::process_at`] (the frame's capture instant in the
+    /// plugin), or the clock at [`FaceFollower::process`].
+    pub detect_after: Option<Duration>,
     /// Spread the periodic detection over the time between frames: it
     /// starts on a due frame as a [`DetectionJob`] that
     /// [`FaceFollower::work`] advances a slice at a time, and the faces it
@@ -187,6 +194,7 @@ impl Default for FollowConfig {
     fn default() -> Self {
         Self {
             detect_every: 15,
+            detect_after: Some(Duration::from_secs(1)),
             background_detection: true,
         }
     }
@@ -209,6 +217,8 @@ pub struct FaceFollower {
     pub config: FollowConfig,
     last: Vec<Detection>,
     since_detect: u32,
+    /// When the last detection ran or started.
+    detected_at: Option<Instant>,
     job: Option<DetectionJob>,
 }
 
@@ -219,8 +229,20 @@ impl FaceFollower {
             config,
             last: Vec::new(),
             since_detect: 0,
+            detected_at: None,
             job: None,
         }
+    }
+
+    /// Whether a whole period (frames or time) has passed since the last
+    /// detection, counting the frame at `now` when `this_frame`.
+    fn period_over(&self, now: Instant, this_frame: bool) -> bool {
+        let frames = self.since_detect + u32::from(this_frame);
+        frames >= self.config.detect_every.max(1)
+            || self.config.detect_after.is_some_and(|period| {
+                self.detected_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= period)
+            })
     }
 
     /// Forgets the followed faces: the next frame runs the detector.
@@ -252,24 +274,35 @@ impl FaceFollower {
     }
 
     /// The faces of the next video frame, and whether the full detector ran
-    /// on it.
+    /// on it ([`FaceFollower::process_at`] with the clock now).
     pub fn process(
         &mut self,
         pipeline: &Pipeline,
         frame: &Frame,
     ) -> Result<(FrameFaces, bool), PerceptionError> {
+        self.process_at(pipeline, frame, Instant::now())
+    }
+
+    /// The faces of the next video frame, captured at `now`, and whether
+    /// the full detector ran on it.
+    pub fn process_at(
+        &mut self,
+        pipeline: &Pipeline,
+        frame: &Frame,
+        now: Instant,
+    ) -> Result<(FrameFaces, bool), PerceptionError> {
         let every = self.config.detect_every.max(1);
         // The whole detector runs on this frame when nothing is followed, or
         // when the periodic detection is due and is not run in the background.
         let in_background = self.config.background_detection && every > 1;
-        let detect_now = self.last.is_empty() || (!in_background && self.since_detect + 1 >= every);
+        let detect_now = self.last.is_empty() || (!in_background && self.period_over(now, true));
         if !detect_now {
             let refined = pipeline.detector().refine(frame, &self.last)?;
             // Every face still there: classify them. A face lost goes back
             // to the detector (which may find it elsewhere).
             if refined.len() == self.last.len() {
                 self.since_detect += 1;
-                let (faces, ran) = self.background(pipeline, frame, refined)?;
+                let (faces, ran) = self.background(pipeline, frame, refined, now)?;
                 self.last = faces.clone();
                 return Ok((pipeline.classify_detections(frame, faces)?, ran));
             }
@@ -278,6 +311,7 @@ impl FaceFollower {
         let mut dets = pipeline.detector().detect(frame)?;
         dets.truncate(pipeline.max_faces);
         self.since_detect = 0;
+        self.detected_at = Some(now);
         self.last = dets.clone();
         Ok((pipeline.classify_detections(frame, dets)?, true))
     }
@@ -291,15 +325,16 @@ impl FaceFollower {
         pipeline: &Pipeline,
         frame: &Frame,
         mut faces: Vec<Detection>,
+        now: Instant,
     ) -> Result<(Vec<Detection>, bool), PerceptionError> {
         if !self.config.background_detection {
             return Ok((faces, false));
         }
-        let every = self.config.detect_every.max(1);
         let mut ran = false;
+        let overdue = self.period_over(now, false);
         if let Some(job) = self.job.as_mut()
             && !job.is_done()
-            && self.since_detect >= every
+            && overdue
         {
             while !pipeline.detector().step_detection(job)? {}
             ran = true;
@@ -308,9 +343,10 @@ impl FaceFollower {
             self.job = None;
             faces = self.merge(pipeline, frame, faces, found)?;
         }
-        if self.job.is_none() && self.since_detect + 1 >= every {
+        if self.job.is_none() && self.period_over(now, true) {
             self.job = Some(pipeline.detector().start_detection(frame)?);
             self.since_detect = 0;
+            self.detected_at = Some(now);
         }
         Ok((faces, ran))
     }

@@ -464,6 +464,7 @@ fn the_follower_finds_entering_faces_in_the_background() {
     for give_time in [true, false] {
         let mut follower = perception::FaceFollower::new(perception::FollowConfig {
             detect_every: every,
+            detect_after: None,
             background_detection: true,
         });
         let mut found_at = None;

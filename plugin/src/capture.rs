@@ -167,6 +167,17 @@ impl Default for SourceKind {
     }
 }
 
+impl SourceKind {
+    /// Whether consecutive frames show the same scene moving (a camera, a
+    /// video, pushed or custom frames), so that faces can be followed from
+    /// frame to frame ([`EmotionSettings::follow`](crate::EmotionSettings::follow)).
+    /// A still image and a slideshow of unrelated photos are detected whole
+    /// every frame.
+    pub fn is_video(&self) -> bool {
+        !matches!(self, Self::Image(_) | Self::Folder { .. })
+    }
+}
+
 /// A factory of the game's own [`FrameSource`]s, for
 /// [`SourceKind::Custom`]. Two are equal when they are the same factory.
 ///

@@ -73,6 +73,9 @@ pub struct TrackedFace {
     pub first_seen: f64,
     /// Real time (`Time<Real>`) of the frame it was last seen in, seconds.
     pub last_seen: f64,
+    /// Sequence number of the frame it was last seen in
+    /// ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    pub last_frame: u64,
 }
 
 impl TrackedFace {
@@ -201,6 +204,11 @@ pub struct FaceLost {
     pub id: u64,
     /// Real time (`Time<Real>`) when it was declared lost, seconds.
     pub timestamp: f64,
+    /// Sequence number of the last frame it was seen in
+    /// ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    pub last_frame: u64,
+    /// Real time (`Time<Real>`) of that frame, seconds.
+    pub last_seen: f64,
 }
 
 /// One inference for one face (every processed frame).
@@ -644,6 +652,7 @@ fn track_faces(
                     id,
                     first_seen: track.first_seen,
                     last_seen: track.last_seen,
+                    last_frame: result.seq,
                 },
                 FaceBox {
                     rect: Rect::new(x1, y1, x2, y2),
@@ -740,7 +749,9 @@ fn lose(
     names: &[Emotion],
     out: &mut FaceMessages,
 ) {
-    if let Ok((_, _, _, calibrating, episodes)) = faces.get_mut(face) {
+    let (mut last_frame, mut last_seen) = (0, t);
+    if let Ok((_, tracked, _, calibrating, episodes)) = faces.get_mut(face) {
+        (last_frame, last_seen) = (tracked.last_frame, tracked.last_seen);
         if let Some(mut e) = episodes {
             let closed = e.0.close_all(t);
             out.episodes(face, id, names, closed);
@@ -756,6 +767,8 @@ fn lose(
         face,
         id,
         timestamp: t,
+        last_frame,
+        last_seen,
     });
 }
 

@@ -195,8 +195,13 @@ fn start(
     state.last_seq = seq;
     state.next_due = Some(next_due);
     let pool = perception_pool(state, settings.threads);
-    // Following on: the follower travels with the task and comes back.
-    let mut follower = match (&settings.follow, state.follower.take()) {
+    // Following on (video sources; stills and slideshows are detected
+    // whole every frame): the follower travels with the task and comes back.
+    let follow = settings
+        .follow
+        .as_ref()
+        .filter(|_| settings.source.is_video());
+    let mut follower = match (follow, state.follower.take()) {
         (Some(cfg), Some(mut f)) => {
             f.config = cfg.clone();
             Some(f)
@@ -207,7 +212,7 @@ fn start(
     state.task = Some(AsyncComputeTaskPool::get().spawn(async move {
         let run = move || {
             let out = match follower.as_mut() {
-                Some(f) => match f.process(&pipeline, &frame) {
+                Some(f) => match f.process_at(&pipeline, &frame, captured) {
                     Ok((found, ran)) => (Ok(found), ran),
                     Err(e) => {
                         f.reset();

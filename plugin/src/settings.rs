@@ -26,10 +26,12 @@ pub struct EmotionSettings {
     pub threads: usize,
     /// Follow faces from frame to frame (O-Net refinement of the last boxes,
     /// the full detector only on the first frame and when a face is lost;
-    /// every `detect_every` frames a detection for new faces, by default in
-    /// slices between frames): about 9x cheaper per frame than detecting
-    /// every frame (`docs/PERFORMANCE.md`). `None`: the full detector on
-    /// every frame.
+    /// every `detect_every` frames or `detect_after` (1 s by default),
+    /// whichever comes first, a detection for new faces, by default in
+    /// slices between frames): about 11x cheaper per frame than detecting
+    /// every frame (`docs/PERFORMANCE.md`). Video sources only
+    /// ([`SourceKind::is_video`]): a still image or a slideshow runs the full
+    /// detector on every frame. `None`: the full detector on every frame.
     pub follow: Option<FollowConfig>,
     /// Test-time augmentation of the classifier: the mirror image (`Flip`,
     /// twice the classifier's cost) or the mirror and four 2-pixel shifts

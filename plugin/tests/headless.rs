@@ -87,6 +87,82 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
     assert_eq!(log.lost.len(), 1);
     assert_eq!(log.lost[0].id, id);
     assert_eq!(*app.world().resource::<FacePresence>(), FacePresence(0));
+    // Every message says which frame it is about and when that frame came.
+    let d = &log.detected;
+    assert!(d.windows(2).all(|w| w[0].frame < w[1].frame), "{d:?}");
+    assert!(d.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+    assert!(
+        d.iter()
+            .all(|m| m.frame > 0 && m.latency < Duration::from_secs(5))
+    );
+    assert_eq!(
+        (log.appeared[0].frame, log.appeared[0].timestamp),
+        (d[0].frame, d[0].timestamp)
+    );
+    for c in &log.changed {
+        assert!(
+            d.iter()
+                .any(|m| (m.frame, m.timestamp) == (c.frame, c.timestamp)),
+            "{c:?}"
+        );
+    }
+    let seen = d.iter().rfind(|m| m.id == id).unwrap();
+    let lost = &log.lost[0];
+    assert_eq!(lost.last_frame, seen.frame);
+    assert!(
+        (lost.last_seen - seen.timestamp).abs() < 1e-9,
+        "{lost:?} {seen:?}"
+    );
+    assert!(lost.timestamp >= seen.timestamp);
+}
+
+/// Perception runs on real time: with the game's virtual time paused, faces
+/// are still detected, a quiet source is still noticed and its faces still
+/// expire.
+#[test]
+fn perception_keeps_real_time_while_the_game_is_paused() {
+    let a = photo().crop(288, 10, 200, 240).unwrap();
+    let settings = EmotionSettings {
+        source: SourceKind::Pushed,
+        inference_hz: 1000.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    let mut app = app(settings, ModelSource::Preloaded(pipeline()));
+    app.update();
+    app.world_mut().resource_mut::<Time<Virtual>>().pause();
+    for _ in 0..4 {
+        feed_paced(&mut app, &a);
+    }
+    assert_eq!(app.world().resource::<Log>().detected.len(), 4);
+    let quiet = Instant::now();
+    let mut stalled = false;
+    while quiet.elapsed() < Duration::from_secs(5) && app.world().resource::<Log>().lost.is_empty()
+    {
+        app.update();
+        stalled |= matches!(
+            app.world().resource::<CameraStatus>(),
+            CameraStatus::Stalled(_)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(stalled, "the quiet source was not noticed");
+    assert_eq!(
+        app.world().resource::<Log>().lost.len(),
+        1,
+        "the face never expired"
+    );
+    assert!(
+        quiet.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        quiet.elapsed()
+    );
+    let virt = app.world().resource::<Time<Virtual>>();
+    assert!(
+        virt.is_paused() && virt.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        virt.elapsed()
+    );
 }
 
 #[test]
@@ -200,4 +276,49 @@ fn a_source_that_goes_quiet_is_noticed_and_its_faces_expire() {
         app.world().resource::<CameraStatus>(),
         CameraStatus::Running(_)
     ));
+}
+
+/// Video sources are followed (the full detector on the first frame, then
+/// only now and then); a still image is detected whole on every frame.
+#[test]
+fn video_is_followed_and_stills_are_detected_whole() {
+    let a = photo().crop(288, 10, 200, 240).unwrap();
+    let settings = EmotionSettings {
+        source: SourceKind::Pushed,
+        inference_hz: 1000.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    let mut app = app(settings, ModelSource::Preloaded(pipeline()));
+    for _ in 0..8 {
+        feed_paced(&mut app, &a);
+    }
+    let stats = app.world().resource::<EmotionStats>();
+    assert_eq!(stats.frames_processed, 8);
+    assert!(stats.full_detections <= 2, "{stats:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let still = tmp.path().join("still.png");
+    image::RgbImage::from_raw(200, 240, a.to_rgb8())
+        .unwrap()
+        .save(&still)
+        .unwrap();
+    let settings = EmotionSettings {
+        source: SourceKind::Image(still),
+        inference_hz: 1000.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    let mut app = common::app(settings, ModelSource::Preloaded(pipeline()));
+    let start = Instant::now();
+    while app.world().resource::<EmotionStats>().frames_processed < 4
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        app.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = app.world().resource::<EmotionStats>();
+    assert!(stats.frames_processed >= 4, "{stats:?}");
+    assert_eq!(stats.full_detections, stats.frames_processed, "{stats:?}");
+    assert_eq!(app.world().resource::<Log>().appeared.len(), 1);
 }

@@ -223,6 +223,8 @@ fn run_video(
         .collect::<Result<Vec<_>>>()?;
     let mut follower = FaceFollower::new(FollowConfig {
         detect_every: args.detect_every,
+        // By frames only: the benchmark runs faster or slower than a camera.
+        detect_after: None,
         background_detection: !args.sync_detection,
     });
     let (mut full_t, mut tracked_t, mut detector_t) = (Vec::new(), Vec::new(), Vec::new());
