@@ -367,6 +367,29 @@ pub fn barrier_pool() -> &'static BarrierPool {
     BARRIER_POOL.get_or_init(|| BarrierPool::new(candle_num_threads().saturating_sub(1)))
 }
 
+/// [`BarrierPool::execute_chunked`] on the barrier pool, except when called
+/// from inside a rayon pool (a caller's thread budget, e.g. a game plugin's):
+/// then the work is split over that pool (inline in a pool of one thread)
+/// and the barrier pool's threads are neither used nor started, so that the
+/// budget holds.
+pub fn par_chunked<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
+    if rayon::current_thread_index().is_none() {
+        return barrier_pool().execute_chunked(n_items, f);
+    }
+    let n_threads = rayon::current_num_threads();
+    if n_items == 0 {
+        return;
+    }
+    if n_threads <= 1 {
+        return f(0..n_items);
+    }
+    let chunk = n_items.div_ceil(n_threads * 8).max(1);
+    use rayon::prelude::*;
+    (0..n_items.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+}
+
 pub fn with_threadpool<F: FnOnce() -> R + Send, R: Send>(f: F) -> R {
     candle_pool().install(f)
 }
