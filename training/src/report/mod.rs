@@ -1641,6 +1641,35 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
     out
 }
 
+/// Finished folds that early stopping ended before the network learned
+/// (training accuracy under 50% at the stop), per network, as a sentence;
+/// empty when there are none.
+fn unlearned_folds(groups: &[&Group<'_>]) -> String {
+    let counts: Vec<String> = groups
+        .iter()
+        .filter(|g| g.cross_validated())
+        .filter_map(|g| {
+            let done = g.complete_runs();
+            let n = done
+                .iter()
+                .filter(|r| {
+                    r.epochs_done() < r.config.epochs
+                        && r.metrics.last().is_some_and(|m| m.train_accuracy < 0.5)
+                })
+                .count();
+            (n > 0).then(|| format!("{} {n} of {}", arch_label(g.arch), done.len()))
+        })
+        .collect();
+    if counts.is_empty() {
+        return String::new();
+    }
+    format!(
+        " Folds that early stopping ended before the network learned (training accuracy \
+         under 50% at the stop, which pulls the mean down): {}.",
+        counts.join(", ")
+    )
+}
+
 /// The paper's protocol: every network for up to its epoch budget, stopped
 /// early on the validation split. Experiments with early stopping are
 /// compared per dataset among those whose configurations are equal but for
@@ -1736,13 +1765,14 @@ fn paper_budget(groups: &[Group<'_>]) -> String {
         };
         let _ = writeln!(
             lines,
-            "- {}, up to {} epochs, {}, batch {}{}: {}.{claim}",
+            "- {}, up to {} epochs, {}, batch {}{}: {}.{claim}{}",
             g.dataset,
             cfg.epochs,
             preset_name(cfg.preset),
             cfg.batch_size,
             recipe_extras(cfg),
-            parts.join("; ")
+            parts.join("; "),
+            unlearned_folds(&same)
         );
     }
     if lines.is_empty() {
@@ -1850,6 +1880,44 @@ mod tests {
         assert!(!line.contains("a_seed") && !line.contains("teacher") && !line.contains("mixup"));
         // A lone run has nothing to be compared with.
         assert_eq!(ablations(&groups[3..]), "");
+    }
+
+    #[test]
+    fn folds_stopped_before_learning_are_counted() {
+        let data = crate::spec::DataSpec {
+            data: "ckplus48".into(),
+            folds: 2,
+            ..Default::default()
+        };
+        let mut cfg = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch4, data);
+        cfg.epochs = 10;
+        cfg.early_stopping = Some(2);
+        let mut stalled = finished_run("a/fold0", cfg.clone(), &[0.3, 0.2, 0.2]);
+        for m in &mut stalled.metrics {
+            m.train_accuracy = 0.3;
+        }
+        let learned = finished_run("a/fold1", cfg.clone(), &[0.5, 0.9, 0.8, 0.8]);
+        let runs = [stalled, learned];
+        let group = Group {
+            arch: Arch::Arch4,
+            dataset: "CK+".into(),
+            name: "a".into(),
+            runs: runs.iter().collect(),
+        };
+        assert!(runs.iter().all(Run::complete));
+        let text = unlearned_folds(&[&group]);
+        assert!(text.contains("ARCH-4 1 of 2"), "{text}");
+        // A fold that ran its whole budget is not "stopped early".
+        let mut full = cfg;
+        full.epochs = 3;
+        let slow = [finished_run("b/fold0", full, &[0.3, 0.3, 0.3])];
+        let group = Group {
+            arch: Arch::Arch2,
+            dataset: "CK+".into(),
+            name: "b".into(),
+            runs: slow.iter().collect(),
+        };
+        assert_eq!(unlearned_folds(&[&group]), "");
     }
 
     #[test]
