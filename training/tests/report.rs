@@ -351,7 +351,7 @@ fn runs_that_differ_only_in_mixup_or_optimizer_are_an_ablation() {
         |c| c.mixup = 0.4,
     );
     let md = report_md(&runs, &tmp.path().join("out"));
-    let want = "- ARCH-1 FER2013, 2 epochs, seed 0: `arch1_fer2013_mixup` (no teacher, mixup 0.4): best 70.0% (epoch 2), last 70.0%; `arch1_fer2013_plain` (no teacher): best 60.0% (epoch 2), last 60.0%.\n";
+    let want = "- ARCH-1 FER2013, 2 epochs, seed 0: `arch1_fer2013_mixup` (mixup 0.4): best 70.0% (epoch 2), last 70.0%; `arch1_fer2013_plain` (no mixup): best 60.0% (epoch 2), last 60.0%.\n";
     assert!(md.contains(want), "{want} missing from\n{md}");
     // An optimizer ablation joins them, and every variant names its optimizer.
     write_run_with(
@@ -366,7 +366,7 @@ fn runs_that_differ_only_in_mixup_or_optimizer_are_an_ablation() {
         },
     );
     let md = report_md(&runs, &tmp.path().join("out2"));
-    let want = "`arch1_fer2013_plain` (no teacher, Adam at lr 0.002): best 60.0% (epoch 2), last 60.0%; `arch1_fer2013_sgd` (no teacher, SGD with Nesterov momentum 0.9 at lr 0.02): best 80.0% (epoch 2), last 80.0%.\n";
+    let want = "`arch1_fer2013_plain` (no mixup, Adam at lr 0.002, weight decay 0.05): best 60.0% (epoch 2), last 60.0%; `arch1_fer2013_sgd` (no mixup, SGD with Nesterov momentum 0.9 at lr 0.02, weight decay 0.05): best 80.0% (epoch 2), last 80.0%.\n";
     assert!(md.contains(want), "{want} missing from\n{md}");
 }
 
