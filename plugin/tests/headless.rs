@@ -121,14 +121,7 @@ fn faces_are_tracked_and_emotion_changes_are_published() {
 /// expire.
 #[test]
 fn perception_keeps_real_time_while_the_game_is_paused() {
-    let a = photo().crop(288, 10, 200, 240).unwrap();
-    let settings = EmotionSettings {
-        source: SourceKind::Pushed,
-        inference_hz: 1000.0,
-        quality: QualityGate::open(),
-        ..Default::default()
-    };
-    let mut app = app(settings, ModelSource::Preloaded(pipeline()));
+    let (a, mut app) = pushed_face();
     app.update();
     app.world_mut().resource_mut::<Time<Virtual>>().pause();
     for _ in 0..4 {
@@ -163,6 +156,19 @@ fn perception_keeps_real_time_while_the_game_is_paused() {
         "{:?}",
         virt.elapsed()
     );
+}
+
+/// One person's window of the shared photo, and an app with pushed frames
+/// that counts every frame (no quality gate).
+fn pushed_face() -> (Frame, App) {
+    let a = photo().crop(288, 10, 200, 240).unwrap();
+    let settings = EmotionSettings {
+        source: SourceKind::Pushed,
+        inference_hz: 1000.0,
+        quality: QualityGate::open(),
+        ..Default::default()
+    };
+    (a, app(settings, ModelSource::Preloaded(pipeline())))
 }
 
 #[test]
@@ -228,15 +234,7 @@ fn no_camera_is_reported_and_the_app_keeps_running() {
 /// although no new result arrives.
 #[test]
 fn a_source_that_goes_quiet_is_noticed_and_its_faces_expire() {
-    let p = pipeline();
-    let a = photo().crop(288, 10, 200, 240).unwrap();
-    let settings = EmotionSettings {
-        source: SourceKind::Pushed,
-        inference_hz: 1000.0,
-        quality: QualityGate::open(),
-        ..Default::default()
-    };
-    let mut app = app(settings, ModelSource::Preloaded(p));
+    let (a, mut app) = pushed_face();
     for _ in 0..3 {
         feed_paced(&mut app, &a);
     }
@@ -282,14 +280,7 @@ fn a_source_that_goes_quiet_is_noticed_and_its_faces_expire() {
 /// only now and then); a still image is detected whole on every frame.
 #[test]
 fn video_is_followed_and_stills_are_detected_whole() {
-    let a = photo().crop(288, 10, 200, 240).unwrap();
-    let settings = EmotionSettings {
-        source: SourceKind::Pushed,
-        inference_hz: 1000.0,
-        quality: QualityGate::open(),
-        ..Default::default()
-    };
-    let mut app = app(settings, ModelSource::Preloaded(pipeline()));
+    let (a, mut app) = pushed_face();
     for _ in 0..8 {
         feed_paced(&mut app, &a);
     }

@@ -1459,6 +1459,15 @@ struct Knob {
     describe: fn(&TrainConfig) -> String,
 }
 
+/// `name value`, or `no name` when the value is 0.
+fn amount<T: std::fmt::Display + PartialOrd + Default>(name: &str, value: T) -> String {
+    if value > T::default() {
+        format!("{name} {value}")
+    } else {
+        format!("no {name}")
+    }
+}
+
 /// The settings an ablation may vary: runs whose configurations are equal
 /// once these are cleared are compared, and each run is described by the
 /// knobs that differ among them.
@@ -1471,13 +1480,7 @@ const KNOBS: &[Knob] = &[
     Knob {
         name: "mixup",
         clear: |c| c.mixup = 0.0,
-        describe: |c| {
-            if c.mixup > 0.0 {
-                format!("mixup {}", c.mixup)
-            } else {
-                "no mixup".into()
-            }
-        },
+        describe: |c| amount("mixup", c.mixup),
     },
     Knob {
         name: "the optimizer with its learning rate and weight decay",
@@ -1500,13 +1503,7 @@ const KNOBS: &[Knob] = &[
     Knob {
         name: "label smoothing",
         clear: |c| c.label_smoothing = 0.0,
-        describe: |c| {
-            if c.label_smoothing > 0.0 {
-                format!("label smoothing {}", c.label_smoothing)
-            } else {
-                "no label smoothing".into()
-            }
-        },
+        describe: |c| amount("label smoothing", c.label_smoothing),
     },
     Knob {
         name: "random erasing",
@@ -1515,9 +1512,11 @@ const KNOBS: &[Knob] = &[
                 a.random_erasing = 0.0;
             }
         },
-        describe: |c| match c.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
-            Some(p) => format!("random erasing {p}"),
-            None => "no random erasing".into(),
+        describe: |c| {
+            amount(
+                "random erasing",
+                c.augment.map_or(0.0, |a| a.random_erasing),
+            )
         },
     },
 ];
