@@ -25,9 +25,19 @@ fn candle_elementwise_ops_stay_in_the_callers_pool() {
     let before = threads();
     let inside = pool.install(ops);
     assert_eq!(threads(), before, "candle started threads of its own");
-    // Outside any pool candle uses its own threads (so the check above can
+    // A pool of three splits the work over its own threads.
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    three.install(|| ());
+    let before = threads();
+    let split = three.install(ops);
+    assert_eq!(threads(), before, "candle started threads of its own");
+    // Outside any pool candle uses its own threads (so the checks above can
     // fail), with the same result.
     let outside = ops();
     assert!(threads() > before, "candle's own pool did not start");
     assert_eq!(inside.to_bits(), outside.to_bits());
+    assert_eq!(split.to_bits(), outside.to_bits());
 }

@@ -343,7 +343,8 @@ impl FaceFollower {
             self.job = None;
             faces = self.merge(pipeline, frame, faces, found)?;
         }
-        if self.job.is_none() && self.period_over(now, true) {
+        // `since_detect` already counts this frame.
+        if self.job.is_none() && self.period_over(now, false) {
             self.job = Some(pipeline.detector().start_detection(frame)?);
             self.since_detect = 0;
             self.detected_at = Some(now);

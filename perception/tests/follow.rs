@@ -135,6 +135,27 @@ fn periodic_detection_runs_by_time_as_well_as_by_frames() {
         }
         assert_eq!(ran_at, want, "detect_after {after:?}");
     }
+    // In the background, never given time: a detection starts once the
+    // period is over (120 ms, frame 3) and is finished in one go when the
+    // next period is over (frame 6), which starts the next (finished at 9).
+    let mut follower = FaceFollower::new(FollowConfig {
+        detect_every: 1000,
+        detect_after: Some(Duration::from_millis(100)),
+        background_detection: true,
+    });
+    let mut ran_at = Vec::new();
+    for i in 0..11 {
+        let now = start + Duration::from_millis(40 * i);
+        let (faces, ran) = follower.process_at(&p, &frame, now).unwrap();
+        assert_eq!(faces.faces.len(), 1, "frame {i}");
+        if ran {
+            ran_at.push(i);
+        }
+        if i == 3 {
+            assert!(follower.has_work(), "no background detection started");
+        }
+    }
+    assert_eq!(ran_at, [0, 6, 9]);
 }
 
 #[test]
@@ -178,7 +199,10 @@ fn twenty_faces_are_followed_and_capped_by_max_faces() {
         let spots: Vec<(i32, i32)> = (0..20i32)
             .map(|k| (8 + 126 * (k % 5), 4 + 118 * (k / 5)))
             .collect();
-        let mut follower = FaceFollower::new(FollowConfig::default());
+        let mut follower = FaceFollower::new(FollowConfig {
+            detect_after: None,
+            ..Default::default()
+        });
         for i in 0..6 {
             // The whole grid drifts 3 px a frame.
             let at: Vec<(i32, i32)> = spots.iter().map(|&(x, y)| (x + 3 * i, y + i)).collect();
@@ -202,7 +226,10 @@ fn a_face_leaving_through_the_edge_is_let_go() {
     let p = pipeline(8);
     let side = 160;
     let tile = face_tile(&p, side);
-    let mut follower = FaceFollower::new(FollowConfig::default());
+    let mut follower = FaceFollower::new(FollowConfig {
+        detect_after: None,
+        ..Default::default()
+    });
     let mut gone_at = None;
     for i in 0..16 {
         let x = 400 + 25 * i;

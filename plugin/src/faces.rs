@@ -205,9 +205,11 @@ pub struct FaceLost {
     /// Real time (`Time<Real>`) when it was declared lost, seconds.
     pub timestamp: f64,
     /// Sequence number of the last frame it was seen in
-    /// ([`LatestFrame::seq`](crate::LatestFrame::seq)).
+    /// ([`LatestFrame::seq`](crate::LatestFrame::seq)); 0 for a face lost
+    /// before its entity got its first [`TrackedFace`].
     pub last_frame: u64,
-    /// Real time (`Time<Real>`) of that frame, seconds.
+    /// Real time (`Time<Real>`) of that frame, seconds (`timestamp` for a
+    /// face lost before its entity got its first [`TrackedFace`]).
     pub last_seen: f64,
 }
 

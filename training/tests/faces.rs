@@ -256,6 +256,13 @@ fn evaluate_scores_an_ensemble_of_models() {
     assert_eq!(one["confusion"], twice["confusion"]);
     let mixed = json(&run(&[&weights, &arch3]));
     assert_eq!(mixed["total"], 6);
+    // Both members count: the ensemble scores as neither alone.
+    let three = json(&run(&[&arch3]))["loss"].as_f64().unwrap();
+    let m = mixed["loss"].as_f64().unwrap();
+    assert!(
+        (m - a).abs() > 1e-6 && (m - three).abs() > 1e-6,
+        "{m} {a} {three}"
+    );
     let name = mixed["model"].as_str().unwrap();
     assert!(
         name.contains("arch1.safetensors + ") && name.ends_with("arch3.safetensors"),

@@ -1592,8 +1592,9 @@ fn ablations(groups: &[Group<'_>]) -> String {
     let names: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
     format!(
         "\n### Ablations at an equal budget\n\nFinished runs whose configurations differ only in \
-         {} or {} (same network, data, starting weights, seed, schedule, other augmentation and \
-         epochs), so the difference is theirs:\n\n{lines}",
+         one or more of {} and {} (same network, data, starting weights, seed, schedule, other \
+         augmentation and epochs), so the differences are theirs; each run is described by the \
+         settings that differ:\n\n{lines}",
         names[..names.len() - 1].join(", "),
         names[names.len() - 1]
     )
@@ -1860,7 +1861,7 @@ mod tests {
             .collect();
         let md = ablations(&groups);
         assert!(md.contains("### Ablations at an equal budget"), "{md}");
-        assert!(md.contains("label smoothing or random erasing"), "{md}");
+        assert!(md.contains("label smoothing and random erasing"), "{md}");
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("- ")).collect();
         assert_eq!(lines.len(), 1, "{md}");
         let line = lines[0];
