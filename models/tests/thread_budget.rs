@@ -17,20 +17,21 @@ fn candle_elementwise_ops_stay_in_the_callers_pool() {
         let y = (&x + &x).unwrap().exp().unwrap();
         y.sum_all().unwrap().to_scalar::<f32>().unwrap()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    pool.install(|| ());
+    // A pool of `n` threads, all started.
+    let pool_of = |n| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        pool.broadcast(|_| ());
+        pool
+    };
+    let pool = pool_of(1);
     let before = threads();
     let inside = pool.install(ops);
     assert_eq!(threads(), before, "candle started threads of its own");
     // A pool of three splits the work over its own threads.
-    let three = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
-    three.install(|| ());
+    let three = pool_of(3);
     let before = threads();
     let split = three.install(ops);
     assert_eq!(threads(), before, "candle started threads of its own");

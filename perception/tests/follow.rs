@@ -108,6 +108,29 @@ fn assert_distinct(faces: &[Detection], frame: usize) {
     }
 }
 
+/// The frames (of eleven, 40 ms apart from `start`, one face each) on which
+/// `config`'s follower ran the detector; `check(i, follower)` after each.
+fn detector_frames(
+    p: &Pipeline,
+    frame: &Frame,
+    config: FollowConfig,
+    start: Instant,
+    mut check: impl FnMut(u64, &FaceFollower),
+) -> Vec<u64> {
+    let mut follower = FaceFollower::new(config);
+    let mut ran_at = Vec::new();
+    for i in 0..11 {
+        let now = start + Duration::from_millis(40 * i);
+        let (faces, ran) = follower.process_at(p, frame, now).unwrap();
+        assert_eq!(faces.faces.len(), 1, "frame {i}");
+        if ran {
+            ran_at.push(i);
+        }
+        check(i, &follower);
+    }
+    ran_at
+}
+
 #[test]
 fn periodic_detection_runs_by_time_as_well_as_by_frames() {
     let p = pipeline(8);
@@ -119,42 +142,27 @@ fn periodic_detection_runs_by_time_as_well_as_by_frames() {
         (Some(Duration::from_millis(100)), vec![0, 3, 6, 9]),
         (None, vec![0]),
     ] {
-        let mut follower = FaceFollower::new(FollowConfig {
+        let config = FollowConfig {
             detect_every: 1000,
             detect_after: after,
             background_detection: false,
-        });
-        let mut ran_at = Vec::new();
-        for i in 0..11 {
-            let now = start + Duration::from_millis(40 * i);
-            let (faces, ran) = follower.process_at(&p, &frame, now).unwrap();
-            assert_eq!(faces.faces.len(), 1, "frame {i}");
-            if ran {
-                ran_at.push(i);
-            }
-        }
+        };
+        let ran_at = detector_frames(&p, &frame, config, start, |_, _| {});
         assert_eq!(ran_at, want, "detect_after {after:?}");
     }
     // In the background, never given time: a detection starts once the
     // period is over (120 ms, frame 3) and is finished in one go when the
     // next period is over (frame 6), which starts the next (finished at 9).
-    let mut follower = FaceFollower::new(FollowConfig {
+    let config = FollowConfig {
         detect_every: 1000,
         detect_after: Some(Duration::from_millis(100)),
         background_detection: true,
-    });
-    let mut ran_at = Vec::new();
-    for i in 0..11 {
-        let now = start + Duration::from_millis(40 * i);
-        let (faces, ran) = follower.process_at(&p, &frame, now).unwrap();
-        assert_eq!(faces.faces.len(), 1, "frame {i}");
-        if ran {
-            ran_at.push(i);
-        }
+    };
+    let ran_at = detector_frames(&p, &frame, config, start, |i, f| {
         if i == 3 {
-            assert!(follower.has_work(), "no background detection started");
+            assert!(f.has_work(), "no background detection started");
         }
-    }
+    });
     assert_eq!(ran_at, [0, 6, 9]);
 }
 
