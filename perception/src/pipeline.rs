@@ -331,6 +331,9 @@ impl FaceFollower {
             return Ok((faces, false));
         }
         let mut ran = false;
+        // A whole period since the last detection started (`since_detect`
+        // already counts this frame): finish a job left unworked, or start
+        // the next one.
         let overdue = self.period_over(now, false);
         if let Some(job) = self.job.as_mut()
             && !job.is_done()
@@ -343,8 +346,7 @@ impl FaceFollower {
             self.job = None;
             faces = self.merge(pipeline, frame, faces, found)?;
         }
-        // `since_detect` already counts this frame.
-        if self.job.is_none() && self.period_over(now, false) {
+        if self.job.is_none() && overdue {
             self.job = Some(pipeline.detector().start_detection(frame)?);
             self.since_detect = 0;
             self.detected_at = Some(now);

@@ -201,16 +201,19 @@ pub struct SoupArgs {
     models: Vec<PathBuf>,
 }
 
-/// Runs `training soup`.
-pub fn soup(args: &SoupArgs) -> Result<()> {
-    let all = args
-        .models
+/// Loads every weights file of `paths`, naming the one that fails.
+fn load_all(paths: &[PathBuf], device: &Device) -> Result<Vec<LoadedWeights>> {
+    paths
         .iter()
         .map(|p| {
-            LoadedWeights::from_file(p, &Device::Cpu)
-                .with_context(|| format!("reading {}", p.display()))
+            LoadedWeights::from_file(p, device).with_context(|| format!("loading {}", p.display()))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Runs `training soup`.
+pub fn soup(args: &SoupArgs) -> Result<()> {
+    let all = load_all(&args.models, &Device::Cpu)?;
     let mut mean = LoadedWeights::average(&all)?;
     let names: Vec<String> = args
         .models
@@ -404,28 +407,26 @@ fn first_reasons(reasons: &[String]) -> String {
 /// Runs `training evaluate`.
 pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
     let device = Device::Cpu;
-    let mut members = Vec::new();
-    for path in &args.models {
-        let w = LoadedWeights::from_file(path, &device)
-            .with_context(|| format!("loading {}", path.display()))?;
-        let net = w.build(&device)?;
-        members.push((w, net));
-    }
-    let (weights, _) = &members[0];
+    let members = load_all(&args.models, &device)?;
+    let weights = &members[0];
     if let Some((other, path)) = members
         .iter()
         .zip(&args.models)
-        .find(|((w, _), _)| w.meta.classes != weights.meta.classes)
+        .find(|(w, _)| w.meta.classes != weights.meta.classes)
     {
         bail!(
             "{} has the classes {:?}, {} has {:?}: an ensemble's models must share them",
             path.display(),
-            other.0.meta.classes,
+            other.meta.classes,
             args.models[0].display(),
             weights.meta.classes
         );
     }
-    let nets: Vec<&models::EmotionNet> = members.iter().map(|(_, n)| n).collect();
+    let built = members
+        .iter()
+        .map(|w| w.build(&device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nets: Vec<&models::EmotionNet> = built.iter().collect();
     let model_text = args
         .models
         .iter()
@@ -494,7 +495,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
             model_text,
             members
                 .iter()
-                .map(|(w, _)| w.meta.arch().to_string())
+                .map(|w| w.meta.arch().to_string())
                 .collect::<Vec<_>>()
                 .join(" + "),
             args.data.display(),
