@@ -212,6 +212,14 @@ impl ModelConfig {
             c.dropout = p;
         }
     }
+
+    /// The BatchNorm settings of every BatchNorm layer.
+    pub fn bn_mut(&mut self) -> &mut BnConfig {
+        match self {
+            Self::Arch1(c) | Self::Arch3(c) => &mut c.bn,
+            Self::Arch2(c) | Self::Arch4(c) => &mut c.bn,
+        }
+    }
 }
 
 /// Any of the four networks behind one type.

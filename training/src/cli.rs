@@ -196,9 +196,19 @@ pub struct SoupArgs {
     #[arg(long)]
     out: PathBuf,
     /// Two or more weights files of one network and class list, best trained
-    /// from a common start (fine-tuned runs of one model).
-    #[arg(required = true, num_args = 2..)]
+    /// from a common start (fine-tuned runs of one model, or the last epochs
+    /// of one run kept with `train --keep-epochs`); one is enough with
+    /// --bn-data (its BatchNorm statistics re-estimated).
+    #[arg(required = true, num_args = 1..)]
     models: Vec<PathBuf>,
+    /// Re-estimate the soup's BatchNorm statistics on this data's training
+    /// images (FER2013 CSV or image folder, as `train --data`), as stochastic
+    /// weight averaging does, instead of averaging the files' statistics.
+    #[arg(long, value_name = "DATA")]
+    bn_data: Option<PathBuf>,
+    /// With --bn-data: FER+ labels for it (`--ferplus` of `train`).
+    #[arg(long, requires = "bn_data")]
+    bn_ferplus: Option<PathBuf>,
 }
 
 /// Loads every weights file of `paths`, naming the one that fails.
@@ -213,17 +223,34 @@ fn load_all(paths: &[PathBuf], device: &Device) -> Result<Vec<LoadedWeights>> {
 
 /// Runs `training soup`.
 pub fn soup(args: &SoupArgs) -> Result<()> {
+    if args.models.len() < 2 && args.bn_data.is_none() {
+        bail!("a soup needs two or more weights files (or one with --bn-data)");
+    }
     let all = load_all(&args.models, &Device::Cpu)?;
     let mut mean = LoadedWeights::average(&all)?;
+    if let Some(data) = &args.bn_data {
+        let spec = DataSpec {
+            data: data.clone(),
+            ferplus: args.bn_ferplus.clone(),
+            contempt: mean.meta.classes.iter().any(|c| c == "contempt"),
+            ..DataSpec::default()
+        };
+        mean = training::train::recompute_batch_norm(&mean, &spec, 64)
+            .context("--bn-data: re-estimating BatchNorm statistics")?;
+    }
     let names: Vec<String> = args
         .models
         .iter()
         .map(|p| p.display().to_string())
         .collect();
     mean.meta.provenance.notes = format!(
-        "{} (training soup: {})",
+        "{} (training soup: {}{})",
         mean.meta.provenance.notes,
-        names.join(", ")
+        names.join(", "),
+        match &args.bn_data {
+            Some(d) => format!("; BatchNorm statistics re-estimated on {}", d.display()),
+            None => String::new(),
+        }
     );
     models::weights::write_atomic(&args.out, &mean.to_bytes()?)
         .with_context(|| format!("writing {}", args.out.display()))?;

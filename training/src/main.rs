@@ -120,8 +120,10 @@ enum Command {
     /// the confusion matrix. The last line is `accuracy: 0.XXXX (CORRECT/TOTAL)`.
     Evaluate(cli::EvaluateArgs),
     /// Average several weights files of one network element-wise (a "model
-    /// soup" of runs fine-tuned from a common start; BatchNorm statistics
-    /// too) into one; check the result with `evaluate` on PublicTest.
+    /// soup" of runs fine-tuned from a common start, or of a run's last
+    /// epochs: stochastic weight averaging) into one; BatchNorm statistics are
+    /// averaged too, or re-estimated on the training images with --bn-data
+    /// (also for a single file). Check the result with `evaluate` on PublicTest.
     Soup(cli::SoupArgs),
     /// Find the faces in photos (MTCNN), align them and classify each: one line
     /// per face with its box and emotion (`--json`: one JSON object per face),

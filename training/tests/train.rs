@@ -86,6 +86,31 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(ckpts.len(), 2);
 }
 
+/// `keep_epochs` keeps each epoch's weights, through a resume, and the last
+/// kept file is the run's `last.safetensors`; without it nothing is kept.
+#[test]
+fn keep_epochs_keeps_every_epochs_weights() {
+    let (tmp, csv) = tiny(48, 16);
+    let dir = tmp.path().join("kept");
+    let mut cfg = config(&csv, 2);
+    cfg.keep_epochs = true;
+    run(cfg.clone(), &dir, false);
+    cfg.epochs = 3;
+    run(cfg, &dir, true);
+    for e in 1..=3 {
+        let p = training::train::epoch_weights_path(&dir, e);
+        assert!(p.exists(), "{} missing", p.display());
+    }
+    let e1 = weights(&training::train::epoch_weights_path(&dir, 1));
+    let e3 = weights(&training::train::epoch_weights_path(&dir, 3));
+    assert_eq!(e3, weights(&dir.join("last.safetensors")));
+    assert_ne!(e1, e3, "epoch 1 and epoch 3 weights are the same");
+
+    let plain = tmp.path().join("plain");
+    run(config(&csv, 1), &plain, false);
+    assert!(!plain.join("epochs").exists());
+}
+
 #[test]
 fn one_epoch_smoke_run_on_fer2013() {
     let csv =
@@ -300,6 +325,65 @@ fn soup_writes_the_mean_and_refuses_other_networks() {
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("another network"), "{err}");
+}
+
+/// `soup --bn-data` keeps the averaged kernels and replaces the moving
+/// statistics with ones measured on the training images.
+#[test]
+fn soup_can_re_estimate_batch_norm_statistics() {
+    let (tmp, csv) = tiny(48, 16);
+    let file = |name: &str, seed: u64| {
+        let p = tmp.path().join(name);
+        let varmap = candle_nn::VarMap::new();
+        let cfg = models::ModelConfig::preset(Arch::Arch1);
+        models::EmotionNet::new(
+            &cfg,
+            candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        training::train::seeded_init(&varmap, seed).unwrap();
+        let meta = models::WeightsMeta::new(cfg, Default::default());
+        models::weights::save_varmap(&varmap, &meta, &p).unwrap();
+        p
+    };
+    let (a, b) = (file("a.safetensors", 1), file("b.safetensors", 2));
+    let (plain, measured) = (
+        tmp.path().join("plain.safetensors"),
+        tmp.path().join("measured.safetensors"),
+    );
+    for (out, extra) in [(&plain, None), (&measured, Some(&csv))] {
+        let mut args = vec![
+            OsStr::new("soup"),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            a.as_os_str(),
+            b.as_os_str(),
+        ];
+        if let Some(csv) = extra {
+            args.extend([OsStr::new("--bn-data"), csv.as_os_str()]);
+        }
+        training_ok(&args);
+    }
+    let (p, m) = (weights(&plain), weights(&measured));
+    let mut stats = 0;
+    for (name, values) in &p {
+        if name.ends_with("moving_mean") || name.ends_with("moving_variance") {
+            assert_ne!(values, &m[name], "{name} was not re-estimated");
+            stats += 1;
+        } else {
+            assert_eq!(values, &m[name], "{name} changed");
+        }
+    }
+    assert!(stats > 0);
+    let notes = LoadedWeights::from_file(&measured, &Device::Cpu)
+        .unwrap()
+        .meta
+        .provenance
+        .notes;
+    assert!(
+        notes.contains("BatchNorm statistics re-estimated"),
+        "{notes}"
+    );
 }
 
 #[test]
