@@ -36,6 +36,13 @@ def main():
     ap.add_argument("--teacher-run", help="the run of the model this one started from and distilled")
     ap.add_argument("--teacher-commit", help="the commit that shipped that model")
     ap.add_argument("--note", default="", help="a sentence on how the run went (e.g. a budget changed on resume)")
+    ap.add_argument("--start-model", help="the shipped model the run started from, when it has its own card "
+                    "(e.g. arch1_fer2013_kd.safetensors); replaces --teacher-run")
+    ap.add_argument("--soup", help="FIRST-LAST: the card's weights are the mean of these epochs (kept with "
+                    "--keep-epochs) with BatchNorm statistics re-estimated (`soup --bn-data`)")
+    ap.add_argument("--prior-run", action="append", default=[],
+                    help="with --start-model: the runs behind that model, for the wall time")
+    ap.add_argument("--soup-eval", help="evaluate output of the best single epoch, for comparison with the soup")
     args = ap.parse_args()
 
     def accuracy_of(text):
@@ -84,6 +91,22 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
   --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {tname}
 # 2. this run, from and distilled by step 1's best weights
 """
+    if args.start_model:
+        prior = []
+        for r in args.prior_run:
+            pm = [json.loads(l) for l in open(os.path.join(r, "metrics.jsonl")) if l.strip()]
+            prior.append(f"{sum(m['seconds'] for m in pm) / 3600:.1f} h for the {len(pm)} epochs of "
+                         f"`{os.path.relpath(os.path.abspath(r), REPO)}`")
+        if prior:
+            wall = f"{hours:.1f} h for this run's {len(metrics)} epochs, after " + " and ".join(prior)
+        stem = args.start_model[: -len(".safetensors")]
+        teacher_note = (
+            f"\nThe run started from, and was distilled by, `{args.start_model}` (shipped beside this model; "
+            f"its card, `{stem}.md`, gives its recipe and the run before it).\n"
+        )
+        teacher_steps = (
+            f"# 1-2. {args.start_model} as its card says (or take the committed file); then\n"
+        )
     extra = []
     if init:
         extra.append(f"- started from trained weights (`--init`, {os.path.basename(init)})")
@@ -141,6 +164,40 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
         else f"The run is complete ({state['epochs_done']} of {cfg['epochs']} epochs).\n\n"
     )
     weights = os.path.basename(args.out)[: -len(".md")] + ".safetensors"
+    train_cmd = (f"cargo run --release -p training -- train --arch arch1 --preset {cfg['preset']} \\\n"
+                 f"  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {run_name}{flag_text}")
+    reproduce_all, repro_dir = "", run_name
+    if args.soup:
+        repro_dir = f"{run_name}-again"
+        # The run's config.json holds values no flag sets (the schedule's floor): train from it.
+        train_cmd = (f"# 3. this run (its config.json names {os.path.basename(init or '')} as start and teacher)\n"
+                     f"cargo run --release -p training -- train --config {run_name}/config.json \\\n"
+                     f"  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {repro_dir}")
+        reproduce_all = ("# every step from nothing, in one command (about 4 h on 2 cores, resumable):\n"
+                         "tools/reproduce_arch1_fer2013.sh\n# or step by step:\n")
+    if a.get("sgd_momentum"):
+        optimizer = (f"SGD with Nesterov momentum {a['sgd_momentum']} (`--sgd`), decoupled weight decay "
+                     f"{a['weight_decay']} (times the learning rate, per step), L2 {a['l2']}")
+    else:
+        optimizer = (f"Adam with decoupled weight decay {a['weight_decay']} (L2 {a['l2']}), beta1 {a['beta1']}, "
+                     f"beta2 {a['beta2']}, eps {a['eps']}")
+    selected = (f"{state['best_epoch']} (best `PublicTest` accuracy; metrics.jsonl says "
+                f"{best['val_accuracy']:.4f} at epoch {best['epoch']})")
+    soup_rows, copy_step = "", f"cp {repro_dir}/best.safetensors assets/models/{weights}"
+    if args.soup:
+        first, last = (int(x) for x in args.soup.split("-"))
+        selected = (f"none: the mean of epochs {first}-{last} (stochastic weight averaging, Izmailov et al. "
+                    f"2018) with BatchNorm statistics re-estimated on the 28,709 training faces as they are "
+                    f"(`soup --bn-data`); the range was chosen on PublicTest. The best single epoch, "
+                    f"{best['epoch']}, scored {best['val_accuracy']:.4f} (metrics.jsonl)")
+        if args.soup_eval:
+            se = accuracy_of(open(args.soup_eval).read())
+            soup_rows = (f"| PublicTest, best single epoch with its BatchNorm statistics re-estimated | "
+                         f"{float(se.group(1)):.4f} ({se.group(2)}/{se.group(3)}) |\n")
+        copy_step = (f"cargo run --release -p training -- soup --bn-data ../shared/data/fer2013/fer2013.csv.gz \\\n"
+                     f"  --out assets/models/{weights} \\\n"
+                     f"  $(for e in $(seq {first} {last}); do echo {repro_dir}/epochs/weights-$e.safetensors; done)")
+
     text = f"""# Model card: `{weights}`
 
 {status}| | |
@@ -150,14 +207,14 @@ cargo run --release -p training -- train --arch arch1 --preset {tcfg['preset']} 
 | output | 7 classes, FER2013 order: angry, disgust, fear, happy, sad, surprise, neutral |
 | trained by | this project's `training train`, run directory `{run_name}/` (`config.json`, `metrics.jsonl` committed) |
 | data | FER2013 `Training` (28,709 faces) from `../shared/data/fer2013/fer2013.csv.gz`; model selection on `PublicTest` (3,589) only; `PrivateTest` never used |
-| selected epoch | {state['best_epoch']} (best `PublicTest` accuracy; metrics.jsonl says {best['val_accuracy']:.4f} at epoch {best['epoch']}) |
+| selected epoch | {selected} |
 | PublicTest accuracy | **{float(acc.group(1)):.4f}** ({acc.group(2)}/{acc.group(3)}), single crop, no test-time augmentation |
-{tta_rows}| machine | 2-core x86-64 CPU (AVX2), no GPU, shared with development work during the run |
+{tta_rows}{soup_rows}| machine | 2-core x86-64 CPU (AVX2), no GPU, shared with development work during the run |
 | wall time | {wall} |
 
 ## Recipe (`--preset {cfg['preset']}` and the options below, every value in `{run_name}/config.json`)
 
-- Adam with decoupled weight decay {a['weight_decay']} (L2 {a['l2']}), beta1 {a['beta1']}, beta2 {a['beta2']}, eps {a['eps']}; batch {cfg['batch_size']}
+- {optimizer}; batch {cfg['batch_size']}
 - learning rate {cfg['lr']}, schedule `{s['kind']}` with {s.get('warmup_epochs', 0)} warm-up epochs down to {s.get('min_lr', 0)} over {cfg['epochs']} epochs
 - cross-entropy with label smoothing {cfg['label_smoothing']}
 - augmentation as in the paper: rotation up to {aug['rotation_deg']} degrees, width shift {aug['width_shift']}, height shift {aug['height_shift']}, zoom {aug['zoom']}, horizontal flip {str(aug['horizontal_flip']).lower()}; seed {cfg['seed']}
@@ -182,12 +239,11 @@ a cosine schedule and label smoothing train the same network without that collap
 ## Reproduce
 
 ```
-{teacher_steps}cargo run --release -p training -- train --arch arch1 --preset {cfg['preset']} \\
-  --data ../shared/data/fer2013/fer2013.csv.gz --run-dir {run_name}{flag_text}
+{reproduce_all}{teacher_steps}{train_cmd}
 # continue after an interruption:
-cargo run --release -p training -- train --run-dir {run_name} \\
+cargo run --release -p training -- train --run-dir {repro_dir} \\
   --data ../shared/data/fer2013/fer2013.csv.gz --resume
-cp {run_name}/best.safetensors assets/models/{weights}
+{copy_step}
 # check the number above:
 cargo run --release -p training -- evaluate --model assets/models/{weights} \\
   --data ../shared/data/fer2013/fer2013.csv.gz --usage PublicTest
