@@ -37,22 +37,13 @@ if [[ -z "${TRAINING_BIN:-}" ]]; then
 fi
 mkdir -p "$OUT"
 
-# step DIR ARGS...: train the run in DIR unless it is finished; resume it if started.
+# step DIR ARGS...: start the run in DIR, or continue it with --resume (which
+# returns at once for a finished run).
 step() {
     local dir=$1; shift
-    if [[ -f $dir/state.json ]] && python3 - "$dir" <<'EOF'
-import json, sys
-d = sys.argv[1]
-state, cfg = json.load(open(d + "/state.json")), json.load(open(d + "/config.json"))
-sys.exit(0 if state["epochs_done"] >= cfg["epochs"] or state.get("stopped_early") else 1)
-EOF
-    then
-        echo "== $dir: finished"
-    elif [[ -f $dir/config.json ]]; then
-        echo "== $dir: resuming"
+    if [[ -f $dir/config.json ]]; then
         "$TRAINING_BIN" train --run-dir "$dir" --data "$FER" --resume
     else
-        echo "== $dir: starting"
         "$TRAINING_BIN" train --run-dir "$dir" --data "$FER" "$@"
     fi
 }

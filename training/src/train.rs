@@ -861,21 +861,21 @@ pub fn recompute_batch_norm(
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
     weights.load_into(&varmap)?;
-    let is_stat = |name: &str| name.ends_with("moving_mean") || name.ends_with("moving_variance");
     let mut sums: HashMap<String, Tensor> = HashMap::new();
     for chunk in epoch_order(&loaded.train, 0, 0).chunks(batch_size.max(1)) {
         let batch = make_batch(&loaded.dataset, chunk, BatchMode::Plain, &device)?;
         net.forward_t(&batch.images, true)?;
         let n = chunk.len() as f64;
         for (name, t) in models::weights::varmap_tensors(&varmap)? {
-            if is_stat(&name) {
-                let t = (t * n)?;
-                let sum = match sums.remove(&name) {
-                    Some(s) => (s + t)?,
-                    None => t,
-                };
-                sums.insert(name, sum);
+            if models::is_trainable(&name) {
+                continue;
             }
+            let t = (t * n)?;
+            let sum = match sums.remove(&name) {
+                Some(s) => (s + t)?,
+                None => t,
+            };
+            sums.insert(name, sum);
         }
     }
     let total = loaded.train.len() as f64;
