@@ -209,6 +209,20 @@ pub struct SoupArgs {
     /// With --bn-data: FER+ labels for it (`--ferplus` of `train`).
     #[arg(long, requires = "bn_data")]
     bn_ferplus: Option<PathBuf>,
+    /// Score the soup on this split of a FER2013 CSV (`--score-data`, by
+    /// default the --bn-data file), single crop, before writing it: prints
+    /// the accuracy line of `evaluate` and records the figure in the file's
+    /// provenance (`publictest_accuracy`, ...).
+    #[arg(long, value_name = "USAGE")]
+    score: Option<Usage>,
+    /// The FER2013 CSV that --score reads (default: the --bn-data file).
+    #[arg(long, value_name = "CSV", requires = "score")]
+    score_data: Option<PathBuf>,
+    /// Append the members, the BatchNorm treatment and the score as one JSON
+    /// line to this file (`RUN_DIR/soups.jsonl`: `training report` lists a
+    /// run's soups under "Weight averaging").
+    #[arg(long, value_name = "FILE", requires = "score")]
+    log: Option<PathBuf>,
 }
 
 /// Loads every weights file of `paths`, naming the one that fails.
@@ -252,6 +266,18 @@ pub fn soup(args: &SoupArgs) -> Result<()> {
             None => String::new(),
         }
     );
+    let score = match args.score {
+        Some(usage) => {
+            let (correct, total) = score_soup(args, &mean, usage)?;
+            let accuracy = correct as f64 / total as f64;
+            mean.meta.provenance.metrics.insert(
+                format!("{}_accuracy", usage.to_string().to_lowercase()),
+                accuracy,
+            );
+            Some((usage, accuracy, correct, total))
+        }
+        None => None,
+    };
     models::weights::write_atomic(&args.out, &mean.to_bytes()?)
         .with_context(|| format!("writing {}", args.out.display()))?;
     line(format!(
@@ -259,7 +285,65 @@ pub fn soup(args: &SoupArgs) -> Result<()> {
         all.len(),
         args.out.display()
     ));
+    if let Some((usage, accuracy, correct, total)) = score {
+        if let Some(log) = &args.log {
+            let record = training::report::SoupRecord {
+                models: names,
+                bn: if args.bn_data.is_some() {
+                    training::report::SoupBn::ReEstimated
+                } else {
+                    training::report::SoupBn::Averaged
+                },
+                usage: usage.to_string(),
+                accuracy,
+                correct,
+                total,
+            };
+            append_line(log, &serde_json::to_string(&record)?)
+                .with_context(|| format!("--log: appending to {}", log.display()))?;
+        }
+        line(format!("accuracy: {accuracy:.4} ({correct}/{total})"));
+    }
     Ok(())
+}
+
+/// `soup --score`: the soup's correct answers and faces on `usage`, single crop.
+fn score_soup(args: &SoupArgs, soup: &LoadedWeights, usage: Usage) -> Result<(u64, u64)> {
+    let data = args
+        .score_data
+        .as_ref()
+        .or(args.bn_data.as_ref())
+        .context("--score needs the FER2013 CSV to score on: --score-data (or --bn-data)")?;
+    if !training::spec::is_csv(data) {
+        bail!(
+            "--score reads a FER2013 CSV's split; {} is not one (score a folder with `evaluate`)",
+            data.display()
+        );
+    }
+    let (ds, _, _) = load_eval_data(data, Some(usage), None, has_contempt(&soup.meta.classes))
+        .context("--score")?;
+    if ds.classes() != soup.meta.classes.as_slice() {
+        bail!(
+            "--score: the data's classes {:?} differ from the soup's {:?}",
+            ds.classes(),
+            soup.meta.classes
+        );
+    }
+    let device = Device::Cpu;
+    let net = soup.build(&device)?;
+    let all: Vec<usize> = (0..ds.len()).collect();
+    let eval = eval_ensemble(&[&net], &ds, &all, 256, perception::Tta::None, &device)?;
+    Ok((eval.confusion.correct(), eval.confusion.total()))
+}
+
+/// Appends `text` and a newline to `path` (created if missing).
+fn append_line(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{text}")
 }
 
 /// Options of `training evaluate`.

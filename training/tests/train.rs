@@ -351,19 +351,63 @@ fn soup_can_re_estimate_batch_norm_statistics() {
         tmp.path().join("plain.safetensors"),
         tmp.path().join("measured.safetensors"),
     );
-    for (out, extra) in [(&plain, None), (&measured, Some(&csv))] {
-        let mut args = vec![
+    let log = tmp.path().join("soups.jsonl");
+    fn soup_args<'a>(out: &'a Path, a: &'a Path, b: &'a Path) -> Vec<&'a OsStr> {
+        vec![
             OsStr::new("soup"),
             OsStr::new("--out"),
             out.as_os_str(),
             a.as_os_str(),
             b.as_os_str(),
-        ];
-        if let Some(csv) = extra {
-            args.extend([OsStr::new("--bn-data"), csv.as_os_str()]);
-        }
-        training_ok(&args);
+        ]
     }
+    training_ok(&soup_args(&plain, &a, &b));
+    // Re-estimated, scored on the fixture's PublicTest rows and logged.
+    let mut args = soup_args(&measured, &a, &b);
+    args.extend([
+        OsStr::new("--bn-data"),
+        csv.as_os_str(),
+        OsStr::new("--score"),
+        OsStr::new("PublicTest"),
+        OsStr::new("--log"),
+        log.as_os_str(),
+    ]);
+    let out = training_ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("accuracy: ") && last.ends_with("/16)"),
+        "{stdout}"
+    );
+    let records: Vec<training::report::SoupRecord> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.bn, training::report::SoupBn::ReEstimated);
+    assert_eq!((r.usage.as_str(), r.total), ("PublicTest", 16));
+    assert_eq!(r.models, [a.display().to_string(), b.display().to_string()]);
+    assert!(last.contains(&format!("({}/16)", r.correct)), "{last}");
+    let recorded = LoadedWeights::from_file(&measured, &Device::Cpu)
+        .unwrap()
+        .meta
+        .provenance
+        .metrics["publictest_accuracy"];
+    assert_eq!(recorded, r.accuracy);
+    // --score needs a CSV to score on.
+    let unscored = tmp.path().join("unscored.safetensors");
+    let mut args = soup_args(&unscored, &a, &b);
+    args.extend([OsStr::new("--score"), OsStr::new("PublicTest")]);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_training"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("--score-data"), "{err}");
+    assert!(!unscored.exists(), "an unscorable soup was written");
     let (p, m) = (weights(&plain), weights(&measured));
     let mut stats = 0;
     for (name, values) in &p {

@@ -59,6 +59,93 @@ pub struct Run {
     /// Raw and calibrated confusions from a `calibrated.json`
     /// (`training evaluate --calibrate --json`).
     pub calibrated: Option<(Confusion, Confusion)>,
+    /// Soups of its weights and their scores, from a `soups.jsonl`
+    /// (`training soup --score USAGE --log`).
+    pub soups: Vec<SoupRecord>,
+}
+
+/// How a soup's BatchNorm moving statistics were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SoupBn {
+    /// The mean of the members' statistics.
+    Averaged,
+    /// Measured again on the training images (`soup --bn-data`).
+    ReEstimated,
+}
+
+/// One line of a run's `soups.jsonl`: a soup that `training soup --score
+/// --log` made and scored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoupRecord {
+    /// The averaged weights files, as given.
+    pub models: Vec<String>,
+    /// How its BatchNorm statistics were made.
+    pub bn: SoupBn,
+    /// The split it was scored on (`PublicTest`).
+    pub usage: String,
+    /// Its single-crop accuracy there.
+    pub accuracy: f64,
+    /// Faces answered right.
+    pub correct: u64,
+    /// Faces scored.
+    pub total: u64,
+}
+
+impl SoupRecord {
+    /// The members in words: `epochs 31-36` (or `epochs 4-7, 13-20`) when
+    /// they are a run's kept epochs (`epochs/weights-E.safetensors`), else
+    /// their file names.
+    pub fn members_text(&self) -> String {
+        let epoch = |m: &String| {
+            m.replace('\\', "/")
+                .rsplit_once("epochs/weights-")
+                .and_then(|(_, e)| e.strip_suffix(".safetensors"))
+                .and_then(|e| e.parse::<usize>().ok())
+        };
+        let epochs: Option<Vec<usize>> = self.models.iter().map(epoch).collect();
+        match epochs {
+            Some(mut e) if !e.is_empty() => {
+                e.sort_unstable();
+                e.dedup();
+                let mut ranges: Vec<(usize, usize)> = Vec::new();
+                for n in e {
+                    match ranges.last_mut() {
+                        Some((_, hi)) if *hi + 1 == n => *hi = n,
+                        _ => ranges.push((n, n)),
+                    }
+                }
+                let text: Vec<String> = ranges
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                let word = if self.models.len() == 1 {
+                    "epoch"
+                } else {
+                    "epochs"
+                };
+                format!("{word} {}", text.join(", "))
+            }
+            _ => self
+                .models
+                .iter()
+                .map(|m| {
+                    let name = Path::new(m)
+                        .file_name()
+                        .map_or_else(|| m.clone(), |n| n.to_string_lossy().into_owned());
+                    format!("`{name}`")
+                })
+                .collect::<Vec<_>>()
+                .join(" + "),
+        }
+    }
 }
 
 impl Run {
@@ -193,6 +280,12 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
         let evaluated = read_evaluate(&dir.join("evaluate.json"))?;
         let abstain = read_abstain(&dir.join("abstain.json"))?;
         let calibrated = read_calibrated(&dir.join("calibrated.json"))?;
+        let soups_path = dir.join("soups.jsonl");
+        let soups = if soups_path.is_file() {
+            read_lines::<SoupRecord>(&soups_path)?
+        } else {
+            Vec::new()
+        };
         let name = dir
             .strip_prefix(root)
             .unwrap_or(&dir)
@@ -206,6 +299,7 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
             evaluated,
             abstain,
             calibrated,
+            soups,
         });
     }
     Ok(runs)
@@ -735,6 +829,7 @@ pub fn write(opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     md.push_str(&findings(&groups));
     md.push_str(&paper_budget(&groups));
     md.push_str(&ablations(&groups));
+    md.push_str(&soups(&runs));
 
     // Figure 5.
     let bars_path = opts.out.join("accuracy.png");
@@ -1600,6 +1695,59 @@ fn ablations(groups: &[Group<'_>]) -> String {
     )
 }
 
+/// Every run's scored soups (`soups.jsonl`) beside its best single epoch:
+/// what averaging kept epochs and re-estimating BatchNorm statistics add.
+fn soups(runs: &[Run]) -> String {
+    let mut lines = String::new();
+    for r in runs.iter().filter(|r| !r.soups.is_empty()) {
+        // One soup scored twice counts once, as last scored.
+        let mut kept: Vec<&SoupRecord> = Vec::new();
+        for s in &r.soups {
+            kept.retain(|k| (&k.models, k.bn, &k.usage) != (&s.models, s.bn, &s.usage));
+            kept.push(s);
+        }
+        let scored: Vec<String> = kept
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}, BatchNorm statistics {}{}: {:.2}% ({}/{})",
+                    s.members_text(),
+                    match s.bn {
+                        SoupBn::Averaged => "averaged",
+                        SoupBn::ReEstimated => "re-estimated",
+                    },
+                    if s.usage == "PublicTest" {
+                        String::new()
+                    } else {
+                        format!(", on {}", s.usage)
+                    },
+                    100.0 * s.accuracy,
+                    s.correct,
+                    s.total
+                )
+            })
+            .collect();
+        let best = r.best().map_or_else(String::new, |b| {
+            format!(
+                " (best single epoch {:.2}%, epoch {}, of {})",
+                100.0 * b.val_accuracy,
+                b.epoch,
+                r.epochs_done()
+            )
+        });
+        let _ = writeln!(lines, "- `{}`{best}: {}.", r.name, scored.join("; "));
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!(
+        "\n### Weight averaging\n\nThe mean of a run's kept epochs (`train --keep-epochs`, then \
+         `training soup`), with the BatchNorm moving statistics averaged over the files or \
+         re-estimated on the training faces as they are (`--bn-data`), scored single crop on \
+         PublicTest unless said (`soup --score PublicTest --log RUN_DIR/soups.jsonl`):\n\n{lines}"
+    )
+}
+
 fn recipe_extras(cfg: &TrainConfig) -> String {
     let name = |p: &Path| {
         p.file_name()
@@ -1824,6 +1972,7 @@ mod tests {
             evaluated: None,
             abstain: None,
             calibrated: None,
+            soups: Vec::new(),
         }
     }
 
@@ -1880,6 +2029,55 @@ mod tests {
         assert!(!line.contains("a_seed") && !line.contains("teacher") && !line.contains("mixup"));
         // A lone run has nothing to be compared with.
         assert_eq!(ablations(&groups[3..]), "");
+    }
+
+    #[test]
+    fn soups_are_listed_beside_the_best_epoch() {
+        let data = crate::spec::DataSpec {
+            data: "fer2013.csv.gz".into(),
+            ..Default::default()
+        };
+        let mut cfg = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        cfg.epochs = 3;
+        let mut run = finished_run("a_swa", cfg, &[0.5, 0.6, 0.55]);
+        let record = |epochs: &[usize], bn, correct| SoupRecord {
+            models: epochs
+                .iter()
+                .map(|e| format!("runs/a_swa/epochs/weights-{e}.safetensors"))
+                .collect(),
+            bn,
+            usage: "PublicTest".into(),
+            accuracy: correct as f64 / 200.0,
+            correct,
+            total: 200,
+        };
+        run.soups = vec![
+            record(&[2, 3], SoupBn::Averaged, 100),
+            record(&[1, 3, 2], SoupBn::ReEstimated, 125),
+            record(&[1, 3], SoupBn::ReEstimated, 119),
+            // Scored again: the later line replaces the earlier one.
+            record(&[2, 3], SoupBn::Averaged, 110),
+        ];
+        let md = soups(std::slice::from_ref(&run));
+        assert!(md.contains("### Weight averaging"), "{md}");
+        let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("- ")).collect();
+        assert_eq!(lines.len(), 1, "{md}");
+        assert_eq!(
+            lines[0],
+            "- `a_swa` (best single epoch 60.00%, epoch 2, of 3): \
+             epochs 1-3, BatchNorm statistics re-estimated: 62.50% (125/200); \
+             epochs 1, 3, BatchNorm statistics re-estimated: 59.50% (119/200); \
+             epochs 2-3, BatchNorm statistics averaged: 55.00% (110/200)."
+        );
+        let other = SoupRecord {
+            models: vec!["x/a.safetensors".into(), "b.safetensors".into()],
+            ..record(&[1], SoupBn::Averaged, 1)
+        };
+        assert_eq!(other.members_text(), "`a.safetensors` + `b.safetensors`");
+        assert_eq!(record(&[7], SoupBn::Averaged, 1).members_text(), "epoch 7");
+        // Runs without soups add nothing.
+        run.soups.clear();
+        assert_eq!(soups(&[run]), "");
     }
 
     #[test]
