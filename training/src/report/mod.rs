@@ -1762,6 +1762,9 @@ fn recipe_extras(cfg: &TrainConfig) -> String {
     if let Some(d) = &cfg.distill {
         let _ = write!(out, ", {}", distill_text(d));
     }
+    if cfg.augment.is_none() {
+        out.push_str(", no augmentation");
+    }
     if let Some(p) = cfg.augment.map(|a| a.random_erasing).filter(|&p| p > 0.0) {
         let _ = write!(out, ", random erasing {p}");
     }
@@ -2116,6 +2119,18 @@ mod tests {
             runs: slow.iter().collect(),
         };
         assert_eq!(unlearned_folds(&[&group]), "");
+    }
+
+    #[test]
+    fn a_run_without_augmentation_says_so() {
+        let data = crate::spec::DataSpec {
+            data: "fer2013.csv.gz".into(),
+            ..Default::default()
+        };
+        let mut cfg = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        assert!(!recipe_extras(&cfg).contains("augmentation"));
+        cfg.augment = None;
+        assert_eq!(recipe_extras(&cfg), ", no augmentation");
     }
 
     #[test]
