@@ -1979,13 +1979,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ablations_compare_runs_differing_only_in_the_knobs() {
+    /// ARCH-1 on a FER2013 CSV with the default preset.
+    fn fer_config() -> TrainConfig {
         let data = crate::spec::DataSpec {
             data: "fer2013.csv.gz".into(),
             ..Default::default()
         };
-        let mut base = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data)
+    }
+
+    #[test]
+    fn ablations_compare_runs_differing_only_in_the_knobs() {
+        let mut base = fer_config();
         base.epochs = 2;
         let mut sgd = base.clone();
         sgd.adam.sgd_momentum = Some(0.9);
@@ -2036,11 +2041,7 @@ mod tests {
 
     #[test]
     fn soups_are_listed_beside_the_best_epoch() {
-        let data = crate::spec::DataSpec {
-            data: "fer2013.csv.gz".into(),
-            ..Default::default()
-        };
-        let mut cfg = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        let mut cfg = fer_config();
         cfg.epochs = 3;
         let mut run = finished_run("a_swa", cfg, &[0.5, 0.6, 0.55]);
         let record = |epochs: &[usize], bn, correct| SoupRecord {
@@ -2123,11 +2124,7 @@ mod tests {
 
     #[test]
     fn a_run_without_augmentation_says_so() {
-        let data = crate::spec::DataSpec {
-            data: "fer2013.csv.gz".into(),
-            ..Default::default()
-        };
-        let mut cfg = TrainConfig::preset(crate::train::Preset::Default, Arch::Arch1, data);
+        let mut cfg = fer_config();
         assert!(!recipe_extras(&cfg).contains("augmentation"));
         cfg.augment = None;
         assert_eq!(recipe_extras(&cfg), ", no augmentation");
