@@ -320,15 +320,8 @@ fn score_soup(args: &SoupArgs, soup: &LoadedWeights, usage: Usage) -> Result<(u6
             data.display()
         );
     }
-    let (ds, _, _) = load_eval_data(data, Some(usage), None, has_contempt(&soup.meta.classes))
-        .context("--score")?;
-    if ds.classes() != soup.meta.classes.as_slice() {
-        bail!(
-            "--score: the data's classes {:?} differ from the soup's {:?}",
-            ds.classes(),
-            soup.meta.classes
-        );
-    }
+    let (ds, _, _) =
+        load_eval_data(data, Some(usage), None, &soup.meta.classes).context("--score")?;
     let device = Device::Cpu;
     let net = soup.build(&device)?;
     let all: Vec<usize> = (0..ds.len()).collect();
@@ -401,8 +394,27 @@ fn has_contempt(classes: &[String]) -> bool {
     classes.iter().any(|c| c == "contempt")
 }
 
-/// The faces to score, and what was left out as `(count, first reasons)`.
+/// The faces to score for a model with `classes`, and what was left out as
+/// `(count, first reasons)`; data with other classes is an error.
 fn load_eval_data(
+    path: &std::path::Path,
+    usage: Option<Usage>,
+    ferplus: Option<&std::path::Path>,
+    classes: &[String],
+) -> Result<(Dataset, usize, Vec<String>)> {
+    let loaded = load_eval_rows(path, usage, ferplus, has_contempt(classes))?;
+    if loaded.0.classes() != classes {
+        bail!(
+            "the data's classes {:?} differ from the model's {:?}",
+            loaded.0.classes(),
+            classes
+        );
+    }
+    Ok(loaded)
+}
+
+/// [`load_eval_data`] before the class check.
+fn load_eval_rows(
     path: &std::path::Path,
     usage: Option<Usage>,
     ferplus: Option<&std::path::Path>,
@@ -548,19 +560,12 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         &args.data,
         args.usage,
         args.ferplus.as_deref(),
-        has_contempt(&weights.meta.classes),
+        &weights.meta.classes,
     )?;
     if unscored > 0 {
         tracing::warn!(
             "{unscored} rows or files could not be scored{}",
             first_reasons(&reasons)
-        );
-    }
-    if ds.classes() != weights.meta.classes.as_slice() {
-        bail!(
-            "the data's classes {:?} differ from the model's {:?}",
-            ds.classes(),
-            weights.meta.classes
         );
     }
     let all: Vec<usize> = (0..ds.len()).collect();
@@ -691,7 +696,7 @@ fn calibrated(
         &args.data,
         Some(Usage::Training),
         args.ferplus.as_deref(),
-        has_contempt(&eval.confusion.classes),
+        &eval.confusion.classes,
     )?;
     let classes = train.classes().to_vec();
     let neutral =

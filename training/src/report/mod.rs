@@ -271,21 +271,11 @@ pub fn discover(root: &Path) -> Result<Vec<Run>> {
                 m.epoch
             );
         }
-        let machine_path = dir.join("machine.jsonl");
-        let machines = if machine_path.is_file() {
-            read_lines::<MachineRecord>(&machine_path)?
-        } else {
-            Vec::new()
-        };
+        let machines = read_lines_if_any::<MachineRecord>(&dir.join("machine.jsonl"))?;
         let evaluated = read_evaluate(&dir.join("evaluate.json"))?;
         let abstain = read_abstain(&dir.join("abstain.json"))?;
         let calibrated = read_calibrated(&dir.join("calibrated.json"))?;
-        let soups_path = dir.join("soups.jsonl");
-        let soups = if soups_path.is_file() {
-            read_lines::<SoupRecord>(&soups_path)?
-        } else {
-            Vec::new()
-        };
+        let soups = read_lines_if_any::<SoupRecord>(&dir.join("soups.jsonl"))?;
         let name = dir
             .strip_prefix(root)
             .unwrap_or(&dir)
@@ -318,6 +308,15 @@ fn collect_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// [`read_lines`] of a file that may be absent (then nothing).
+fn read_lines_if_any<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    if path.is_file() {
+        read_lines(path)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
